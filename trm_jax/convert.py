@@ -1,0 +1,218 @@
+"""Load official PyTorch TRM weights (state_dict layout of SamsungSAILMontreal/TinyRecursiveModels).
+
+    params = trm_jax.convert.from_official_state_dict(state_dict, model_config)
+
+`state_dict` maps official key names to numpy arrays (torch tensors are accepted too). The
+prefixes that the official training script adds (`_orig_mod.` from torch.compile, `model.`
+from the loss head) are stripped. Every key of the model must be present and every key given
+must be known; otherwise a ValueError names the key.
+
+CLI (needs torch, which trm_jax never requires otherwise):
+
+    python -m trm_jax.convert --checkpoint step_1000.pt --preset sudoku_mlp_t \
+        --set num_puzzle_identifiers=1001 --out converted/
+
+writes an Orbax PyTree checkpoint of `params` (load with `trm_jax.convert.load_params`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import pathlib
+import re
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trm_jax import config as config_lib
+from trm_jax import model as model_lib
+from trm_jax.config import ModelSpec
+
+_STRIP_PREFIXES = ("_orig_mod.", "model.")
+_LAYER = re.compile(r"inner\.L_level\.layers\.(\d+)\.(.+)")
+# Official module path inside a block -> (our sub-path, transpose?).
+_BLOCK_KEYS = {
+    "self_attn.qkv_proj.weight": ("mixer/qkv/kernel", True),
+    "self_attn.o_proj.weight": ("mixer/out/kernel", True),
+    "mlp_t.gate_up_proj.weight": ("mixer/gate_up/kernel", True),
+    "mlp_t.down_proj.weight": ("mixer/down/kernel", True),
+    "mlp.gate_up_proj.weight": ("mlp/gate_up/kernel", True),
+    "mlp.down_proj.weight": ("mlp/down/kernel", True),
+}
+_TOP_KEYS = {
+    "inner.embed_tokens.embedding_weight": ("embed_tokens", False),
+    "inner.embed_pos.embedding_weight": ("embed_pos", False),
+    "inner.puzzle_emb.weights": ("puzzle_emb", False),
+    "inner.lm_head.weight": ("lm_head/kernel", True),
+    "inner.q_head.weight": ("q_head/kernel", True),
+    "inner.q_head.bias": ("q_head/bias", False),
+    "inner.H_init": ("y_init", False),
+    "inner.L_init": ("z_init", False),
+}
+
+
+def _our_path(official_key: str) -> tuple[str, bool]:
+  if official_key in _TOP_KEYS:
+    return _TOP_KEYS[official_key]
+  match = _LAYER.fullmatch(official_key)
+  if match and match.group(2) in _BLOCK_KEYS:
+    sub, transpose = _BLOCK_KEYS[match.group(2)]
+    return f"net/layers/{match.group(1)}/{sub}", transpose
+  raise KeyError(official_key)
+
+
+def _to_numpy(value) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor; bf16 has no numpy dtype, fp32 holds it exactly
+    value = value.detach().cpu()
+    value = value.float() if value.is_floating_point() else value
+    return value.numpy()
+  return np.asarray(value)
+
+
+def _flatten(tree, prefix="") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  out = {}
+  for key, value in state_dict.items():
+    name = key
+    changed = True
+    while changed:
+      changed = False
+      for prefix in _STRIP_PREFIXES:
+        if name.startswith(prefix):
+          name, changed = name[len(prefix):], True
+    out[name] = value
+  return out
+
+
+def from_official_state_dict(state_dict: Mapping[str, Any], model_config) -> model_lib.Params:
+  """Official TRM state_dict -> trm_jax params for `model_config` (shapes checked)."""
+  spec = ModelSpec.from_config(model_config)
+  expected = _flatten(model_lib.abstract_params(spec))
+  converted: dict[str, np.ndarray] = {}
+  for key, value in strip_prefixes(state_dict).items():
+    try:
+      path, transpose = _our_path(key)
+    except KeyError:
+      raise ValueError(f"official state_dict key '{key}' is not part of a TRM model "
+                       "(unknown key)") from None
+    if path not in expected:
+      raise ValueError(f"official state_dict key '{key}' has no counterpart in this model config "
+                       f"(maps to '{path}'; check mlp_t / pos_encodings / num_layers / "
+                       "puzzle_emb_ndim)")
+    array = _to_numpy(value)
+    array = array.T if transpose else array
+    want = expected[path]
+    if array.shape != want.shape:
+      raise ValueError(f"official state_dict key '{key}' has shape {tuple(_to_numpy(value).shape)}; "
+                       f"the model config needs {tuple(want.shape[::-1] if transpose else want.shape)}")
+    converted[path] = jnp.asarray(array, dtype=want.dtype)
+  missing = sorted(set(expected) - set(converted))
+  if missing:
+    official = {v[0]: k for k, v in _TOP_KEYS.items()}
+    names = [official.get(m, m) for m in missing]
+    raise ValueError(f"official state_dict is missing key(s) for {names}")
+  return _unflatten(converted)
+
+
+def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collections.ConfigDict":
+  """Official arch config dict (e.g. from all_config.yaml's `arch`) -> trm_jax model config."""
+  renames = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
+  ignored = {"batch_size", "H_layers", "name", "loss"}
+  cfg = config_lib.model_config(seq_len=arch["seq_len"], vocab_size=arch["vocab_size"])
+  for key, value in arch.items():
+    if key in ignored:
+      continue
+    key = renames.get(key, key)
+    if key not in cfg:
+      raise ValueError(f"official config field '{key}' has no trm_jax equivalent")
+    cfg[key] = value
+  ModelSpec.from_config(cfg)  # Validate now, naming the bad field.
+  return cfg
+
+
+def save_params(params: model_lib.Params, directory: str | pathlib.Path) -> None:
+  from orbax.checkpoint import v1 as ocp
+  ocp.save_pytree(pathlib.Path(directory).absolute(), params)
+
+
+def load_params(directory: str | pathlib.Path, model_config) -> model_lib.Params:
+  from orbax.checkpoint import v1 as ocp
+  abstract = model_lib.abstract_params(model_config)
+  return ocp.load_pytree(pathlib.Path(directory).absolute(), abstract)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+  if "=" not in text:
+    raise argparse.ArgumentTypeError(f"--set expects key=value, got '{text}'")
+  key, raw = text.split("=", 1)
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  return key, value
+
+
+def cli(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--checkpoint", required=True, help="official .pt state_dict file")
+  parser.add_argument("--preset", choices=sorted(config_lib.PRESETS),
+                      help="trm_jax model preset the checkpoint was trained with")
+  parser.add_argument("--official_config", help="official all_config.yaml / JSON with an 'arch' "
+                      "section (alternative to --preset)")
+  parser.add_argument("--set", action="append", default=[], type=_parse_override,
+                      help="model config override key=value (repeatable)")
+  parser.add_argument("--out", required=True, help="output directory (Orbax checkpoint)")
+  args = parser.parse_args(argv)
+  if bool(args.preset) == bool(args.official_config):
+    parser.error("give exactly one of --preset and --official_config")
+  if args.preset:
+    cfg = config_lib.PRESETS[args.preset]()
+  else:
+    text = pathlib.Path(args.official_config).read_text()
+    if args.official_config.endswith((".yaml", ".yml")):
+      import yaml  # Only for this optional path.
+      loaded = yaml.safe_load(text)
+    else:
+      loaded = json.loads(text)
+    cfg = model_config_from_official(loaded.get("arch", loaded))
+  for key, value in args.set:
+    if key not in cfg:
+      parser.error(f"--set {key}: unknown model config field")
+    cfg[key] = value
+  try:
+    import torch
+  except ImportError:
+    parser.error("reading .pt files needs torch: pip install 'trm_jax[torch]'")
+  state_dict = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+  params = from_official_state_dict(state_dict, cfg)
+  save_params(params, args.out)
+  print(f"converted {len(state_dict)} tensors "
+        f"({model_lib.count_params(params, include_puzzle_table=True):,} parameters) -> {args.out}")
+  print(json.dumps(cfg.to_dict(), indent=1))
+
+
+if __name__ == "__main__":
+  cli()

@@ -1,0 +1,210 @@
+"""The TRM network as Flax NNX modules: embeddings, the shared 2-block net `f`, and the heads.
+
+Semantics follow the official PyTorch code (see BUILD_NOTES.md): post-norm blocks, RMSNorm
+without scale computed in fp32, SwiGLU with the official width rounding, RoPE applied in fp32,
+parameters kept in `param_dtype` and cast to the activation dtype at every use.
+
+Variable kinds (they decide what each optimiser touches):
+  nnx.Param    - dense weights, trained by AdamATan2;
+  PuzzleTable  - the per-puzzle embedding table, trained by sparse sign-SGD;
+  Constant     - the fixed initial latents, never trained.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from trm_jax.config import ModelSpec
+
+LEARNED_POS_SCALE = 0.707106781  # 1/sqrt(2), the official constant.
+
+
+class PuzzleTable(nnx.Variable):
+  """Per-puzzle embedding rows; updated sparsely, never by the dense optimiser."""
+
+
+class Constant(nnx.Variable):
+  """A fixed tensor stored with the parameters (e.g. the initial latents)."""
+
+
+def truncated_lecun_std_correction(lower: float = -2.0, upper: float = 2.0) -> float:
+  """Std of a unit normal truncated to [lower, upper]; dividing by it restores the std."""
+  phi = lambda t: math.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
+  mass = 0.5 * (math.erf(upper / math.sqrt(2)) - math.erf(lower / math.sqrt(2)))
+  mean_term = (phi(lower) - phi(upper)) / mass
+  var = 1 + (lower * phi(lower) - upper * phi(upper)) / mass - mean_term**2
+  return math.sqrt(var)
+
+
+def trunc_normal(key: jax.Array, shape, std: float, dtype=jnp.float32) -> jax.Array:
+  """Truncated normal at +-2 sigma whose actual std is `std` (the official init)."""
+  if std == 0:
+    return jnp.zeros(shape, dtype)
+  unit = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+  return (unit * (std / truncated_lecun_std_correction())).astype(dtype)
+
+
+def rms_norm(x: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+  """RMSNorm without a learned scale, computed in fp32 and cast back."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=axis, keepdims=True) + eps)
+  return x32.astype(x.dtype)
+
+
+def swiglu_width(hidden: int, expansion: float) -> int:
+  """Official rounding: round(expansion * hidden * 2/3) up to a multiple of 256."""
+  inter = round(expansion * hidden * 2 / 3)
+  return -(inter // -256) * 256
+
+
+def rope_tables(spec: ModelSpec) -> tuple[jax.Array, jax.Array]:
+  """RoPE cos/sin, [total_len, head_dim] in fp32 (rotate-half layout), as trace-time constants."""
+  head_dim = spec.hidden_size // spec.num_heads
+  inv_freq = 1.0 / (spec.rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  freqs = np.outer(np.arange(spec.total_len, dtype=np.float32), inv_freq)
+  angles = np.concatenate([freqs, freqs], axis=-1)
+  return jnp.asarray(np.cos(angles)), jnp.asarray(np.sin(angles))
+
+
+def apply_rope(x_BSNH: jax.Array, cos_SH: jax.Array, sin_SH: jax.Array) -> jax.Array:
+  x = x_BSNH.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  out = x * cos_SH[:, None, :] + rotated * sin_SH[:, None, :]
+  return out.astype(x_BSNH.dtype)
+
+
+class Linear(nnx.Module):
+  """Bias-free (by default) linear layer with truncated-LeCun init, cast to the input dtype."""
+
+  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
+               param_dtype=jnp.float32, bias: bool = False):
+    self.kernel = nnx.Param(trunc_normal(rngs.params(), (in_features, out_features),
+                                         1.0 / math.sqrt(in_features), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x @ self.kernel[...].astype(x.dtype)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(x.dtype)
+    return y
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(gate) * up) with a fused gate/up projection."""
+
+  def __init__(self, hidden: int, expansion: float, *, rngs: nnx.Rngs, param_dtype):
+    inter = swiglu_width(hidden, expansion)
+    self.gate_up = Linear(hidden, 2 * inter, rngs=rngs, param_dtype=param_dtype)
+    self.down = Linear(inter, hidden, rngs=rngs, param_dtype=param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
+    return self.down(jax.nn.silu(gate) * up)
+
+
+class Attention(nnx.Module):
+  """Non-causal multi-head self-attention with a fused qkv projection."""
+
+  def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype):
+    self.num_heads = num_heads
+    self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype)
+    self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype)
+
+  def __call__(self, h_BSD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+    B, S, D = h_BSD.shape
+    qkv = self.qkv(h_BSD).reshape(B, S, 3 * self.num_heads, D // self.num_heads)
+    q, k, v = jnp.split(qkv, 3, axis=2)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    attended = jax.nn.dot_product_attention(q, k, v)
+    return self.out(attended.reshape(B, S, D))
+
+
+class Block(nnx.Module):
+  """Post-norm block: token mixing (attention, or mlp_t across positions), then SwiGLU."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    pdt = spec.jnp_param_dtype
+    self.eps = spec.rms_norm_eps
+    self.mlp_t = spec.mlp_t
+    if spec.mlp_t:
+      self.mixer = SwiGLU(spec.total_len, spec.expansion, rngs=rngs, param_dtype=pdt)
+    else:
+      self.mixer = Attention(spec.hidden_size, spec.num_heads, rngs=rngs, param_dtype=pdt)
+    self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt)
+
+  def __call__(self, h_BSD: jax.Array, rope) -> jax.Array:
+    if self.mlp_t:
+      h_BDS = jnp.swapaxes(h_BSD, 1, 2)
+      h_BSD = jnp.swapaxes(rms_norm(h_BDS + self.mixer(h_BDS), self.eps), 1, 2)
+    else:
+      h_BSD = rms_norm(h_BSD + self.mixer(h_BSD, rope), self.eps)
+    return rms_norm(h_BSD + self.mlp(h_BSD), self.eps)
+
+
+class ReasoningNet(nnx.Module):
+  """The one shared network f(h, injection) = blocks(h + injection)."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    self.layers = nnx.List([Block(spec, rngs=rngs) for _ in range(spec.num_layers)])
+    self.use_rope = spec.pos_encodings == "rope" and not spec.mlp_t
+    self.spec = spec
+
+  def __call__(self, h_BSD: jax.Array, injection_BSD: jax.Array) -> jax.Array:
+    rope = rope_tables(self.spec) if self.use_rope else None
+    h_BSD = h_BSD + injection_BSD
+    for layer in self.layers:
+      h_BSD = layer(h_BSD, rope)
+    return h_BSD
+
+
+class TinyRecursiveModel(nnx.Module):
+  """Input embedding, the reasoning net, output heads and the fixed initial latents."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    pdt = spec.jnp_param_dtype
+    D = spec.hidden_size
+    self.spec = spec
+    self.embed_tokens = nnx.Param(trunc_normal(rngs.params(), (spec.vocab_size, D), D**-0.5, pdt))
+    if spec.pos_encodings == "learned":
+      self.embed_pos = nnx.Param(trunc_normal(rngs.params(), (spec.total_len, D), D**-0.5, pdt))
+    if spec.puzzle_emb_ndim > 0:
+      self.puzzle_emb = PuzzleTable(
+          jnp.zeros((spec.num_puzzle_identifiers, spec.puzzle_emb_ndim), pdt))
+    self.net = ReasoningNet(spec, rngs=rngs)
+    self.lm_head = Linear(D, spec.vocab_size, rngs=rngs, param_dtype=pdt)
+    self.q_head = Linear(D, 2, rngs=rngs, param_dtype=pdt, bias=True)
+    self.q_head.kernel[...] = jnp.zeros_like(self.q_head.kernel[...])
+    self.q_head.bias[...] = jnp.full_like(self.q_head.bias[...], -5.0)
+    self.y_init = Constant(trunc_normal(rngs.params(), (D,), 1.0, pdt))
+    self.z_init = Constant(trunc_normal(rngs.params(), (D,), 1.0, pdt))
+
+  def embed(self, inputs_BL: jax.Array, puzzle_rows_BP: jax.Array | None) -> jax.Array:
+    """x = sqrt(D) * [puzzle prefix ; token embeddings] (+ learned positions), compute dtype.
+
+    `puzzle_rows_BP` are the rows of the puzzle table for this batch, passed in rather than
+    gathered here so that training can differentiate with respect to the rows alone.
+    """
+    spec = self.spec
+    cdt = spec.jnp_compute_dtype
+    B = inputs_BL.shape[0]
+    x = jnp.take(self.embed_tokens[...].astype(cdt), inputs_BL.astype(jnp.int32), axis=0)
+    prefix = jnp.zeros((B, spec.prefix_len * spec.hidden_size), cdt)
+    if puzzle_rows_BP is not None:
+      prefix = prefix.at[:, :spec.puzzle_emb_ndim].set(puzzle_rows_BP.astype(cdt))
+    x = jnp.concatenate([prefix.reshape(B, spec.prefix_len, spec.hidden_size), x], axis=1)
+    if spec.pos_encodings == "learned":
+      x = LEARNED_POS_SCALE * (x + self.embed_pos[...].astype(cdt))
+    return math.sqrt(spec.hidden_size) * x
+
+  def heads(self, y_BSD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Token logits (prefix dropped) and Q logits (halt, continue), all fp32."""
+    logits = self.lm_head(y_BSD[:, self.spec.prefix_len:]).astype(jnp.float32)
+    q = self.q_head(y_BSD[:, 0]).astype(jnp.float32)
+    return logits, q[..., 0], q[..., 1]
