@@ -65,6 +65,16 @@ def _our_path(official_key: str) -> tuple[str, bool]:
   raise KeyError(official_key)
 
 
+def _official_key(path: str) -> str:
+  """Inverse of `_our_path` (each of our paths has exactly one official name)."""
+  top = {ours: key for key, (ours, _) in _TOP_KEYS.items()}
+  if path in top:
+    return top[path]
+  _, _, index, sub = path.split("/", 3)
+  block = {ours: key for key, (ours, _) in _BLOCK_KEYS.items()}
+  return f"inner.L_level.layers.{index}.{block[sub]}"
+
+
 def _to_numpy(value) -> np.ndarray:
   if hasattr(value, "detach"):  # a torch tensor; bf16 has no numpy dtype, fp32 holds it exactly
     value = value.detach().cpu()
@@ -131,9 +141,7 @@ def from_official_state_dict(state_dict: Mapping[str, Any], model_config) -> mod
     converted[path] = jnp.asarray(array, dtype=want.dtype)
   missing = sorted(set(expected) - set(converted))
   if missing:
-    official = {v[0]: k for k, v in _TOP_KEYS.items()}
-    names = [official.get(m, m) for m in missing]
-    raise ValueError(f"official state_dict is missing key(s) for {names}")
+    raise ValueError(f"official state_dict is missing key(s) {[_official_key(m) for m in missing]}")
   return _unflatten(converted)
 
 
@@ -155,13 +163,15 @@ def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collec
 
 def save_params(params: model_lib.Params, directory: str | pathlib.Path) -> None:
   from orbax.checkpoint import v1 as ocp
-  ocp.save_pytree(pathlib.Path(directory).absolute(), params)
+  ocp.save(pathlib.Path(directory).absolute(), params)
 
 
 def load_params(directory: str | pathlib.Path, model_config) -> model_lib.Params:
   from orbax.checkpoint import v1 as ocp
-  abstract = model_lib.abstract_params(model_config)
-  return ocp.load_pytree(pathlib.Path(directory).absolute(), abstract)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          model_lib.abstract_params(model_config))
+  return ocp.load(pathlib.Path(directory).absolute(), abstract)
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

@@ -54,7 +54,7 @@ def init_params(model_config, rng: jax.Array) -> Params:
   """Freshly initialised parameters (official init: truncated LeCun, zero puzzle table, ...)."""
   spec = ModelSpec.from_config(model_config)
   model = nn.TinyRecursiveModel(spec, rngs=nnx.Rngs(params=rng))
-  return _stringify_keys(nnx.state(model).to_pure_dict())
+  return _stringify_keys(nnx.to_pure_dict(nnx.state(model)))
 
 
 def abstract_params(model_config) -> Params:
@@ -111,8 +111,8 @@ def forward(params: Params, spec: ModelSpec, carry: Carry, inputs: jax.Array,
   model = _merge(spec, params)
   cdt = spec.jnp_compute_dtype
   reset = carry["reset"][:, None, None]
-  latents = Latents(jnp.where(reset, params["y_init"].astype(cdt), carry["y"]),
-                    jnp.where(reset, params["z_init"].astype(cdt), carry["z"]))
+  latents = Latents(jnp.where(reset, params["y_init"].astype(cdt)[None, None], carry["y"]),
+                    jnp.where(reset, params["z_init"].astype(cdt)[None, None], carry["z"]))
   x = model.embed(inputs, rows)
   scheme = recursion.get_scheme(spec.scheme)
   latents = scheme.recur(spec, _net_fn(spec), params["net"], latents, x)

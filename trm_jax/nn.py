@@ -75,7 +75,7 @@ def apply_rope(x_BSNH: jax.Array, cos_SH: jax.Array, sin_SH: jax.Array) -> jax.A
   x = x_BSNH.astype(jnp.float32)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  out = x * cos_SH[:, None, :] + rotated * sin_SH[:, None, :]
+  out = x * cos_SH[None, :, None, :] + rotated * sin_SH[None, :, None, :]
   return out.astype(x_BSNH.dtype)
 
 
@@ -91,7 +91,7 @@ class Linear(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = x @ self.kernel[...].astype(x.dtype)
     if self.bias is not None:
-      y = y + self.bias[...].astype(x.dtype)
+      y = y + jnp.expand_dims(self.bias[...].astype(x.dtype), range(y.ndim - 1))
     return y
 
 
@@ -200,7 +200,7 @@ class TinyRecursiveModel(nnx.Module):
       prefix = prefix.at[:, :spec.puzzle_emb_ndim].set(puzzle_rows_BP.astype(cdt))
     x = jnp.concatenate([prefix.reshape(B, spec.prefix_len, spec.hidden_size), x], axis=1)
     if spec.pos_encodings == "learned":
-      x = LEARNED_POS_SCALE * (x + self.embed_pos[...].astype(cdt))
+      x = LEARNED_POS_SCALE * (x + self.embed_pos[...].astype(cdt)[None])
     return math.sqrt(spec.hidden_size) * x
 
   def heads(self, y_BSD: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -1,0 +1,41 @@
+import pytest
+
+from trm_jax import config
+from trm_jax.config import ModelSpec
+
+
+@pytest.mark.parametrize("name", sorted(config.PRESETS))
+def test_presets_validate(name):
+  ModelSpec.from_config(config.PRESETS[name]())
+
+
+@pytest.mark.parametrize("field,value", [
+    ("pos_encodings", "alibi"),
+    ("num_heads", 7),
+    ("hidden_size", 0),
+    ("halt_exploration_prob", 1.5),
+    ("compute_dtype", "int8"),
+    ("loss_type", "hinge"),
+    ("remat", "sometimes"),
+    ("scheme", "does_not_exist"),
+    ("puzzle_emb_ndim", 10_000),
+])
+def test_invalid_value_names_the_field(field, value):
+  cfg = config.tiny()
+  cfg[field] = value
+  with pytest.raises(ValueError, match=f"'{field}'"):
+    ModelSpec.from_config(cfg)
+
+
+def test_unknown_and_missing_fields():
+  with pytest.raises(ValueError, match="unknown field.*'hiden_size'"):
+    ModelSpec.from_config({"seq_len": 4, "vocab_size": 3, "hiden_size": 8})
+  with pytest.raises(ValueError, match="missing required.*seq_len"):
+    ModelSpec.from_config({"vocab_size": 3})
+
+
+def test_prefix_len_follows_official_ceil_rule():
+  spec = ModelSpec.from_config(config.model_config(seq_len=9, vocab_size=5, hidden_size=64,
+                                                   num_heads=4, puzzle_emb_ndim=100,
+                                                   puzzle_emb_len=0))
+  assert spec.prefix_len == 2 and spec.total_len == 11
