@@ -50,6 +50,18 @@ def _merge(spec: ModelSpec, params: Params) -> nn.TinyRecursiveModel:
   return nnx.merge(_graph(spec)[0], params)
 
 
+@functools.lru_cache(maxsize=None)
+def variable_kinds(spec: ModelSpec) -> dict[str, str]:
+  """Top-level params key -> 'param' | 'puzzle_table' | 'constant' (decides the optimiser)."""
+  abstract = nnx.eval_shape(lambda: nn.TinyRecursiveModel(spec, rngs=nnx.Rngs(0)))
+  kinds = {}
+  for kind, variable_type in (("param", nnx.Param), ("puzzle_table", nn.PuzzleTable),
+                              ("constant", nn.Constant)):
+    for key in nnx.to_pure_dict(nnx.state(abstract, variable_type)):
+      kinds[str(key)] = kind
+  return kinds
+
+
 def init_params(model_config, rng: jax.Array) -> Params:
   """Freshly initialised parameters (official init: truncated LeCun, zero puzzle table, ...)."""
   spec = ModelSpec.from_config(model_config)

@@ -1,0 +1,36 @@
+r"""ARC-AGI (official recipe: attention 7M, n=4; paper 44.6% / 7.8% pass@2).
+
+  --config experiments/arc.py:arc1   ARC-AGI-1 training + evaluation + ConceptARC, test = evaluation
+  --config experiments/arc.py:arc2   ARC-AGI-2 training2 + evaluation2 + ConceptARC, test = evaluation2
+The kaggle-format JSON (arc-agi_<subset>_challenges.json / _solutions.json) must be in
+--config.data.manual_dir. Append ,runlocal for a CPU check (few augmentations, tiny model).
+"""
+
+import sys, pathlib  # noqa: E401
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import ml_collections  # noqa: E402
+
+import common  # noqa: E402
+from trm_jax import config as model_configs  # noqa: E402
+
+
+def get_config(arg=None):
+  variant, local = common.parse_variant(arg, {"arc1", "arc2"})
+  variant = variant or "arc1"
+  config = ml_collections.ConfigDict()
+  config.model = model_configs.arc_attention()
+  subsets = (("training", "evaluation", "concept") if variant == "arc1"
+             else ("training2", "evaluation2", "concept"))
+  config.data = common.data_spec(
+      "arc", dict(name=f"{variant}_aug_1000", subsets=subsets,
+                  test_set_name=subsets[1], num_aug=1000, seed=42))
+  # Official command: arch.L_cycles=4 ema=True; cfg_pretrain.yaml: epochs 100000,
+  # eval_interval 10000, lr 1e-4, puzzle_emb_lr 1e-2, weight_decay 0.1 (both).
+  config.train = common.train_recipe()
+  config.eval = common.eval_recipe(pass_ks=(1, 2, 5, 10, 100, 1000))
+  if local:
+    config = common.runlocal(config)
+    config.data.builder_config.name = f"{variant}_aug_4"
+    config.data.builder_config.num_aug = 4
+  return config

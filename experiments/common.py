@@ -1,0 +1,67 @@
+"""Pieces shared by the experiment configs: the official training recipe and the runlocal shrink."""
+
+import ml_collections
+
+
+def train_recipe(**overrides) -> ml_collections.ConfigDict:
+  """The official TRM training hyper-parameters (config/cfg_pretrain.yaml + the README commands)."""
+  values = dict(
+      global_batch_size=768,
+      epochs=100_000,
+      eval_interval=10_000,  # epochs
+      lr=1e-4,
+      lr_min_ratio=1.0,  # 1.0: constant after warmup
+      lr_warmup_steps=2000,
+      beta1=0.9,
+      beta2=0.95,
+      weight_decay=0.1,
+      puzzle_emb_lr=1e-2,
+      puzzle_emb_weight_decay=0.1,
+      grad_clip_norm=0.0,  # 0: off (the official trainer does not clip)
+      ema=True,
+      ema_rate=0.999,
+      seed=0,
+      log_every_steps=50,
+  )
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def eval_recipe(**overrides) -> ml_collections.ConfigDict:
+  values = dict(global_batch_size=768, adaptive_halt=False, max_batches=0)
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
+def data_spec(builder: str, builder_config: dict, manual_dir: str = "", generate=None):
+  return ml_collections.ConfigDict(dict(
+      builder=builder, builder_config=builder_config, manual_dir=manual_dir, data_dir="",
+      generate=generate or dict(kind="")))
+
+
+def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any experiment to a few CPU minutes: same code paths, tiny sizes."""
+  config.model.hidden_size = 64
+  config.model.num_heads = 4
+  config.model.puzzle_emb_ndim = 64 if config.model.puzzle_emb_ndim else 0
+  config.model.halt_max_steps = min(config.model.halt_max_steps, 4)
+  config.model.H_cycles = min(config.model.H_cycles, 2)
+  config.model.L_cycles = min(config.model.L_cycles, 2)
+  config.model.compute_dtype = "float32"
+  config.train.global_batch_size = 32
+  config.train.epochs = 2
+  config.train.eval_interval = 2
+  config.train.lr_warmup_steps = 10
+  config.train.log_every_steps = 5
+  config.eval.global_batch_size = 64
+  config.eval.max_batches = 2
+  return config
+
+
+def parse_variant(arg, known):
+  parts = [p for p in (arg or "").split(",") if p]
+  variant = [p for p in parts if p != "runlocal"]
+  if len(variant) > 1 or (variant and variant[0] not in known):
+    raise ValueError(f"unknown config variant {arg!r}; choose one of {sorted(known)} "
+                     "(optionally with ,runlocal)")
+  return (variant[0] if variant else None), "runlocal" in parts

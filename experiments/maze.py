@@ -1,0 +1,37 @@
+r"""Maze-Hard 30x30 (official recipe: attention, n=4; paper 85.3% exact).
+
+  --config experiments/maze.py            needs the official train.csv / test.csv in
+                                          --config.data.manual_dir
+  --config experiments/maze.py:aug        with the 8 dihedral augmentations (the paper's setting)
+  --config experiments/maze.py:,runlocal  CPU check on generated 15x15 mazes
+"""
+
+import sys, pathlib  # noqa: E401
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import ml_collections  # noqa: E402
+
+import common  # noqa: E402
+from trm_jax import config as model_configs  # noqa: E402
+
+
+def get_config(arg=None):
+  variant, local = common.parse_variant(arg, {"aug"})
+  config = ml_collections.ConfigDict()
+  config.model = model_configs.maze_attention()
+  config.data = common.data_spec(
+      "maze", dict(name="hard_30x30_aug8" if variant == "aug" else "hard_30x30", side=30,
+                   dihedral_aug=variant == "aug", subsample=0))
+  # Official command: epochs=50000 eval_interval=5000 lr=1e-4 puzzle_emb_lr=1e-4
+  # weight_decay=1.0 puzzle_emb_weight_decay=1.0 arch.L_cycles=4 ema=True.
+  config.train = common.train_recipe(epochs=50_000, eval_interval=5_000, lr=1e-4,
+                                     puzzle_emb_lr=1e-4, weight_decay=1.0,
+                                     puzzle_emb_weight_decay=1.0, ema=True)
+  config.eval = common.eval_recipe()
+  if local:
+    config = common.runlocal(config)
+    config.data.builder_config.name = "generated_15x15"
+    config.data.builder_config.side = 15
+    config.data.generate = ml_collections.ConfigDict(dict(
+        kind="maze", side=15, num_train=200, num_test=64, seed=0, min_difficulty=10))
+  return config

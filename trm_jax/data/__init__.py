@@ -1,0 +1,1 @@
+"""Datasets: reading, augmenting and encoding puzzles, and their evaluators."""

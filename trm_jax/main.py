@@ -1,0 +1,289 @@
+r"""Train and evaluate a TRM from an experiment config.
+
+    python -m trm_jax.main --config experiments/sudoku.py:smoke --workdir /tmp/smoke
+    python -m trm_jax.main --config experiments/sudoku.py:mlp --workdir DIR \
+        --config.data.manual_dir=data/sudoku-extreme --config.train.epochs=1000
+
+Writes to the workdir: config.json (the resolved config), metrics.jsonl (one JSON object per
+logged step and per evaluation), TensorBoard event files under tb/, and eval_table.txt.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from trm_jax import model as model_lib
+from trm_jax import train as train_lib
+from trm_jax.config import ModelSpec
+from trm_jax.data import datasets, pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+
+
+# ------------------------------------------------------------------------------------ config --
+
+
+def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
+  """Checks the training and evaluation fields; raises ValueError naming the field."""
+  def fail(field, why):
+    section, name = field.split(".")
+    raise ValueError(f"config field '{field}' = {cfg[section][name]!r}: {why}")
+
+  positive_ints = ["train.global_batch_size", "train.epochs", "train.eval_interval",
+                   "eval.global_batch_size", "train.log_every_steps"]
+  for field in positive_ints:
+    section, name = field.split(".")
+    value = cfg[section][name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      fail(field, "must be a positive integer")
+  for field in ["train.lr", "train.puzzle_emb_lr"]:
+    section, name = field.split(".")
+    if not cfg[section][name] > 0:
+      fail(field, "must be positive")
+  for field in ["train.weight_decay", "train.puzzle_emb_weight_decay", "train.grad_clip_norm",
+                "train.lr_warmup_steps"]:
+    section, name = field.split(".")
+    if cfg[section][name] < 0:
+      fail(field, "must be non-negative")
+  for field in ["train.beta1", "train.beta2", "train.ema_rate", "train.lr_min_ratio"]:
+    section, name = field.split(".")
+    if not 0 <= cfg[section][name] <= 1:
+      fail(field, "must be in [0, 1]")
+  if cfg.train.eval_interval > cfg.train.epochs:
+    fail("train.eval_interval", f"exceeds train.epochs={cfg.train.epochs}")
+
+
+def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
+  """The experiment's model config with the dataset's shapes filled in."""
+  model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
+  model_cfg.seq_len = int(metadata["seq_len"])
+  model_cfg.vocab_size = int(metadata["vocab_size"])
+  model_cfg.num_puzzle_identifiers = int(metadata["num_puzzle_identifiers"])
+  ModelSpec.from_config(model_cfg)
+  return model_cfg
+
+
+# ----------------------------------------------------------------------------------- logging --
+
+
+class MetricWriter:
+  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+
+  def __init__(self, workdir: pathlib.Path):
+    from tensorboardX import SummaryWriter
+    self._jsonl = open(workdir / "metrics.jsonl", "a")
+    self._tb = SummaryWriter(str(workdir / "tb"))
+
+  def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
+    self._jsonl.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      self._tb.add_scalar(f"{kind}/{name}", value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
+
+
+def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict[str, float]:
+  """Official reduction: losses per example of the batch, the rest per halted example."""
+  count = max(float(sums["count"]), 1.0)
+  out = {}
+  for name, value in sums.items():
+    if name in ("lr", "grad_norm"):
+      out[name] = float(value)
+    elif name == "count":
+      out[name] = float(value)
+    elif name.endswith("loss"):
+      out[name] = float(value) / global_batch
+    else:
+      out[name] = float(value) / count
+  return out
+
+
+# ------------------------------------------------------------------------------------ evals --
+
+
+ARC_KEYS = ("task_id", "test_index", "dihedral", "colors")
+
+
+def arc_evaluator_for(cfg: ml_collections.ConfigDict):
+  """An ARC pass@K evaluator over the test set's tasks (None for other datasets)."""
+  if cfg.data.builder != "arc":
+    return None
+  from trm_jax.data import arc, arc_eval
+  builder_cfg = cfg.data.builder_config
+  test_set = builder_cfg.test_set_name
+  tasks = arc.load_subsets(cfg.data.manual_dir, [test_set], builder_cfg.get("prefix", "arc-agi"))
+  return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
+
+
+def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec,
+             arc_evaluator=None) -> dict[str, Any]:
+  """Exact and token accuracy after each supervision step, forward passes per example, and
+  (ARC) pass@K over this evaluation's predictions only."""
+  n_sup = spec.halt_max_steps
+  token, exact, steps, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0
+  final_exact = 0.0
+  max_batches = cfg.eval.max_batches
+  if arc_evaluator is not None:
+    arc_evaluator.reset()
+  keys = ARC_KEYS if arc_evaluator is not None else ()
+  batches = pipeline.eval_batches(test_source, global_batch_size=cfg.eval.global_batch_size,
+                                  keys=keys)
+  for i, batch in enumerate(batches):
+    if max_batches and i >= max_batches:
+      break
+    valid = batch.pop("valid")
+    extra = {k: batch.pop(k) for k in keys}
+    out = jax.device_get(evaluate_batch(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+    token += (out["token_acc"] * valid).sum(-1)
+    exact += (out["exact"] * valid).sum(-1)
+    halting_step = out["steps"] - 1
+    final_exact += float((out["exact"][halting_step, np.arange(len(valid))] * valid).sum())
+    steps += float((out["steps"] * valid).sum())
+    count += int(valid.sum())
+    if arc_evaluator is not None:
+      arc_evaluator.add(out["preds"], out["q_halt"], extra["task_id"], extra["test_index"],
+                        extra["dihedral"], extra["colors"], mask=valid)
+  passes = model_lib.forward_passes_per_step(spec)
+  result = {
+      "count": count,
+      "exact_accuracy": final_exact / max(count, 1),
+      "accuracy_per_step": (token / max(count, 1)).tolist(),
+      "exact_accuracy_per_step": (exact / max(count, 1)).tolist(),
+      "steps": steps / max(count, 1),
+      "forward_passes_per_example": passes * steps / max(count, 1),
+  }
+  if arc_evaluator is not None:
+    result.update(arc_evaluator.result())
+  return result
+
+
+def format_eval_table(result: dict[str, Any]) -> str:
+  lines = ["| supervision step | token accuracy | exact accuracy |", "|---|---|---|"]
+  for k, (tok, ex) in enumerate(zip(result["accuracy_per_step"],
+                                    result["exact_accuracy_per_step"]), start=1):
+    lines.append(f"| {k} | {tok:.4f} | {ex:.4f} |")
+  lines.append("")
+  lines.append(f"test examples: {result['count']}")
+  lines.append(f"exact_accuracy: {result['exact_accuracy']:.4f}")
+  lines.append(f"supervision steps per example: {result['steps']:.2f}")
+  lines.append(f"forward passes per example: {result['forward_passes_per_example']:.1f}")
+  for name, value in result.items():
+    if name.startswith("pass@"):
+      lines.append(f"{name}: {value:.4f}")
+  return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------- main --
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The whole experiment; returns the final evaluation."""
+  validate_experiment(cfg)
+  ModelSpec.from_config(cfg.model)  # shapes are filled in from the data later; fields checked now
+  workdir_path = pathlib.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  if not cfg.data.data_dir:
+    cfg.data.data_dir = str(workdir_path / "tfds")
+  if cfg.data.get("generate") and cfg.data.generate.get("kind") and not cfg.data.manual_dir:
+    cfg.data.manual_dir = str(workdir_path / "raw")
+
+  # --- Input.
+  start = time.time()
+  data = datasets.prepare(cfg.data)
+  model_cfg = model_config_for(cfg, data.metadata)
+  spec = ModelSpec.from_config(model_cfg)
+  resolved = cfg.to_dict()
+  resolved["model"] = model_cfg.to_dict()
+  (workdir_path / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
+  logging.info("data ready in %.1fs: %d train records (%d per epoch), %d test",
+               time.time() - start, data.train_index.num_records, data.train_index.epoch_length,
+               len(data.test))
+  global_batch = cfg.train.global_batch_size
+  steps_per_epoch = data.train_index.epoch_length / global_batch
+  total_steps = max(1, int(cfg.train.epochs * steps_per_epoch))
+  eval_every = max(1, int(cfg.train.eval_interval * steps_per_epoch))
+  train_iter = iter(pipeline.train_dataset(
+      data.train, data.train_index, seed=cfg.train.seed, global_batch_size=global_batch,
+      num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
+      process_count=jax.process_count()))
+
+  # --- Model and state.
+  first = next(train_iter)
+  state = train_lib.init_state(model_cfg, cfg.train, jax.tree.map(jnp.asarray, first),
+                               total_steps, jax.random.key(cfg.train.seed))
+  logging.info("parameters: %d (+%d puzzle table); %d train steps, eval every %d",
+               model_lib.count_params(state["trainable"]),
+               state["puzzle_emb"].size if "puzzle_emb" in state else 0, total_steps, eval_every)
+  train_step = jax.jit(functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
+                                         total_steps=total_steps), donate_argnums=0)
+  evaluate_batch = jax.jit(functools.partial(train_lib.eval_batch, spec=spec,
+                                             adaptive=cfg.eval.adaptive_halt))
+  arc_evaluator = arc_evaluator_for(cfg)
+
+  # --- Loop.
+  from tqdm import tqdm
+  writer = MetricWriter(workdir_path)
+  batch = first
+  pending = None
+  result = None
+  with tqdm(total=total_steps, desc="train", unit="step", disable=jax.process_index() != 0) as bar:
+    for step in range(1, total_steps + 1):
+      state, metrics = train_step(state, jax.tree.map(jnp.asarray, batch))
+      pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
+      if step % cfg.train.log_every_steps == 0 or step == total_steps:
+        sums = jax.device_get(pending)
+        sums["lr"], sums["grad_norm"] = metrics["lr"], metrics["grad_norm"]
+        if not all(np.isfinite(v) for v in jax.tree.leaves(sums)):
+          bad = sorted(k for k, v in sums.items() if not np.isfinite(v))
+          raise FloatingPointError(f"non-finite {bad} at step {step}; stopping (last good "
+                                   f"metrics are in {workdir_path / 'metrics.jsonl'})")
+        reduced = reduce_train_metrics(sums, global_batch * cfg.train.log_every_steps)
+        reduced["count"] = float(sums["count"])
+        writer.write(step, "train", reduced)
+        bar.set_postfix(loss=f"{reduced['lm_loss']:.3f}", exact=f"{reduced['exact_accuracy']:.3f}")
+        pending = None
+      if step % eval_every == 0 or step == total_steps:
+        result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
+                          arc_evaluator)
+        scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+        scalars.update({f"exact_accuracy_step{k + 1}": v
+                        for k, v in enumerate(result["exact_accuracy_per_step"])})
+        writer.write(step, "eval", {k.replace("@", "_at_"): v for k, v in scalars.items()})
+        bar.write(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f}")
+      bar.update(1)
+      if step < total_steps:
+        batch = next(train_iter)
+  writer.close()
+  table = format_eval_table(result)
+  (workdir_path / "eval_table.txt").write_text(table + "\n")
+  print(table)
+  print(f"total time {time.time() - start:.0f}s")
+  return result
+
+
+def main(argv):
+  del argv
+  run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

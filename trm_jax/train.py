@@ -1,0 +1,159 @@
+"""Deep-supervision training and evaluation steps, as pure functions of a plain train state.
+
+Train state (a pytree; shardings and Orbax apply to it as is):
+  step       - optimiser updates done (int32)
+  trainable  - dense weights (nnx.Param), updated by AdamATan2
+  puzzle_emb - the puzzle table, updated by sparse sign-SGD (absent without puzzle embeddings)
+  constants  - fixed initial latents
+  opt_state  - AdamATan2 moments
+  ema        - EMA of `trainable` (absent when the EMA is off); used for evaluation
+  act        - the ACT carry that persists across steps (see act.py)
+  rng        - folded per step
+One train step = one supervision step of every row + one optimiser update, as in the official
+trainer; rows that halted take the next example of the incoming batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from trm_jax import act, losses
+from trm_jax import model as model_lib
+from trm_jax import optim
+from trm_jax.config import ModelSpec
+
+State = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+def split_params(spec: ModelSpec, params: model_lib.Params):
+  """(trainable, puzzle table or None, constants) by variable kind."""
+  kinds = model_lib.variable_kinds(spec)
+  trainable = {k: v for k, v in params.items() if kinds[k] == "param"}
+  constants = {k: v for k, v in params.items() if kinds[k] == "constant"}
+  return trainable, params.get("puzzle_emb"), constants
+
+
+def join_params(trainable, table, constants) -> model_lib.Params:
+  params = {**trainable, **constants}
+  if table is not None:
+    params["puzzle_emb"] = table
+  return params
+
+
+def schedules(train_cfg: ml_collections.ConfigDict, total_steps: int):
+  make = lambda lr: optim.warmup_cosine(lr, train_cfg.lr_warmup_steps, total_steps,
+                                        train_cfg.lr_min_ratio)
+  return make(train_cfg.lr), make(train_cfg.puzzle_emb_lr)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, total_steps: int):
+  lr, _ = schedules(train_cfg, total_steps)
+  parts = []
+  if train_cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(train_cfg.grad_clip_norm))
+  parts.append(optim.adam_atan2(lr, train_cfg.beta1, train_cfg.beta2, train_cfg.weight_decay))
+  return optax.chain(*parts)
+
+
+def init_state(model_config, train_cfg: ml_collections.ConfigDict, example_batch: Batch,
+               total_steps: int, rng: jax.Array, params: model_lib.Params | None = None) -> State:
+  spec = ModelSpec.from_config(model_config)
+  init_rng, rng = jax.random.split(rng)
+  if params is None:
+    params = model_lib.init_params(spec, init_rng)
+  trainable, table, constants = split_params(spec, params)
+  state = {
+      "step": jnp.zeros([], jnp.int32),
+      "trainable": trainable,
+      "constants": constants,
+      "opt_state": make_optimizer(train_cfg, total_steps).init(trainable),
+      "act": act.initial_state(spec, example_batch),
+      "rng": rng,
+  }
+  if table is not None:
+    state["puzzle_emb"] = table
+  if train_cfg.ema:
+    state["ema"] = jax.tree.map(jnp.copy, trainable)
+  return state
+
+
+def train_step(state: State, batch: Batch, *, spec: ModelSpec,
+               train_cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[State, dict]:
+  """One supervision step for every row and one optimiser update (jit with donated state)."""
+  global_batch = batch["inputs"].shape[0]
+  step_rng = jax.random.fold_in(state["rng"], state["step"])
+  act_state = act.refresh(state["act"], batch)
+  table = state.get("puzzle_emb")
+  ids = act_state["data"]["puzzle_identifiers"].astype(jnp.int32)
+  rows = None if table is None else jnp.take(table, ids, axis=0)
+
+  def loss_fn(trainable, rows):
+    params = join_params(trainable, table, state["constants"])
+    new_act, out = act.advance(params, rows, spec, act_state, step_rng, training=True)
+    loss, metrics = losses.act_loss(
+        out["logits"], out["q_halt"], out["q_continue"], new_act["data"]["labels"],
+        new_act["halted"], new_act["steps"], spec.loss_type, out.get("target_q_continue"))
+    return loss / global_batch, (new_act, metrics)
+
+  (_, (new_act, metrics)), (grads, row_grads) = jax.value_and_grad(
+      loss_fn, argnums=(0, 1), has_aux=True)(state["trainable"], rows)
+  optimizer = make_optimizer(train_cfg, total_steps)
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+  trainable = optax.apply_updates(state["trainable"], updates)
+  step = state["step"] + 1
+  lr, emb_lr = schedules(train_cfg, total_steps)
+  new_state = dict(state, step=step, trainable=trainable, opt_state=opt_state, act=new_act)
+  if table is not None:
+    new_state["puzzle_emb"] = optim.sparse_sign_sgd(table, ids, row_grads, emb_lr(step),
+                                                    train_cfg.puzzle_emb_weight_decay)
+  if "ema" in state:
+    new_state["ema"] = optim.ema_update(state["ema"], trainable, train_cfg.ema_rate)
+  metrics = dict(metrics, lr=lr(step), grad_norm=optax.tree.norm(grads))
+  return new_state, metrics
+
+
+def eval_params(state: State) -> model_lib.Params:
+  """The weights evaluation uses: the EMA when there is one."""
+  return join_params(state.get("ema", state["trainable"]), state.get("puzzle_emb"),
+                     state["constants"])
+
+
+def eval_batch(params: model_lib.Params, batch: Batch, *, spec: ModelSpec,
+               adaptive: bool = False) -> dict[str, jax.Array]:
+  """Run a batch from fresh latents for N_sup steps; per-step correctness and final outputs.
+
+  Returns per-row arrays: `token_acc` / `exact` [N_sup, B] after each step, `preds` [B, L] and
+  `q_halt` [B] at the halting step, `steps` [B] (supervision steps used: N_sup unless
+  `adaptive`, in which case a row stops, and keeps its prediction, when its Q head halts).
+  """
+  state = act.refresh(act.initial_state(spec, batch), batch)
+  labels = batch["labels"]
+  rows = model_lib.puzzle_rows(params, batch["puzzle_identifiers"])
+  B = labels.shape[0]
+
+  def one_step(carry, _):
+    state, done, preds, q_halt, steps = carry
+    state, out = act.advance(params, rows, spec, state, training=False, adaptive_eval=adaptive)
+    new_preds = jnp.argmax(out["logits"], axis=-1).astype(jnp.int32)
+    preds = jnp.where(done[:, None], preds, new_preds)
+    q_halt = jnp.where(done, q_halt, out["q_halt"])
+    steps = jnp.where(done, steps, state["steps"])
+    done = done | state["halted"]
+    mask = labels != losses.IGNORE_LABEL_ID
+    correct = (preds == labels) & mask
+    counts = jnp.maximum(mask.sum(-1), 1)
+    per_step = (correct.sum(-1) / counts, correct.sum(-1) == mask.sum(-1))
+    return (state, done, preds, q_halt, steps), per_step
+
+  init = (state, jnp.zeros((B,), bool), jnp.zeros(labels.shape, jnp.int32),
+          jnp.zeros((B,), jnp.float32), jnp.zeros((B,), jnp.int32))
+  (_, _, preds, q_halt, steps), (token_acc, exact) = jax.lax.scan(
+      one_step, init, None, length=spec.halt_max_steps)
+  return {"token_acc": token_acc, "exact": exact, "preds": preds, "q_halt": q_halt,
+          "steps": steps}
