@@ -22,6 +22,9 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
       ema_rate=0.999,
       seed=0,
       log_every_steps=50,
+      checkpoint_every_steps=0,  # 0: at every evaluation
+      keep_checkpoints=3,
+      keep_best_checkpoints=1,  # on eval exact_accuracy
   )
   values.update(overrides)
   return ml_collections.ConfigDict(values)

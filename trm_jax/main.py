@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import pathlib
+import signal
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from trm_jax import checkpoint as checkpoint_lib
 from trm_jax import model as model_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
@@ -55,7 +57,8 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
     if not cfg[section][name] > 0:
       fail(field, "must be positive")
   for field in ["train.weight_decay", "train.puzzle_emb_weight_decay", "train.grad_clip_norm",
-                "train.lr_warmup_steps"]:
+                "train.lr_warmup_steps", "train.checkpoint_every_steps",
+                "train.keep_best_checkpoints"]:
     section, name = field.split(".")
     if cfg[section][name] < 0:
       fail(field, "must be non-negative")
@@ -63,6 +66,8 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
     section, name = field.split(".")
     if not 0 <= cfg[section][name] <= 1:
       fail(field, "must be in [0, 1]")
+  if cfg.train.keep_checkpoints < 1:
+    fail("train.keep_checkpoints", "must be at least 1")
   if cfg.train.eval_interval > cfg.train.epochs:
     fail("train.eval_interval", f"exceeds train.epochs={cfg.train.epochs}")
 
@@ -194,6 +199,22 @@ def format_eval_table(result: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------- main --
 
 
+class _TerminationFlag:
+  """SIGTERM (a preemption notice) asks the loop to save a checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. called from a test runner thread)
+      pass
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """The whole experiment; returns the final evaluation."""
   validate_experiment(cfg)
@@ -226,12 +247,28 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       process_count=jax.process_count()))
 
   # --- Model and state.
-  first = next(train_iter)
-  state = train_lib.init_state(model_cfg, cfg.train, jax.tree.map(jnp.asarray, first),
+  start_position = train_iter.get_state()
+  example = next(train_iter)  # shapes only; the stream is rewound (or restored) below
+  state = train_lib.init_state(model_cfg, cfg.train, jax.tree.map(jnp.asarray, example),
                                total_steps, jax.random.key(cfg.train.seed))
   logging.info("parameters: %d (+%d puzzle table); %d train steps, eval every %d",
                model_lib.count_params(state["trainable"]),
                state["puzzle_emb"].size if "puzzle_emb" in state else 0, total_steps, eval_every)
+
+  # --- Checkpoints: resume from the newest good one in the workdir.
+  checkpoints = checkpoint_lib.CheckpointManager(
+      workdir_path / "checkpoints", save_interval_steps=cfg.train.checkpoint_every_steps or eval_every,
+      keep=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best_checkpoints)
+  restored = checkpoints.restore_latest(state, {"data_iterator": start_position})
+  first_step = 1
+  if restored is not None:
+    last_step, state, loop_state = restored
+    train_iter.set_state(jax.tree.map(int, loop_state["data_iterator"]))
+    first_step = last_step + 1
+    print(f"resumed from checkpoint step {last_step} in {checkpoints.directory}")
+  else:
+    train_iter.set_state(start_position)
+
   train_step = jax.jit(functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
                                          total_steps=total_steps), donate_argnums=0)
   evaluate_batch = jax.jit(functools.partial(train_lib.eval_batch, spec=spec,
@@ -241,11 +278,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   # --- Loop.
   from tqdm import tqdm
   writer = MetricWriter(workdir_path)
-  batch = first
+  terminate = _TerminationFlag()
   pending = None
   result = None
-  with tqdm(total=total_steps, desc="train", unit="step", disable=jax.process_index() != 0) as bar:
-    for step in range(1, total_steps + 1):
+  with tqdm(total=total_steps, initial=first_step - 1, desc="train", unit="step",
+            disable=jax.process_index() != 0) as bar:
+    for step in range(first_step, total_steps + 1):
+      batch = next(train_iter)
       state, metrics = train_step(state, jax.tree.map(jnp.asarray, batch))
       pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
       if step % cfg.train.log_every_steps == 0 or step == total_steps:
@@ -260,18 +299,32 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.write(step, "train", reduced)
         bar.set_postfix(loss=f"{reduced['lm_loss']:.3f}", exact=f"{reduced['exact_accuracy']:.3f}")
         pending = None
+      eval_metrics = None
       if step % eval_every == 0 or step == total_steps:
         result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
                           arc_evaluator)
         scalars = {k: v for k, v in result.items() if isinstance(v, float)}
         scalars.update({f"exact_accuracy_step{k + 1}": v
                         for k, v in enumerate(result["exact_accuracy_per_step"])})
-        writer.write(step, "eval", {k.replace("@", "_at_"): v for k, v in scalars.items()})
+        eval_metrics = {k.replace("@", "_at_"): v for k, v in scalars.items()}
+        writer.write(step, "eval", eval_metrics)
         bar.write(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f}")
+      checkpoints.maybe_save(step, state, {"data_iterator": train_iter.get_state()},
+                             force=terminate.requested or step == total_steps,
+                             metrics=eval_metrics)
       bar.update(1)
-      if step < total_steps:
-        batch = next(train_iter)
+      if terminate.requested:
+        checkpoints.wait()
+        print(f"SIGTERM: saved a complete checkpoint at step {step}; exiting")
+        writer.close()
+        checkpoints.close()
+        return None
+  checkpoints.wait()
+  checkpoints.close()
   writer.close()
+  if result is None:  # resumed after the last step: nothing left to train
+    result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
+                      arc_evaluator)
   table = format_eval_table(result)
   (workdir_path / "eval_table.txt").write_text(table + "\n")
   print(table)

@@ -8,7 +8,7 @@ Train state (a pytree; shardings and Orbax apply to it as is):
   opt_state  - AdamATan2 moments
   ema        - EMA of `trainable` (absent when the EMA is off); used for evaluation
   act        - the ACT carry that persists across steps (see act.py)
-  rng        - folded per step
+  rng        - raw PRNG key data (uint32, checkpointable), folded with the step
 One train step = one supervision step of every row + one optimiser update, as in the official
 trainer; rows that halted take the next example of the incoming batch.
 """
@@ -74,7 +74,7 @@ def init_state(model_config, train_cfg: ml_collections.ConfigDict, example_batch
       "constants": constants,
       "opt_state": make_optimizer(train_cfg, total_steps).init(trainable),
       "act": act.initial_state(spec, example_batch),
-      "rng": rng,
+      "rng": jax.random.key_data(rng),
   }
   if table is not None:
     state["puzzle_emb"] = table
@@ -87,7 +87,7 @@ def train_step(state: State, batch: Batch, *, spec: ModelSpec,
                train_cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[State, dict]:
   """One supervision step for every row and one optimiser update (jit with donated state)."""
   global_batch = batch["inputs"].shape[0]
-  step_rng = jax.random.fold_in(state["rng"], state["step"])
+  step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
   act_state = act.refresh(state["act"], batch)
   table = state.get("puzzle_emb")
   ids = act_state["data"]["puzzle_identifiers"].astype(jnp.int32)
