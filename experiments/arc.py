@@ -29,6 +29,7 @@ def get_config(arg=None):
   # eval_interval 10000, lr 1e-4, puzzle_emb_lr 1e-2, weight_decay 0.1 (both).
   config.train = common.train_recipe()
   config.eval = common.eval_recipe(pass_ks=(1, 2, 5, 10, 100, 1000))
+  config.mesh_shape = common.DEFAULT_MESH
   if local:
     config = common.runlocal(config)
     config.data.builder_config.name = f"{variant}_aug_4"

@@ -2,6 +2,9 @@
 
 import ml_collections
 
+# (data, fsdp): -1 takes all devices. Pods: e.g. (-1, 4) shards parameters 4 ways (BUILD_NOTES.md).
+DEFAULT_MESH = (-1, 1)
+
 
 def train_recipe(**overrides) -> ml_collections.ConfigDict:
   """The official TRM training hyper-parameters (config/cfg_pretrain.yaml + the README commands)."""

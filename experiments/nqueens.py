@@ -21,6 +21,7 @@ def get_config(arg=None):
   config.data = common.data_spec("nqueens", dict(name="8x8"))
   config.train = common.train_recipe(epochs=20_000, eval_interval=2_000, global_batch_size=512)
   config.eval = common.eval_recipe(global_batch_size=200)
+  config.mesh_shape = common.DEFAULT_MESH
   if local:
     config = common.runlocal(config)
   return config

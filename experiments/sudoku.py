@@ -48,6 +48,7 @@ def get_config(arg=None):
                                        puzzle_emb_lr=1e-4, weight_decay=1.0,
                                        puzzle_emb_weight_decay=1.0, ema=True)
     config.eval = common.eval_recipe()
+  config.mesh_shape = common.DEFAULT_MESH
   if local:
     config = common.runlocal(config)
   return config

@@ -62,9 +62,14 @@ def _start_and_signal(workdir, sig, after_step):
 
 
 def _final_state(workdir):
+  """The newest checkpoint's train state, loaded onto this process's one device."""
   step = max(_steps(workdir))
   path = pathlib.Path(workdir) / "checkpoints" / str(step)
-  return step, ocp.load_checkpointables(path)["state"]
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  metadata = ocp.checkpointables_metadata(path).metadata["state"]
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata)
+  return step, ocp.load_checkpointables(path, {"state": abstract})["state"]
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +115,22 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"checkpoint step {steps[-1]}" in result.stdout and "falling back" in result.stdout
   assert f"resumed from checkpoint step {steps[-2]}" in result.stdout
+
+
+def test_resume_onto_a_different_mesh(tmp_path, uninterrupted):
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  first = _command(tmp_path) + ["--config.mesh_shape=(2,4)", "--config.train.epochs=2",
+                                "--config.train.eval_interval=2"]
+  # epochs=2 stops after step 4; then the full run continues on another mesh.
+  result = subprocess.run(first, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert max(_steps(tmp_path)) == 4
+  second = _command(tmp_path) + ["--config.mesh_shape=(8,1)"]
+  result = subprocess.run(second, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from checkpoint step 4" in result.stdout
+  _, reference = _final_state(uninterrupted)
+  _, resumed = _final_state(tmp_path)
+  # Sharded reductions add in another order: equal to float tolerance, not bitwise.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+               reference["trainable"], resumed["trainable"])

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from trm_jax import checkpoint as checkpoint_lib
 from trm_jax import model as model_lib
+from trm_jax import sharding as sharding_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
 from trm_jax.data import datasets, pipeline
@@ -86,14 +87,22 @@ def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
 
 
 class MetricWriter:
-  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed)."""
+  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed).
+
+  Only process 0 writes; on the others every call is a no-op.
+  """
 
   def __init__(self, workdir: pathlib.Path):
+    self._active = jax.process_index() == 0
+    if not self._active:
+      return
     from tensorboardX import SummaryWriter
     self._jsonl = open(workdir / "metrics.jsonl", "a")
     self._tb = SummaryWriter(str(workdir / "tb"))
 
   def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
+    if not self._active:
+      return
     self._jsonl.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
     self._jsonl.flush()
     for name, value in metrics.items():
@@ -101,6 +110,8 @@ class MetricWriter:
     self._tb.flush()
 
   def close(self) -> None:
+    if not self._active:
+      return
     self._jsonl.close()
     self._tb.close()
 
@@ -226,14 +237,22 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if cfg.data.get("generate") and cfg.data.generate.get("kind") and not cfg.data.manual_dir:
     cfg.data.manual_dir = str(workdir_path / "raw")
 
-  # --- Input.
+  # --- Input (process 0 builds the dataset; the others wait, then open it).
   start = time.time()
-  data = datasets.prepare(cfg.data)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if jax.process_index() == 0:
+      datasets.prepare(cfg.data)
+    multihost_utils.sync_global_devices("dataset built")
+    data = datasets.prepare(cfg.data, build=False)
+  else:
+    data = datasets.prepare(cfg.data)
   model_cfg = model_config_for(cfg, data.metadata)
   spec = ModelSpec.from_config(model_cfg)
   resolved = cfg.to_dict()
   resolved["model"] = model_cfg.to_dict()
-  (workdir_path / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
+  if jax.process_index() == 0:
+    (workdir_path / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
   logging.info("data ready in %.1fs: %d train records (%d per epoch), %d test",
                time.time() - start, data.train_index.num_records, data.train_index.epoch_length,
                len(data.test))
@@ -246,11 +265,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
       process_count=jax.process_count()))
 
-  # --- Model and state.
+  # --- Mesh, model and state.
+  mesh = sharding_lib.make_mesh(tuple(cfg.mesh_shape))
+  jax.set_mesh(mesh)
   start_position = train_iter.get_state()
   example = next(train_iter)  # shapes only; the stream is rewound (or restored) below
-  state = train_lib.init_state(model_cfg, cfg.train, jax.tree.map(jnp.asarray, example),
+  state = train_lib.init_state(model_cfg, cfg.train,
+                               sharding_lib.global_batch(mesh, example),
                                total_steps, jax.random.key(cfg.train.seed))
+  state_shardings = sharding_lib.tree_shardings(mesh, state)
+  state = jax.device_put(state, state_shardings)
   logging.info("parameters: %d (+%d puzzle table); %d train steps, eval every %d",
                model_lib.count_params(state["trainable"]),
                state["puzzle_emb"].size if "puzzle_emb" in state else 0, total_steps, eval_every)
@@ -270,7 +294,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_iter.set_state(start_position)
 
   train_step = jax.jit(functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
-                                         total_steps=total_steps), donate_argnums=0)
+                                         total_steps=total_steps),
+                       in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                       out_shardings=(state_shardings, None), donate_argnums=0)
   evaluate_batch = jax.jit(functools.partial(train_lib.eval_batch, spec=spec,
                                              adaptive=cfg.eval.adaptive_halt))
   arc_evaluator = arc_evaluator_for(cfg)
@@ -285,7 +311,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             disable=jax.process_index() != 0) as bar:
     for step in range(first_step, total_steps + 1):
       batch = next(train_iter)
-      state, metrics = train_step(state, jax.tree.map(jnp.asarray, batch))
+      state, metrics = train_step(state, sharding_lib.global_batch(mesh, batch))
       pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
       if step % cfg.train.log_every_steps == 0 or step == total_steps:
         sums = jax.device_get(pending)
@@ -332,8 +358,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return result
 
 
+def initialize_distributed() -> None:
+  """Joins the multi-controller runtime on a pod (cluster auto-detected); alone otherwise."""
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError) as error:  # no cluster to join: a single process
+    logging.info("single-process run (%s)", error)
+
+
 def main(argv):
   del argv
+  initialize_distributed()
   run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value)
 
 
