@@ -18,9 +18,15 @@ from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from trm_jax.data import arc, maze, nqueens, sudoku
 from trm_jax.data.pipeline import ArraySource, PuzzleIndex
+
+# TFDS spills its write buffer to disk through tf.io.gfile past 1 GB, which needs TensorFlow.
+# Records are written in order (no shuffling), so the buffer only has to hold one split; keep
+# it in memory (zlib keeps ARC-1 with 1000 augmentations near 1 GB).
+tfds_shuffle.MAX_MEM_BUFFER_SIZE = max(tfds_shuffle.MAX_MEM_BUFFER_SIZE, 64 << 30)
 
 
 @dataclasses.dataclass
@@ -81,9 +87,11 @@ class _PuzzleBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     L = self._seq_len()
+    # Long, mostly-PAD canvases (ARC, mazes) shrink ~10x with zlib.
+    encoding = tfds.features.Encoding.ZLIB if L >= 256 else tfds.features.Encoding.NONE
     features = {
-        "inputs": tfds.features.Tensor(shape=(L,), dtype=np.uint8),
-        "labels": tfds.features.Tensor(shape=(L,), dtype=np.uint8),
+        "inputs": tfds.features.Tensor(shape=(L,), dtype=np.uint8, encoding=encoding),
+        "labels": tfds.features.Tensor(shape=(L,), dtype=np.uint8, encoding=encoding),
         "puzzle_identifier": tfds.features.Scalar(dtype=np.int32),
         "group": tfds.features.Scalar(dtype=np.int32),
         **self._extra_features(),
