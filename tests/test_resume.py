@@ -134,3 +134,31 @@ def test_resume_onto_a_different_mesh(tmp_path, uninterrupted):
   # Sharded reductions add in another order: equal to float tolerance, not bitwise.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
                reference["trainable"], resumed["trainable"])
+
+
+def test_eval_only_evaluates_the_newest_checkpoint(tmp_path, uninterrupted):
+  result = subprocess.run(_command(tmp_path) + ["--eval_only",
+                                                f"--checkpoint_dir={uninterrupted / 'checkpoints'}"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "evaluated checkpoint step 12" in result.stdout and "exact_accuracy:" in result.stdout
+  assert not (tmp_path / "checkpoints").exists() or not _steps(tmp_path)
+
+
+def test_two_processes_train_together_like_one(tmp_path, uninterrupted):
+  port = 20000 + os.getpid() % 20000
+  # Logs go to files: a full pipe would block one process while the other waits for it.
+  logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
+  procs = [subprocess.Popen(
+      _command(tmp_path / "run") + [f"--coordinator_address=127.0.0.1:{port}",
+                                    "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=_env(), stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  for i, p in enumerate(procs):
+    p.wait(timeout=600)
+    logs[i].close()
+    assert p.returncode == 0, (tmp_path / f"process{i}.log").read_text()[-3000:]
+  _, reference = _final_state(uninterrupted)
+  _, together = _final_state(tmp_path / "run")
+  # Same examples per global batch, rows in another order: equal up to float reordering.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
+               reference["trainable"], together["trainable"])

@@ -35,6 +35,14 @@ from trm_jax.data import datasets, pipeline
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
+_EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "evaluate the newest checkpoint in the "
+                               "workdir (or --checkpoint_dir) and exit, without training")
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "with --eval_only: a checkpoints "
+                                      "directory of another run")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process without a "
+                                   "detectable cluster: host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --coordinator_address")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --coordinator_address")
 
 
 # ------------------------------------------------------------------------------------ config --
@@ -149,10 +157,11 @@ def arc_evaluator_for(cfg: ml_collections.ConfigDict):
   return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
 
 
-def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec,
+def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
              arc_evaluator=None) -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
   (ARC) pass@K over this evaluation's predictions only."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n_sup = spec.halt_max_steps
   token, exact, steps, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0
   final_exact = 0.0
@@ -167,7 +176,8 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec,
       break
     valid = batch.pop("valid")
     extra = {k: batch.pop(k) for k in keys}
-    out = jax.device_get(evaluate_batch(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+    # Every process reads the whole eval batch, so it is placed replicated on the mesh.
+    out = jax.device_get(evaluate_batch(params, jax.device_put(batch, replicated)))
     token += (out["token_acc"] * valid).sum(-1)
     exact += (out["exact"] * valid).sum(-1)
     halting_step = out["steps"] - 1
@@ -226,8 +236,13 @@ class _TerminationFlag:
 
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """The whole experiment; returns the final evaluation."""
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False,
+        checkpoint_dir: str | None = None) -> dict[str, Any]:
+  """The whole experiment; returns the final evaluation (or None when stopped by SIGTERM).
+
+  `eval_only`: restore the newest checkpoint (of `checkpoint_dir`, default the workdir's) and
+  evaluate it, without training.
+  """
   validate_experiment(cfg)
   ModelSpec.from_config(cfg.model)  # shapes are filled in from the data later; fields checked now
   workdir_path = pathlib.Path(workdir)
@@ -281,7 +296,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # --- Checkpoints: resume from the newest good one in the workdir.
   checkpoints = checkpoint_lib.CheckpointManager(
-      workdir_path / "checkpoints", save_interval_steps=cfg.train.checkpoint_every_steps or eval_every,
+      checkpoint_dir or workdir_path / "checkpoints", save_interval_steps=cfg.train.checkpoint_every_steps or eval_every,
       keep=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best_checkpoints)
   restored = checkpoints.restore_latest(state, {"data_iterator": start_position})
   first_step = 1
@@ -292,6 +307,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f"resumed from checkpoint step {last_step} in {checkpoints.directory}")
   else:
     train_iter.set_state(start_position)
+    if eval_only:
+      raise FileNotFoundError(f"--eval_only: no checkpoint in {checkpoints.directory}")
 
   train_step = jax.jit(functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
                                          total_steps=total_steps),
@@ -300,6 +317,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   evaluate_batch = jax.jit(functools.partial(train_lib.eval_batch, spec=spec,
                                              adaptive=cfg.eval.adaptive_halt))
   arc_evaluator = arc_evaluator_for(cfg)
+
+  if eval_only:
+    result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
+                      arc_evaluator)
+    table = format_eval_table(result)
+    if jax.process_index() == 0:
+      (workdir_path / f"eval_table_step{first_step - 1}.txt").write_text(table + "\n")
+    print(f"evaluated checkpoint step {first_step - 1}")
+    print(table)
+    return result
 
   # --- Loop.
   from tqdm import tqdm
@@ -328,7 +355,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       eval_metrics = None
       if step % eval_every == 0 or step == total_steps:
         result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
-                          arc_evaluator)
+                          mesh, arc_evaluator)
         scalars = {k: v for k, v in result.items() if isinstance(v, float)}
         scalars.update({f"exact_accuracy_step{k + 1}": v
                         for k, v in enumerate(result["exact_accuracy_per_step"])})
@@ -349,7 +376,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   checkpoints.close()
   writer.close()
   if result is None:  # resumed after the last step: nothing left to train
-    result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
+    result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
                       arc_evaluator)
   table = format_eval_table(result)
   (workdir_path / "eval_table.txt").write_text(table + "\n")
@@ -359,7 +386,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def initialize_distributed() -> None:
-  """Joins the multi-controller runtime on a pod (cluster auto-detected); alone otherwise."""
+  """Joins the multi-controller runtime on a pod (cluster auto-detected, or the flags); alone
+  otherwise."""
+  if _COORDINATOR.value:
+    # Only the CPU backend reads this; it lets CPU processes all-reduce across hosts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    return
   try:
     jax.distributed.initialize()
   except (ValueError, RuntimeError) as error:  # no cluster to join: a single process
@@ -369,7 +402,12 @@ def initialize_distributed() -> None:
 def main(argv):
   del argv
   initialize_distributed()
-  run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value)
+  run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value,
+      eval_only=_EVAL_ONLY.value, checkpoint_dir=_CHECKPOINT_DIR.value)
+  if jax.process_count() > 1:  # leave together; a lone exit can hang the other processes
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("trm_jax done")
+    jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
