@@ -17,45 +17,41 @@ import numpy as np
 from trm_jax.data import maze, sudoku
 
 
-def _split_unique(questions: np.ndarray, num_train: int, num_test: int, what: str):
-  """Row indices of num_train + num_test distinct puzzles (first occurrences, in order)."""
-  _, first = np.unique(questions, axis=0, return_index=True)
+def _write_split(out_dir, data, make_set, write_csv, num_train: int, num_test: int,
+                 what: str) -> tuple[pathlib.Path, pathlib.Path]:
+  """Writes the first num_train + num_test distinct puzzles of `data` as train.csv / test.csv."""
+  _, first = np.unique(data.questions, axis=0, return_index=True)
   keep = np.sort(first)
   if len(keep) < num_train + num_test:
     raise RuntimeError(f"only {len(keep)} distinct {what} puzzles were generated; "
                        f"{num_train + num_test} needed")
-  return keep[:num_train], keep[num_train:num_train + num_test]
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = out / "train.csv", out / "test.csv"
+  for path, rows in zip(paths, (keep[:num_train], keep[num_train:num_train + num_test])):
+    write_csv(path, make_set(data.questions[rows], data.answers[rows], data.ratings[rows]))
+  return paths
+
+
+def _oversample(num_train: int, num_test: int) -> int:
+  # Small boards repeat puzzles now and then; generate a few extra.
+  return int((num_train + num_test) * 1.1) + 10
 
 
 def sudoku_csvs(out_dir, size: int, num_train: int, num_test: int, seed: int = 0,
                 min_backtracks: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  # Over-generate a little: small boards repeat puzzles now and then.
-  total = int((num_train + num_test) * 1.1) + 10
-  data = sudoku.generate(total, size, np.random.default_rng(seed), min_backtracks)
-  train, test = _split_unique(data.questions, num_train, num_test, f"{size}x{size} Sudoku")
-  pick = lambda rows: sudoku.SudokuSet(data.questions[rows], data.answers[rows],
-                                       data.ratings[rows], size)
-  paths = out / "train.csv", out / "test.csv"
-  sudoku.write_csv(paths[0], pick(train))
-  sudoku.write_csv(paths[1], pick(test))
-  return paths
+  data = sudoku.generate(_oversample(num_train, num_test), size, np.random.default_rng(seed),
+                         min_backtracks)
+  return _write_split(out_dir, data, lambda q, a, r: sudoku.SudokuSet(q, a, r, size),
+                      sudoku.write_csv, num_train, num_test, f"{size}x{size} Sudoku")
 
 
 def maze_csvs(out_dir, side: int, num_train: int, num_test: int, seed: int = 0,
               min_path_length: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  total = int((num_train + num_test) * 1.1) + 10
-  data = maze.generate(total, side, np.random.default_rng(seed), min_path_length)
-  train, test = _split_unique(data.questions, num_train, num_test, f"{side}x{side} maze")
-  pick = lambda rows: maze.MazeSet(data.questions[rows], data.answers[rows], data.ratings[rows],
-                                   side)
-  paths = out / "train.csv", out / "test.csv"
-  maze.write_csv(paths[0], pick(train))
-  maze.write_csv(paths[1], pick(test))
-  return paths
+  data = maze.generate(_oversample(num_train, num_test), side, np.random.default_rng(seed),
+                       min_path_length)
+  return _write_split(out_dir, data, lambda q, a, r: maze.MazeSet(q, a, r, side),
+                      maze.write_csv, num_train, num_test, f"{side}x{side} maze")
 
 
 def main(argv=None):
