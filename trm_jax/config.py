@@ -19,6 +19,7 @@ POS_ENCODINGS = ("rope", "learned", "none")
 LOSS_TYPES = ("stablemax", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
+MATMUL_IMPLS = ("auto", "xla", "amx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,8 @@ class ModelSpec:
   compute_dtype: str = "bfloat16"
   remat: str = "none"
   loss_type: str = "stablemax"
+  # Performance only (same numerics up to fp32 summation order): see trm_jax/kernels/matmul.py.
+  matmul: str = "auto"
 
   @classmethod
   def from_config(cls, config: "ml_collections.ConfigDict | ModelSpec | dict[str, Any]") -> "ModelSpec":
@@ -104,6 +107,12 @@ class ModelSpec:
         fail(name, f"must be one of {DTYPES}")
     if self.remat not in REMAT_POLICIES:
       fail("remat", f"must be one of {REMAT_POLICIES}")
+    if self.matmul not in MATMUL_IMPLS:
+      fail("matmul", f"must be one of {MATMUL_IMPLS}")
+    if self.matmul == "amx":
+      from trm_jax.kernels import amx  # Local import: builds the kernel on first use.
+      if not amx.available():
+        fail("matmul", f"the AMX kernel is unavailable here: {amx.unavailable_reason()}")
     if self.loss_type not in LOSS_TYPES:
       fail("loss_type", f"must be one of {LOSS_TYPES}")
     from trm_jax import recursion  # Local import: the registry imports this module.

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from trm_jax.kernels import matmul as kernels_matmul
 from trm_jax.config import ModelSpec
 
 LEARNED_POS_SCALE = 0.707106781  # 1/sqrt(2), the official constant.
@@ -83,13 +84,14 @@ class Linear(nnx.Module):
   """Bias-free (by default) linear layer with truncated-LeCun init, cast to the input dtype."""
 
   def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
-               param_dtype=jnp.float32, bias: bool = False):
+               param_dtype=jnp.float32, bias: bool = False, matmul: str = "xla"):
+    self.matmul = matmul
     self.kernel = nnx.Param(trunc_normal(rngs.params(), (in_features, out_features),
                                          1.0 / math.sqrt(in_features), param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = x @ self.kernel[...].astype(x.dtype)
+    y = kernels_matmul.matmul(x, self.kernel[...].astype(x.dtype), self.matmul)
     if self.bias is not None:
       y = y + jnp.expand_dims(self.bias[...].astype(x.dtype), range(y.ndim - 1))
     return y
@@ -98,23 +100,25 @@ class Linear(nnx.Module):
 class SwiGLU(nnx.Module):
   """down(silu(gate) * up) with a fused gate/up projection."""
 
-  def __init__(self, hidden: int, expansion: float, *, rngs: nnx.Rngs, param_dtype):
+  def __init__(self, hidden: int, expansion: float, *, rngs: nnx.Rngs, param_dtype,
+               matmul: str = "xla"):
     inter = swiglu_width(hidden, expansion)
-    self.gate_up = Linear(hidden, 2 * inter, rngs=rngs, param_dtype=param_dtype)
-    self.down = Linear(inter, hidden, rngs=rngs, param_dtype=param_dtype)
+    self.gate_up = Linear(hidden, 2 * inter, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
+    self.down = Linear(inter, hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate, up = jnp.split(self.gate_up(x), 2, axis=-1)
-    return self.down(jax.nn.silu(gate) * up)
+    gate_up = self.gate_up.kernel[...].astype(x.dtype)
+    return self.down(kernels_matmul.swiglu(x, gate_up, self.gate_up.matmul))
 
 
 class Attention(nnx.Module):
   """Non-causal multi-head self-attention with a fused qkv projection."""
 
-  def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype):
+  def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype,
+               matmul: str = "xla"):
     self.num_heads = num_heads
-    self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype)
-    self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype)
+    self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
+    self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
 
   def __call__(self, h_BSD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
     B, S, D = h_BSD.shape
@@ -134,10 +138,13 @@ class Block(nnx.Module):
     self.eps = spec.rms_norm_eps
     self.mlp_t = spec.mlp_t
     if spec.mlp_t:
-      self.mixer = SwiGLU(spec.total_len, spec.expansion, rngs=rngs, param_dtype=pdt)
+      self.mixer = SwiGLU(spec.total_len, spec.expansion, rngs=rngs, param_dtype=pdt,
+                          matmul=spec.matmul)
     else:
-      self.mixer = Attention(spec.hidden_size, spec.num_heads, rngs=rngs, param_dtype=pdt)
-    self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt)
+      self.mixer = Attention(spec.hidden_size, spec.num_heads, rngs=rngs, param_dtype=pdt,
+                             matmul=spec.matmul)
+    self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt,
+                      matmul=spec.matmul)
 
   def __call__(self, h_BSD: jax.Array, rope) -> jax.Array:
     if self.mlp_t:

@@ -64,11 +64,20 @@ def get_scheme(name: str) -> Scheme:
 
 
 def latent_cycle(spec: ModelSpec, net: NetFn, net_params, latents: Latents,
-                 x: jax.Array) -> Latents:
-  """n updates of z from (y + x), then one update of y from z."""
+                 x: jax.Array, *, unroll: bool = False) -> Latents:
+  """n updates of z from (y + x), then one update of y from z.
+
+  `unroll`: a Python loop instead of `fori_loop`. Use it where gradients flow: autodiff of a
+  loop stacks every iteration's residuals into [n, ...] buffers (a copy in, a copy out) that
+  an unrolled body does not need (BUILD_NOTES.md, "CPU speed").
+  """
   y, z = latents
   injection = y + x
-  z = jax.lax.fori_loop(0, spec.L_cycles, lambda _, z: net(net_params, z, injection), z)
+  if unroll:
+    for _ in range(spec.L_cycles):
+      z = net(net_params, z, injection)
+  else:
+    z = jax.lax.fori_loop(0, spec.L_cycles, lambda _, z: net(net_params, z, injection), z)
   y = net(net_params, y, z)
   return Latents(y, z)
 
@@ -86,4 +95,4 @@ def trm(spec: ModelSpec, net: NetFn, net_params, latents: Latents, x: jax.Array)
     latents, _ = jax.lax.scan(
         lambda c, _: (latent_cycle(spec, net, frozen_params, c, frozen_x), None),
         latents, None, length=spec.H_cycles - 1)
-  return latent_cycle(spec, net, net_params, latents, x)
+  return latent_cycle(spec, net, net_params, latents, x, unroll=True)

@@ -1,0 +1,1 @@
+"""Hand-written kernels that XLA does not provide, with pure-XLA fallbacks (see matmul.py)."""

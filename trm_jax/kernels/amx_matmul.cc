@@ -1,0 +1,477 @@
+// bf16 GEMM on Intel AMX (tile registers, TDPBF16PS) as an XLA FFI custom call.
+//
+//   out[M, N] = A[M, K] @ B[K, N],  A, B bf16; fp32 accumulation; out bf16 (round to nearest
+//   even, as XLA's convert) or fp32.  A may be given transposed ([K, M] in memory) and so may
+//   B ([N, K]); the backward pass of a linear layer needs both, and transposing inside the
+//   packing step costs nothing extra.
+//
+// Why this exists: XLA:CPU lowers bf16 dots to AVX-512 kernels (about 0.4 TFLOP/s on two
+// Sapphire Rapids cores) and never to AMX, which PyTorch's oneDNN uses (about 2.5 TFLOP/s).
+// See BUILD_NOTES.md, "CPU speed".
+//
+// Layout. B is packed once per call into VNNI tiles: tile (nt, kb) holds k = kb*32 .. +32 and
+// n = nt*16 .. +16 as 16 rows (k pairs) x 16 columns x 2 bf16, zero padded. A is read in place
+// with a row stride when it is row-major with K % 32 == 0, else packed into 16 x 32 tiles.
+// The micro-kernel computes a 32 x 32 block of `out` with four accumulator tiles
+// (tiles 0-3), two A tiles (4, 5) and two B tiles (6, 7).
+//
+// Threads: work is split into items pulled from an atomic counter by the calling thread and
+// by helpers scheduled on XLA's intra-op thread pool. The caller never waits for an item no one
+// has started, so this cannot deadlock however busy the pool is.
+
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kTileElems = 16 * 32;  // one 1 KiB tile of bf16
+constexpr int64_t kBlock = 32;           // rows / columns of `out` per micro-kernel call
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+void ConfigureTiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Runs f(i) for i in [0, n) on the calling thread and up to num_threads - 1 pool helpers.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& f) {
+  if (n <= 0) return;
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  const F* fn = &f;
+  auto work = [shared, fn, n]() {
+    int64_t finished = 0;
+    for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
+      (*fn)(i);
+      ++finished;
+    }
+    if (finished > 0) {
+      shared->done.fetch_add(finished);
+      shared->done.notify_all();
+    }
+  };
+  static const int64_t max_threads = [] {
+    const char* env = std::getenv("TRM_AMX_MAX_THREADS");
+    return env ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 30;
+  }();
+  const int64_t helpers = std::min({pool.num_threads(), n, max_threads}) - 1;
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
+  int64_t finished = 0;
+  for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
+    f(i);
+    ++finished;
+  }
+  // Every index is claimed; wait (asleep, not spinning: cores are few and XLA may run other
+  // thunks beside this one) only for items other threads are running right now.
+  int64_t seen = shared->done.fetch_add(finished) + finished;
+  while (seen < n) {
+    shared->done.wait(seen);
+    seen = shared->done.load();
+  }
+}
+
+struct Problem {
+  const uint16_t* a;
+  const uint16_t* b;
+  int64_t M, N, K;
+  bool trans_a, trans_b;
+  int64_t KB;  // K blocks of 32
+  int64_t Np;  // N padded to 32
+
+  uint16_t A(int64_t m, int64_t k) const {
+    if (m >= M || k >= K) return 0;
+    return trans_a ? a[k * M + m] : a[m * K + k];
+  }
+  uint16_t B(int64_t k, int64_t n) const {
+    if (k >= K || n >= N) return 0;
+    return trans_b ? b[n * K + k] : b[k * N + n];
+  }
+};
+
+// Packs the VNNI B tiles of column tile `nt` (16 columns) for every K block.
+void PackBColumnTile(const Problem& p, int64_t nt, uint16_t* bp) {
+  const int64_t n0 = nt * 16;
+  for (int64_t kb = 0; kb < p.KB; ++kb) {
+    uint16_t* tile = bp + (nt * p.KB + kb) * kTileElems;
+    const int64_t k0 = kb * 32;
+    const bool full = k0 + 32 <= p.K && n0 + 16 <= p.N;
+    if (full && !p.trans_b) {
+      for (int64_t r = 0; r < 16; ++r) {
+        const uint16_t* row0 = p.b + (k0 + 2 * r) * p.N + n0;
+        __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0)));
+        __m512i hi = _mm512_cvtepu16_epi32(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + p.N)));
+        _mm512_storeu_si512(tile + r * 32, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    } else if (full) {  // trans_b: B(k, n) = b[n*K + k]; k pairs are adjacent in memory
+      uint32_t* t32 = reinterpret_cast<uint32_t*>(tile);
+      for (int64_t j = 0; j < 16; ++j) {
+        const uint16_t* src = p.b + (n0 + j) * p.K + k0;
+        for (int64_t r = 0; r < 16; ++r) {
+          uint32_t v;
+          std::memcpy(&v, src + 2 * r, 4);
+          t32[r * 16 + j] = v;
+        }
+      }
+    } else {
+      for (int64_t r = 0; r < 16; ++r)
+        for (int64_t j = 0; j < 16; ++j) {
+          tile[r * 32 + 2 * j] = p.B(k0 + 2 * r, n0 + j);
+          tile[r * 32 + 2 * j + 1] = p.B(k0 + 2 * r + 1, n0 + j);
+        }
+    }
+  }
+}
+
+// Packs rows m0 .. m0+16 of A into KB tiles of 16 x 32 at `ap`.
+void PackARowTile(const Problem& p, int64_t m0, uint16_t* ap) {
+  for (int64_t kb = 0; kb < p.KB; ++kb) {
+    uint16_t* tile = ap + kb * kTileElems;
+    const int64_t k0 = kb * 32;
+    if (!p.trans_a && k0 + 32 <= p.K) {
+      for (int64_t r = 0; r < 16; ++r) {
+        if (m0 + r < p.M)
+          std::memcpy(tile + r * 32, p.a + (m0 + r) * p.K + k0, 64);
+        else
+          std::memset(tile + r * 32, 0, 64);
+      }
+    } else if (p.trans_a && k0 + 32 <= p.K && m0 + 16 <= p.M) {
+      for (int64_t c = 0; c < 32; ++c) {
+        const uint16_t* src = p.a + (k0 + c) * p.M + m0;
+        for (int64_t r = 0; r < 16; ++r) tile[r * 32 + c] = src[r];
+      }
+    } else {
+      for (int64_t r = 0; r < 16; ++r)
+        for (int64_t c = 0; c < 32; ++c) tile[r * 32 + c] = p.A(m0 + r, k0 + c);
+    }
+  }
+}
+
+// ---- epilogues: what happens to a finished 32 x 32 fp32 block `c` (row stride 32) ----
+
+inline __m256i Bf16Bits(__m512 v) {  // 16 fp32 -> 16 bf16 (round to nearest even)
+  return (__m256i)_mm512_cvtneps_pbh(v);
+}
+inline __m512 RoundThroughBf16(__m512 v) {  // the fp32 value of bf16(v)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(Bf16Bits(v)), 16));
+}
+inline __m512 LoadBf16(const uint16_t* p) {  // 16 bf16 -> 16 fp32
+  __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline void StoreBf16(uint16_t* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), Bf16Bits(v));
+}
+
+// exp(x) for fp32 lanes: x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor polynomial for e^r
+// (relative error < 2e-7, far below the bf16 rounding that follows), 2^n by VSCALEFPS.
+inline __m512 Exp(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-88.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+inline __m512 Sigmoid(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, Exp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// Plain GEMM: step s covers output columns 32s .. 32s+32 (B column tiles 2s, 2s+1).
+template <typename Out>
+struct StorePlain {
+  Out* out;
+  int64_t M, N;
+  int64_t Steps(const Problem& p) const { return p.Np / kBlock; }
+  int64_t Tile0(int64_t s) const { return 2 * s; }
+  int64_t Tile1(int64_t s) const { return 2 * s + 1; }
+  void operator()(const float* c, int64_t m0, int64_t s) const {
+    const int64_t rows = std::min<int64_t>(kBlock, M - m0), n0 = s * kBlock;
+    const int64_t cols = std::min<int64_t>(kBlock, N - n0);
+    Out* dst = out + m0 * N + n0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src = c + r * kBlock;
+      if constexpr (std::is_same_v<Out, float>) {
+        std::memcpy(dst + r * N, src, cols * 4);
+      } else if (cols == kBlock) {
+        StoreBf16(dst + r * N, _mm512_loadu_ps(src));
+        StoreBf16(dst + r * N + 16, _mm512_loadu_ps(src + 16));
+      } else {
+        alignas(64) uint16_t tmp[kBlock];
+        StoreBf16(tmp, _mm512_loadu_ps(src));
+        StoreBf16(tmp + 16, _mm512_loadu_ps(src + 16));
+        std::memcpy(dst + r * N, tmp, cols * 2);
+      }
+    }
+  }
+};
+
+// SwiGLU: B = [W_gate | W_up] ([K, 2I]); step s pairs gate columns 16s .. 16s+16 (tile s)
+// with the matching up columns (tile s + I/16), so c holds gate in columns 0-15 and up in
+// 16-31. Writes h = silu(g) * u, rounding to bf16 where PyTorch's bf16 layer does (g, u,
+// silu(g), the product), and, when `gu` is set, g and u themselves (the backward's residual).
+struct StoreSwiGLU {
+  uint16_t* h;
+  uint16_t* gu;  // may be null
+  int64_t M, I;
+  int64_t Steps(const Problem&) const { return I / 16; }
+  int64_t Tile0(int64_t s) const { return s; }
+  int64_t Tile1(int64_t s) const { return s + I / 16; }
+  void operator()(const float* c, int64_t m0, int64_t s) const {
+    const int64_t rows = std::min<int64_t>(kBlock, M - m0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t m = m0 + r;
+      __m512 g = RoundThroughBf16(_mm512_loadu_ps(c + r * kBlock));
+      __m512 u = RoundThroughBf16(_mm512_loadu_ps(c + r * kBlock + 16));
+      __m512 act = RoundThroughBf16(_mm512_mul_ps(g, Sigmoid(g)));
+      StoreBf16(h + m * I + 16 * s, _mm512_mul_ps(act, u));
+      if (gu != nullptr) {
+        StoreBf16(gu + m * 2 * I + 16 * s, g);
+        StoreBf16(gu + m * 2 * I + I + 16 * s, u);
+      }
+    }
+  }
+};
+
+template <typename Epilogue>
+void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
+  const int64_t NT = p.Np / 16;
+  std::vector<uint16_t> bp(NT * p.KB * kTileElems);
+  const int64_t pack_chunk = 4;  // column tiles per packing item
+  ParallelFor(pool, CeilDiv(NT, pack_chunk), [&](int64_t i) {
+    for (int64_t nt = i * pack_chunk; nt < std::min(NT, (i + 1) * pack_chunk); ++nt)
+      PackBColumnTile(p, nt, bp.data());
+  });
+
+  // A in place (row stride K) for whole 32-row blocks of a row-major A with K % 32 == 0;
+  // otherwise (and for the last partial block) from packed tiles.
+  const bool direct = !p.trans_a && p.K % 32 == 0;
+  const int64_t MB = CeilDiv(p.M, kBlock);
+  const int64_t first_packed = direct ? p.M / kBlock : 0;  // blocks before it are read in place
+  std::vector<uint16_t> ap((MB - first_packed) * 2 * p.KB * kTileElems);
+  ParallelFor(pool, (MB - first_packed) * 2, [&](int64_t i) {
+    PackARowTile(p, (first_packed * 2 + i) * 16, ap.data() + i * p.KB * kTileElems);
+  });
+
+  // Items: column-step chunks (a B panel of about 256 KiB, kept in L2) x row chunks.
+  const int64_t steps = epilogue.Steps(p);
+  const int64_t step_bytes = 2 * p.KB * 1024;  // two B column tiles
+  const int64_t panel = std::clamp<int64_t>((256 * 1024) / step_bytes, 1, steps);
+  const int64_t row_blocks = std::max<int64_t>(1, (256 * 1024) / (p.KB * 64 * kBlock));
+  const int64_t NC = CeilDiv(steps, panel), RC = CeilDiv(MB, row_blocks);
+  ParallelFor(pool, NC * RC, [&](int64_t item) {
+    const int64_t nc = item / RC, rc = item % RC;
+    alignas(64) float c[kBlock * kBlock];
+    ConfigureTiles();
+    for (int64_t mb = rc * row_blocks; mb < std::min(MB, (rc + 1) * row_blocks); ++mb) {
+      const uint16_t *a0, *a1;
+      int64_t a_stride, a_step;  // bytes between rows; elements between K blocks
+      if (mb < first_packed) {
+        a0 = p.a + mb * kBlock * p.K;
+        a1 = a0 + 16 * p.K;
+        a_stride = p.K * 2;
+        a_step = 32;
+      } else {
+        a0 = ap.data() + (mb - first_packed) * 2 * p.KB * kTileElems;
+        a1 = a0 + p.KB * kTileElems;
+        a_stride = 64;
+        a_step = kTileElems;
+      }
+      for (int64_t s = nc * panel; s < std::min(steps, (nc + 1) * panel); ++s) {
+        const uint16_t* b0 = bp.data() + epilogue.Tile0(s) * p.KB * kTileElems;
+        const uint16_t* b1 = bp.data() + epilogue.Tile1(s) * p.KB * kTileElems;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int64_t kb = 0; kb < p.KB; ++kb) {
+          _tile_loadd(4, a0 + kb * a_step, a_stride);
+          _tile_loadd(5, a1 + kb * a_step, a_stride);
+          _tile_loadd(6, b0 + kb * kTileElems, 64);
+          _tile_loadd(7, b1 + kb * kTileElems, 64);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, c, kBlock * 4);
+        _tile_stored(1, c + 16, kBlock * 4);
+        _tile_stored(2, c + 16 * kBlock, kBlock * 4);
+        _tile_stored(3, c + 16 * kBlock + 16, kBlock * 4);
+        epilogue(c, mb * kBlock, s);
+      }
+    }
+    _tile_release();
+  });
+}
+
+// Fills `p` from rank-2 operands (A [M, K] or [K, M] if trans_a; B [K, N] or [N, K]).
+std::optional<ffi::Error> MakeProblem(const ffi::Buffer<ffi::BF16>& a,
+                                      const ffi::Buffer<ffi::BF16>& b, bool trans_a,
+                                      bool trans_b, Problem& p) {
+  auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() != 2 || bd.size() != 2)
+    return ffi::Error::InvalidArgument("trm_amx: operands must be rank 2");
+  p.a = static_cast<const uint16_t*>(a.untyped_data());
+  p.b = static_cast<const uint16_t*>(b.untyped_data());
+  p.trans_a = trans_a;
+  p.trans_b = trans_b;
+  p.M = trans_a ? ad[1] : ad[0];
+  p.K = trans_a ? ad[0] : ad[1];
+  p.N = trans_b ? bd[0] : bd[1];
+  if ((trans_b ? bd[1] : bd[0]) != p.K)
+    return ffi::Error::InvalidArgument("trm_amx: contraction sizes differ");
+  p.KB = CeilDiv(p.K, 32);
+  p.Np = CeilDiv(p.N, kBlock) * kBlock;
+  return std::nullopt;
+}
+
+ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffer<ffi::BF16> b,
+                      ffi::Result<ffi::AnyBuffer> out, bool trans_a, bool trans_b) {
+  Problem p;
+  if (auto err = MakeProblem(a, b, trans_a, trans_b, p)) return *err;
+  auto od = out->dimensions();
+  if (od.size() != 2 || od[0] != p.M || od[1] != p.N)
+    return ffi::Error::InvalidArgument("trm_amx_matmul: output shape is not [M, N]");
+  if (p.M == 0 || p.N == 0) return ffi::Error::Success();
+  void* data = out->untyped_data();
+  switch (out->element_type()) {
+    case ffi::DataType::BF16:
+      Gemm(pool, p, StorePlain<uint16_t>{static_cast<uint16_t*>(data), p.M, p.N});
+      return ffi::Error::Success();
+    case ffi::DataType::F32:
+      Gemm(pool, p, StorePlain<float>{static_cast<float*>(data), p.M, p.N});
+      return ffi::Error::Success();
+    default:
+      return ffi::Error::InvalidArgument("trm_amx_matmul: output must be bf16 or f32");
+  }
+}
+
+// h = silu(x @ Wg) * (x @ Wu) for w = [Wg | Wu] ([K, 2I]); gu = x @ w when with_gu.
+ffi::Error SwiGLUImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
+                      ffi::Result<ffi::Buffer<ffi::BF16>> h,
+                      ffi::Result<ffi::Buffer<ffi::BF16>> gu, bool with_gu) {
+  Problem p;
+  if (auto err = MakeProblem(x, w, false, false, p)) return *err;
+  const int64_t I = p.N / 2;
+  if (p.N % 32 != 0)
+    return ffi::Error::InvalidArgument("trm_amx_swiglu: 2I must be a multiple of 32");
+  auto hd = h->dimensions(), gd = gu->dimensions();
+  if (hd.size() != 2 || hd[0] != p.M || hd[1] != I)
+    return ffi::Error::InvalidArgument("trm_amx_swiglu: h must be [M, I]");
+  if (with_gu && (gd.size() != 2 || gd[0] != p.M || gd[1] != 2 * I))
+    return ffi::Error::InvalidArgument("trm_amx_swiglu: gu must be [M, 2I]");
+  if (p.M == 0) return ffi::Error::Success();
+  Gemm(pool, p, StoreSwiGLU{static_cast<uint16_t*>(h->untyped_data()),
+                            with_gu ? static_cast<uint16_t*>(gu->untyped_data()) : nullptr, p.M, I});
+  return ffi::Error::Success();
+}
+
+// Backward of h = silu(g) * u with PyTorch's bf16 autograd roundings:
+// d_gu = [bf16(dh * u) * silu'(g) | dh * bf16(silu(g))], silu'(g) = s (1 + g (1 - s)),
+// s = sigmoid(g), each product in fp32 and rounded once.
+ffi::Error SwiGLUBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dh,
+                         ffi::Buffer<ffi::BF16> gu, ffi::Result<ffi::Buffer<ffi::BF16>> dgu) {
+  auto d = dh.dimensions(), gd = gu.dimensions(), od = dgu->dimensions();
+  if (d.size() != 2 || gd.size() != 2 || od.size() != 2 || d[1] % 16 != 0 ||
+      gd[0] != d[0] || gd[1] != 2 * d[1] || od[0] != d[0] || od[1] != 2 * d[1])
+    return ffi::Error::InvalidArgument(
+        "trm_amx_swiglu_bwd: want dh [M, I], gu and d_gu [M, 2I], I % 16 == 0");
+  const int64_t M = d[0], I = d[1];
+  const uint16_t* pdh = static_cast<const uint16_t*>(dh.untyped_data());
+  const uint16_t* pgu = static_cast<const uint16_t*>(gu.untyped_data());
+  uint16_t* out = static_cast<uint16_t*>(dgu->untyped_data());
+  const int64_t rows_per_item = std::max<int64_t>(1, 16384 / I);
+  ParallelFor(pool, CeilDiv(M, rows_per_item), [&](int64_t item) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t m = item * rows_per_item; m < std::min(M, (item + 1) * rows_per_item); ++m) {
+      for (int64_t j = 0; j < I; j += 16) {
+        __m512 dv = LoadBf16(pdh + m * I + j);
+        __m512 g = LoadBf16(pgu + m * 2 * I + j);
+        __m512 u = LoadBf16(pgu + m * 2 * I + I + j);
+        __m512 sg = Sigmoid(g);
+        __m512 act = RoundThroughBf16(_mm512_mul_ps(g, sg));
+        __m512 dact = RoundThroughBf16(_mm512_mul_ps(dv, u));
+        __m512 dsilu = _mm512_mul_ps(sg, _mm512_fmadd_ps(g, _mm512_sub_ps(one, sg), one));
+        StoreBf16(out + m * 2 * I + j, _mm512_mul_ps(dact, dsilu));
+        StoreBf16(out + m * 2 * I + I + j, _mm512_mul_ps(dv, act));
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxMatmul, MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("trans_a")
+                                  .Attr<bool>("trans_b"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxSwiGLU, SwiGLUImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>()
+                                  .Attr<bool>("with_gu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxSwiGLUBwd, SwiGLUBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::BF16>>());
+
+// Asks Linux for permission to use the AMX tile data state in this process (needed once per
+// process before any tile instruction). Returns 0 on success.
+extern "C" __attribute__((visibility("default"))) int trm_amx_request_permission() {
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return static_cast<int>(syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata));
+}
