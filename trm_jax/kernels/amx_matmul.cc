@@ -273,14 +273,23 @@ struct StoreSwiGLU {
   }
 };
 
+// Per-thread scratch that grows and is kept between calls: a fresh buffer per call would pay
+// for zero-filling and first-touch page faults (tens of MiB for weight-gradient GEMMs).
+template <typename T, int kSlot>
+T* Scratch(size_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
 template <typename Epilogue>
 void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
   const int64_t NT = p.Np / 16;
-  std::vector<uint16_t> bp(NT * p.KB * kTileElems);
+  uint16_t* bp = Scratch<uint16_t, 0>(NT * p.KB * kTileElems);
   const int64_t pack_chunk = 4;  // column tiles per packing item
   ParallelFor(pool, CeilDiv(NT, pack_chunk), [&](int64_t i) {
     for (int64_t nt = i * pack_chunk; nt < std::min(NT, (i + 1) * pack_chunk); ++nt)
-      PackBColumnTile(p, nt, bp.data());
+      PackBColumnTile(p, nt, bp);
   });
 
   // A in place (row stride K) for whole 32-row blocks of a row-major A with K % 32 == 0;
@@ -288,57 +297,78 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
   const bool direct = !p.trans_a && p.K % 32 == 0;
   const int64_t MB = CeilDiv(p.M, kBlock);
   const int64_t first_packed = direct ? p.M / kBlock : 0;  // blocks before it are read in place
-  std::vector<uint16_t> ap((MB - first_packed) * 2 * p.KB * kTileElems);
+  uint16_t* ap = Scratch<uint16_t, 1>((MB - first_packed) * 2 * p.KB * kTileElems);
   ParallelFor(pool, (MB - first_packed) * 2, [&](int64_t i) {
-    PackARowTile(p, (first_packed * 2 + i) * 16, ap.data() + i * p.KB * kTileElems);
+    PackARowTile(p, (first_packed * 2 + i) * 16, ap + i * p.KB * kTileElems);
   });
 
-  // Items: column-step chunks (a B panel of about 256 KiB, kept in L2) x row chunks.
+  // Items: column-step chunks (a B panel of about 256 KiB, kept in L2) x row chunks. A long
+  // contraction (weight gradients: K = batch x positions) is cut into chunks of kKChunk blocks
+  // so that each chunk's A rows and B panel stay in L2; partial sums then live in `acc`.
+  constexpr int64_t kKChunk = 16;
+  const int64_t kc = p.KB > 4 * kKChunk ? kKChunk : p.KB;
   const int64_t steps = epilogue.Steps(p);
-  const int64_t step_bytes = 2 * p.KB * 1024;  // two B column tiles
+  const int64_t step_bytes = 2 * kc * 1024;  // two B column tiles
   const int64_t panel = std::clamp<int64_t>((256 * 1024) / step_bytes, 1, steps);
-  const int64_t row_blocks = std::max<int64_t>(1, (256 * 1024) / (p.KB * 64 * kBlock));
+  const int64_t row_blocks = std::max<int64_t>(1, (256 * 1024) / (kc * 64 * kBlock));
   const int64_t NC = CeilDiv(steps, panel), RC = CeilDiv(MB, row_blocks);
   ParallelFor(pool, NC * RC, [&](int64_t item) {
     const int64_t nc = item / RC, rc = item % RC;
+    const int64_t mb_lo = rc * row_blocks, mb_hi = std::min(MB, (rc + 1) * row_blocks);
+    const int64_t s_lo = nc * panel, s_hi = std::min(steps, (nc + 1) * panel);
+    float* acc = kc < p.KB ? Scratch<float, 2>((mb_hi - mb_lo) * (s_hi - s_lo) * kBlock * kBlock)
+                           : nullptr;
     alignas(64) float c[kBlock * kBlock];
     ConfigureTiles();
-    for (int64_t mb = rc * row_blocks; mb < std::min(MB, (rc + 1) * row_blocks); ++mb) {
-      const uint16_t *a0, *a1;
-      int64_t a_stride, a_step;  // bytes between rows; elements between K blocks
-      if (mb < first_packed) {
-        a0 = p.a + mb * kBlock * p.K;
-        a1 = a0 + 16 * p.K;
-        a_stride = p.K * 2;
-        a_step = 32;
-      } else {
-        a0 = ap.data() + (mb - first_packed) * 2 * p.KB * kTileElems;
-        a1 = a0 + p.KB * kTileElems;
-        a_stride = 64;
-        a_step = kTileElems;
-      }
-      for (int64_t s = nc * panel; s < std::min(steps, (nc + 1) * panel); ++s) {
-        const uint16_t* b0 = bp.data() + epilogue.Tile0(s) * p.KB * kTileElems;
-        const uint16_t* b1 = bp.data() + epilogue.Tile1(s) * p.KB * kTileElems;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int64_t kb = 0; kb < p.KB; ++kb) {
-          _tile_loadd(4, a0 + kb * a_step, a_stride);
-          _tile_loadd(5, a1 + kb * a_step, a_stride);
-          _tile_loadd(6, b0 + kb * kTileElems, 64);
-          _tile_loadd(7, b1 + kb * kTileElems, 64);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
+    for (int64_t kb0 = 0; kb0 < p.KB; kb0 += kc) {
+      const int64_t kb1 = std::min(p.KB, kb0 + kc);
+      const bool first = kb0 == 0, last = kb1 == p.KB;
+      for (int64_t mb = mb_lo; mb < mb_hi; ++mb) {
+        const uint16_t *a0, *a1;
+        int64_t a_stride, a_step;  // bytes between rows; elements between K blocks
+        if (mb < first_packed) {
+          a0 = p.a + mb * kBlock * p.K;
+          a1 = a0 + 16 * p.K;
+          a_stride = p.K * 2;
+          a_step = 32;
+        } else {
+          a0 = ap + (mb - first_packed) * 2 * p.KB * kTileElems;
+          a1 = a0 + p.KB * kTileElems;
+          a_stride = 64;
+          a_step = kTileElems;
         }
-        _tile_stored(0, c, kBlock * 4);
-        _tile_stored(1, c + 16, kBlock * 4);
-        _tile_stored(2, c + 16 * kBlock, kBlock * 4);
-        _tile_stored(3, c + 16 * kBlock + 16, kBlock * 4);
-        epilogue(c, mb * kBlock, s);
+        for (int64_t s = s_lo; s < s_hi; ++s) {
+          const uint16_t* b0 = bp + epilogue.Tile0(s) * p.KB * kTileElems;
+          const uint16_t* b1 = bp + epilogue.Tile1(s) * p.KB * kTileElems;
+          float* part = acc + ((mb - mb_lo) * (s_hi - s_lo) + (s - s_lo)) * kBlock * kBlock;
+          if (first) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, part, kBlock * 4);
+            _tile_loadd(1, part + 16, kBlock * 4);
+            _tile_loadd(2, part + 16 * kBlock, kBlock * 4);
+            _tile_loadd(3, part + 16 * kBlock + 16, kBlock * 4);
+          }
+          for (int64_t kb = kb0; kb < kb1; ++kb) {
+            _tile_loadd(4, a0 + kb * a_step, a_stride);
+            _tile_loadd(5, a1 + kb * a_step, a_stride);
+            _tile_loadd(6, b0 + kb * kTileElems, 64);
+            _tile_loadd(7, b1 + kb * kTileElems, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+          float* dst = last ? c : part;
+          _tile_stored(0, dst, kBlock * 4);
+          _tile_stored(1, dst + 16, kBlock * 4);
+          _tile_stored(2, dst + 16 * kBlock, kBlock * 4);
+          _tile_stored(3, dst + 16 * kBlock + 16, kBlock * 4);
+          if (last) epilogue(c, mb * kBlock, s);
+        }
       }
     }
     _tile_release();

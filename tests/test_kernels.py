@@ -1,0 +1,163 @@
+"""The AMX kernels (trm_jax/kernels) against float64 NumPy references, and the dispatch rules.
+
+Kernel tests skip, with the reason, on machines without AMX-BF16 or a C++ compiler; the model
+then runs XLA's dot (covered by every other test).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from trm_jax import config as config_lib
+from trm_jax.kernels import amx
+from trm_jax.kernels import matmul as km
+
+needs_amx = pytest.mark.skipif(not amx.available(),
+                               reason=f"AMX kernel unavailable: {amx.unavailable_reason()}")
+
+BF16_ULP = 2.0**-7  # one unit in the last place of bf16, relative (8 significant bits)
+
+
+def bf16(rng, shape, scale=1.0):
+  return jnp.asarray(rng.standard_normal(shape) * scale, jnp.bfloat16)
+
+
+def f64(x):
+  return np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+
+
+def round_bf16(x):
+  return f64(jnp.asarray(np.asarray(x, np.float32), jnp.bfloat16))
+
+
+@needs_amx
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("shape", [(64, 96, 64), (37, 70, 45), (1, 1, 1), (97, 4100, 33),
+                                   (200, 97, 1024)])
+def test_gemm_matches_float64(shape, trans_a, trans_b):
+  M, K, N = shape
+  rng = np.random.default_rng(M * 7 + K)
+  a = bf16(rng, (K, M) if trans_a else (M, K))
+  b = bf16(rng, (N, K) if trans_b else (K, N))
+  ref = (f64(a).T if trans_a else f64(a)) @ (f64(b).T if trans_b else f64(b))
+  scale = np.abs(ref).max() + 1e-30
+  out32 = f64(jax.jit(lambda a, b: amx.gemm(a, b, trans_a=trans_a, trans_b=trans_b,
+                                            out_dtype=jnp.float32))(a, b))
+  assert out32.shape == (M, N)
+  np.testing.assert_allclose(out32, ref, atol=1e-5 * scale, rtol=0)  # fp32 accumulation only
+  out16 = f64(jax.jit(lambda a, b: amx.gemm(a, b, trans_a=trans_a, trans_b=trans_b))(a, b))
+  # bf16 output = the fp32 result rounded once (to nearest even, like XLA's convert).
+  np.testing.assert_array_equal(out16, round_bf16(out32))
+
+
+def swiglu_reference(x, w):
+  """PyTorch's bf16 SwiGLU in float64 with its roundings: g, u, silu(g), and the product."""
+  gu = round_bf16(f64(x) @ f64(w))
+  g, u = np.split(gu, 2, axis=-1)
+  act = round_bf16(g / (1 + np.exp(-g)))
+  return round_bf16(act * u), gu
+
+
+@needs_amx
+@pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512), (33, 512, 1536)])
+def test_swiglu_forward_matches_reference(M, K, I):
+  rng = np.random.default_rng(M + K + I)
+  x, w = bf16(rng, (M, K)), bf16(rng, (K, 2 * I), K**-0.5)
+  h_ref, gu_ref = swiglu_reference(x, w)
+  h, gu = jax.jit(lambda x, w: amx.swiglu(x, w, with_gu=True))(x, w)
+  # g and u are plain GEMM outputs; fp32 summation order may flip the last bf16 bit rarely.
+  np.testing.assert_allclose(f64(gu), gu_ref, rtol=BF16_ULP, atol=1e-6)
+  assert np.mean(f64(gu) != gu_ref) < 1e-3
+  # A flipped last bit of g or u can carry through the two later roundings.
+  np.testing.assert_allclose(f64(h), h_ref, rtol=3 * BF16_ULP, atol=1e-3 * np.abs(h_ref).max())
+  h_only = jax.jit(lambda x, w: amx.swiglu(x, w, with_gu=False))(x, w)
+  np.testing.assert_array_equal(f64(h_only), f64(h))
+
+
+@needs_amx
+@pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512)])
+def test_swiglu_and_matmul_gradients_match_float64(M, K, I):
+  rng = np.random.default_rng(M * K)
+  x, w = bf16(rng, (M, K)), bf16(rng, (K, 2 * I), K**-0.5)
+  w2 = bf16(rng, (I, K), I**-0.5)
+  ct = rng.standard_normal((M, K))
+
+  def layer(x, w, w2, impl):
+    return km.matmul(km.swiglu(x, w, impl), w2, impl)
+
+  def loss(x, w, w2, impl):
+    return jnp.sum(layer(x, w, w2, impl).astype(jnp.float32) * ct)
+
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(x, w, w2, "amx")
+  # Independent reference: the same layer by hand in float64 with hand-written derivatives.
+  X, W, W2 = f64(x), f64(w), f64(w2)
+  g, u = np.split(X @ W, 2, axis=-1)
+  s = 1 / (1 + np.exp(-g))
+  h = g * s * u
+  dh = ct @ W2.T
+  dgu = np.concatenate([dh * u * s * (1 + g * (1 - s)), dh * g * s], axis=-1)
+  exact = (dgu @ W.T, X.T @ dgu, h.T @ ct)
+  for name, got, want in zip(("x", "w", "w2"), grads, exact):
+    err = np.abs(f64(got) - want).max() / np.abs(want).max()
+    assert err < 0.03, (name, err)  # a few bf16 roundings along the chain, nothing more
+
+
+@needs_amx
+def test_model_logits_amx_close_to_xla():
+  spec = config_lib.ModelSpec.from_config(config_lib.model_config(
+      seq_len=16, vocab_size=11, hidden_size=64, num_heads=4, puzzle_emb_ndim=0, H_cycles=2,
+      L_cycles=2, mlp_t=True, pos_encodings="none"))
+  from trm_jax import model as model_lib
+  params = model_lib.init_params(spec, jax.random.key(0))
+  inputs = jnp.asarray(np.random.default_rng(0).integers(1, 11, (8, 16)), jnp.int32)
+  outs = {}
+  for impl in ("amx", "xla"):
+    s = dataclasses.replace(spec, matmul=impl)
+    carry = model_lib.initial_carry(s, 8)
+    outs[impl] = np.asarray(jax.jit(lambda p: model_lib.forward(p, s, carry, inputs, None)[1])(
+        params))
+  # Same math; the two differ by fp32 summation order and the SwiGLU rounding points only.
+  assert np.abs(outs["amx"] - outs["xla"]).max() < 0.1 * np.abs(outs["xla"]).max()
+  assert (outs["amx"].argmax(-1) == outs["xla"].argmax(-1)).mean() > 0.95
+
+
+def test_dispatch_rules(monkeypatch):
+  assert not km.uses_amx("xla", jnp.bfloat16)
+  assert not km.uses_amx("auto", jnp.float32)
+  assert not km.uses_amx("amx", jnp.float32)
+  with pytest.raises(ValueError, match="matmul implementation"):
+    km.uses_amx("mkl", jnp.bfloat16)
+  monkeypatch.setattr(amx, "available", lambda: False)
+  monkeypatch.setattr(amx, "unavailable_reason", lambda: "no AMX here")
+  assert not km.uses_amx("auto", jnp.bfloat16)
+  x = jnp.ones((4, 32), jnp.bfloat16)
+  np.testing.assert_array_equal(km.matmul(x, x.T, "auto"), km.xla_matmul(x, x.T))
+
+
+def test_config_rejects_bad_or_unavailable_matmul(monkeypatch):
+  with pytest.raises(ValueError, match="'matmul'"):
+    config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
+                                                             matmul="mkl"))
+  monkeypatch.setattr(amx, "available", lambda: False)
+  monkeypatch.setattr(amx, "unavailable_reason", lambda: "this CPU lacks amx_bf16")
+  with pytest.raises(ValueError, match="lacks amx_bf16"):
+    config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
+                                                             matmul="amx"))
+  cfg = ml_collections.ConfigDict(config_lib.model_config(seq_len=4, vocab_size=4))
+  assert config_lib.ModelSpec.from_config(cfg).matmul == "auto"
+
+
+def test_build_failure_is_reported_not_raised(monkeypatch, tmp_path):
+  """A broken compiler makes the kernel unavailable with the compiler's message."""
+  monkeypatch.setenv("TRM_JAX_KERNEL_CACHE", str(tmp_path))
+  fake = tmp_path / "fake-cxx"
+  fake.write_text("#!/bin/sh\necho 'fake-cxx: cannot compile' >&2\nexit 1\n")
+  fake.chmod(0o755)
+  with pytest.raises(RuntimeError, match="cannot compile"):
+    amx.build(str(fake))
+  assert not list(tmp_path.glob("*.so"))
