@@ -152,8 +152,9 @@ def test_config_rejects_bad_or_unavailable_matmul(monkeypatch):
   assert config_lib.ModelSpec.from_config(cfg).matmul == "auto"
 
 
-def test_build_failure_is_reported_not_raised(monkeypatch, tmp_path):
-  """A broken compiler makes the kernel unavailable with the compiler's message."""
+def test_build_failure_raises_with_compiler_message(monkeypatch, tmp_path):
+  """A failed build names the compiler's error (which `unavailable_reason()` then reports) and
+  leaves no library in the cache."""
   monkeypatch.setenv("TRM_JAX_KERNEL_CACHE", str(tmp_path))
   fake = tmp_path / "fake-cxx"
   fake.write_text("#!/bin/sh\necho 'fake-cxx: cannot compile' >&2\nexit 1\n")

@@ -27,7 +27,6 @@ TARGETS = {"trm_amx_matmul": "TrmAmxMatmul", "trm_amx_swiglu": "TrmAmxSwiGLU",
            "trm_amx_swiglu_bwd": "TrmAmxSwiGLUBwd"}
 SOURCE = pathlib.Path(__file__).with_name("amx_matmul.cc")
 _REQUIRED_CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw")
-_reason: str | None = None
 
 
 def cpu_flags() -> set[str]:
@@ -74,40 +73,34 @@ def build(compiler: str) -> pathlib.Path:
 
 
 @functools.cache
-def _load() -> bool:
-  global _reason
+def _load() -> str | None:
+  """Builds, loads and registers the kernels once; None on success, else why not."""
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-    _reason = f"AMX kernels need Linux on x86-64 (this is {platform.system()} {platform.machine()})"
-    return False
+    return f"AMX kernels need Linux on x86-64 (this is {platform.system()} {platform.machine()})"
   missing = [f for f in _REQUIRED_CPU_FLAGS if f not in cpu_flags()]
   if missing:
-    _reason = f"this CPU lacks {', '.join(missing)}"
-    return False
+    return f"this CPU lacks {', '.join(missing)}"
   compiler = _compiler()
   if compiler is None:
-    _reason = "no C++ compiler found ($CXX, g++, c++, clang++)"
-    return False
+    return "no C++ compiler found ($CXX, g++, c++, clang++)"
   try:
     lib = ctypes.CDLL(str(build(compiler)))
   except (RuntimeError, OSError) as e:
-    _reason = str(e)
-    return False
+    return str(e)
   if lib.trm_amx_request_permission() != 0:
-    _reason = "the kernel refused AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM failed)"
-    return False
+    return "the kernel refused AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM failed)"
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-  return True
+  return None
 
 
 def available() -> bool:
-  """True when the AMX GEMM is built, loaded and registered for the CPU backend."""
-  return _load()
+  """True when the AMX kernels are built, loaded and registered for the CPU backend."""
+  return _load() is None
 
 
 def unavailable_reason() -> str | None:
-  _load()
-  return _reason
+  return _load()
 
 
 def gemm(a: jax.Array, b: jax.Array, *, trans_a: bool = False, trans_b: bool = False,

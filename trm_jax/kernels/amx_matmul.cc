@@ -9,6 +9,10 @@
 // Sapphire Rapids cores) and never to AMX, which PyTorch's oneDNN uses (about 2.5 TFLOP/s).
 // See BUILD_NOTES.md, "CPU speed".
 //
+// Three FFI targets share the GEMM: trm_amx_matmul (above), trm_amx_swiglu (the SwiGLU gate/up
+// projection with silu(g) * u applied in the epilogue, so [M, 2I] never round-trips through
+// memory in the forward) and trm_amx_swiglu_bwd (that activation's backward in one pass).
+//
 // Layout. B is packed once per call into VNNI tiles: tile (nt, kb) holds k = kb*32 .. +32 and
 // n = nt*16 .. +16 as 16 rows (k pairs) x 16 columns x 2 bf16, zero padded. A is read in place
 // with a row stride when it is row-major with K % 32 == 0, else packed into 16 x 32 tiles.
