@@ -195,6 +195,12 @@ def random_batch(seq_len: int, vocab_size: int, num_puzzle_identifiers: int, bat
   }
 
 
+def configure_host_malloc(mode: str) -> str:
+  """First thing in a measuring child, before any backend starts (see trm_jax/host_memory.py)."""
+  from trm_jax import host_memory
+  return host_memory.configure(mode)
+
+
 def jax_environment() -> dict:
   import jax
   device = jax.devices()[0]
@@ -347,6 +353,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--halt_max_steps", type=int, default=None, help="override halt_max_steps")
   p.add_argument("--model_overrides", default="",
                  help="comma list key=value set on the model ConfigDict (typed like the field)")
+  p.add_argument("--host_malloc", default="auto", choices=("auto", "retain", "system"),
+                 help="glibc settings of each measuring process (trm_jax/host_memory.py)")
   p.add_argument("--json_out", default=None, help="write all results as JSON here")
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: config:batch:what
   return p
@@ -359,13 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
 
   if args.one:  # Child: one measurement, reported as a JSON line.
+    host_malloc = configure_host_malloc(args.host_malloc)
     name, batch_size, what = args.one.split(":")
     config = build_config(name, args)
     model = config.model
     batch = random_batch(model.seq_len, model.vocab_size, model.num_puzzle_identifiers,
                          int(batch_size))
     result = time_jax(model, config.train, batch, what, args.warmup, args.repeats)
-    result.update(config=name, env=jax_environment())
+    result.update(config=name, env=dict(jax_environment(), host_malloc=host_malloc))
     emit(result)
     return 0
 
@@ -403,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
   print(f"jax {env.get('jax', '?')} | backend {env.get('backend', '?')} | device "
         f"{env.get('device_kind', '?')} x{env.get('num_devices', '?')} | CPUs "
         f"{env.get('cpu_count', '?')} ({env.get('usable_cpus', '?')} usable, "
-        f"{env.get('cpu_model', '?')}) | XLA_FLAGS={env.get('xla_flags', '')!r}")
+        f"{env.get('cpu_model', '?')}) | XLA_FLAGS={env.get('xla_flags', '')!r} | "
+        f"{env.get('host_malloc', '?')}")
   shrink = shrink_overrides(args) + parse_overrides(args.model_overrides)
   print(f"repeats {args.repeats}, warmup {args.warmup}; model overrides: "
         f"{', '.join(f'{k}={v}' for k, v in shrink) or 'none'}")

@@ -305,6 +305,8 @@ def make_parser() -> argparse.ArgumentParser:
                  help="key=value,... for trm_jax only, not changing the model (e.g. matmul=amx)")
   p.add_argument("--quick", action="store_true",
                  help="H_cycles 1, L_cycles 1, halt_max_steps 2, batch 2, 2 repeats (both sides)")
+  p.add_argument("--host_malloc", default="auto", choices=("auto", "retain", "system"),
+                 help="glibc settings of BOTH sides' measuring processes (trm_jax/host_memory.py)")
   p.add_argument("--json_out", default=None)
   # Internal (child processes).
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # torch|jax:batch:what
@@ -336,12 +338,14 @@ def main(argv: list[str] | None = None) -> int:
   root = check_official(args.official)
 
   if args.child:
+    host_malloc = bench_trm.configure_host_malloc(args.host_malloc)
     side, batch_size, what = args.child.split(":")
     workdir = pathlib.Path(args.workdir)
     if side == "torch":
       result = torch_child(args, root, workdir, int(batch_size), what)
     else:
       result = jax_child(args, workdir, int(batch_size), what)
+    result["env"]["host_malloc"] = host_malloc
     bench_trm.emit(result)
     return 0
 
@@ -382,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
   jax_env = next((r["env"] for r in results if r.get("side") == "trm_jax" and "env" in r), {})
   print(f"official: {root} | torch {torch_env.get('torch', '?')} on {torch_env.get('torch_device', '?')}"
         f", {torch_env.get('torch_threads', '?')} threads, torch.compile "
-        f"{'on' if args.torch_compile else 'off'}")
+        f"{'on' if args.torch_compile else 'off'} | {torch_env.get('host_malloc', '?')}")
   print(f"trm_jax: jax {jax_env.get('jax', '?')}, backend {jax_env.get('backend', '?')}, device "
         f"{jax_env.get('device_kind', '?')} | CPUs {jax_env.get('cpu_count', '?')} "
         f"({jax_env.get('usable_cpus', '?')} usable, {jax_env.get('cpu_model', '?')}) | "
-        f"XLA_FLAGS={jax_env.get('xla_flags', '')!r}")
+        f"XLA_FLAGS={jax_env.get('xla_flags', '')!r} | {jax_env.get('host_malloc', '?')}")
   shown = {k: arch[k] for k in ("seq_len", "vocab_size", "hidden_size", "expansion", "L_layers",
                                 "H_cycles", "L_cycles", "halt_max_steps", "mlp_t",
                                 "pos_encodings", "puzzle_emb_ndim", "puzzle_emb_len",

@@ -10,6 +10,14 @@ logged step and per evaluation), TensorBoard event files under tb/, and eval_tab
 
 from __future__ import annotations
 
+import os
+
+from trm_jax import host_memory
+
+# Before anything imports jax (which starts a thread): see trm_jax/host_memory.py.
+_HOST_MALLOC = host_memory.configure(os.environ.get("TRM_JAX_HOST_MALLOC", "auto"),
+                                    source="environment variable TRM_JAX_HOST_MALLOC")
+
 import functools
 import json
 import math
@@ -401,6 +409,7 @@ def initialize_distributed() -> None:
 
 def main(argv):
   del argv
+  logging.info(_HOST_MALLOC)
   initialize_distributed()
   run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value,
       eval_only=_EVAL_ONLY.value, checkpoint_dir=_CHECKPOINT_DIR.value)
