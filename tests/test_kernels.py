@@ -19,6 +19,19 @@ from trm_jax.kernels import matmul as km
 needs_amx = pytest.mark.skipif(not amx.available(),
                                reason=f"AMX kernel unavailable: {amx.unavailable_reason()}")
 
+
+
+def test_kernels_build_wherever_the_cpu_and_a_compiler_allow():
+  """A skip above must mean "no AMX here", never "the source no longer compiles"."""
+  import platform
+  if platform.system() != "Linux" or platform.machine() != "x86_64":
+    pytest.skip("AMX kernels are Linux x86-64 only")
+  if any(f not in amx.cpu_flags() for f in amx._REQUIRED_CPU_FLAGS) or amx._compiler() is None:
+    pytest.skip(f"no AMX-BF16 CPU or C++ compiler here: {amx.unavailable_reason()}")
+  reason = amx.unavailable_reason()
+  assert reason is None or "arch_prctl" in reason, reason
+
+
 BF16_ULP = 2.0**-7  # one unit in the last place of bf16, relative (8 significant bits)
 
 

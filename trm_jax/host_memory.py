@@ -31,9 +31,13 @@ MODES = ("auto", "retain", "system")
 
 # glibc <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+# mallopt takes an int, so the trim threshold stops at 2 GiB; a trim also keeps M_TOP_PAD bytes,
+# so with both at the maximum glibc only ever gives back free heap top beyond 2 GiB.
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1),
+             (_M_TOP_PAD, 2**31 - 1))
 
 # Accelerator plugins whose presence means the default backend is probably not the CPU.
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",

@@ -26,7 +26,7 @@ import jax
 TARGETS = {"trm_amx_matmul": "TrmAmxMatmul", "trm_amx_swiglu": "TrmAmxSwiGLU",
            "trm_amx_swiglu_bwd": "TrmAmxSwiGLUBwd"}
 SOURCE = pathlib.Path(__file__).with_name("amx_matmul.cc")
-_REQUIRED_CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw")
+_REQUIRED_CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512bw", "avx512vl")
 
 
 def cpu_flags() -> set[str]:
@@ -54,7 +54,7 @@ def cache_dir() -> pathlib.Path:
 
 def build(compiler: str) -> pathlib.Path:
   """Compiles the shared library if the cache lacks it; returns its path."""
-  flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512bf16",
+  flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
            "-mamx-tile", "-mamx-bf16", f"-I{jax.ffi.include_dir()}"]
   key = hashlib.sha256("\n".join([SOURCE.read_text(), jax.__version__, compiler, *flags])
                        .encode()).hexdigest()[:16]

@@ -60,10 +60,22 @@ void ConfigureTiles() {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
-  _tile_loadconfig(&cfg);
+  // Not _tile_loadconfig: GCC 12's version tells the compiler it reads only the first 8 bytes,
+  // so the row and column stores above can be dropped as dead (seen when not inlined: tiles
+  // left unconfigured, SIGILL on the first tile instruction). This operand is all 64 bytes.
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
 }
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads a kernel may use: XLA's intra-op pool, capped by $TRM_AMX_MAX_THREADS.
+int64_t MaxThreads(ffi::ThreadPool& pool) {
+  static const int64_t cap = [] {
+    const char* env = std::getenv("TRM_AMX_MAX_THREADS");
+    return env ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 30;
+  }();
+  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), cap));
+}
 
 // Runs f(i) for i in [0, n) on the calling thread and up to num_threads - 1 pool helpers.
 template <typename F>
@@ -86,11 +98,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& f) {
       shared->done.notify_all();
     }
   };
-  static const int64_t max_threads = [] {
-    const char* env = std::getenv("TRM_AMX_MAX_THREADS");
-    return env ? std::max<int64_t>(1, std::atoll(env)) : int64_t{1} << 30;
-  }();
-  const int64_t helpers = std::min({pool.num_threads(), n, max_threads}) - 1;
+  const int64_t helpers = std::min(MaxThreads(pool), n) - 1;
   for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
   int64_t finished = 0;
   for (int64_t i; (i = shared->next.fetch_add(1)) < n;) {
@@ -114,71 +122,129 @@ struct Problem {
   int64_t KB;  // K blocks of 32
   int64_t Np;  // N padded to 32
 
-  uint16_t A(int64_t m, int64_t k) const {
-    if (m >= M || k >= K) return 0;
-    return trans_a ? a[k * M + m] : a[m * K + k];
-  }
   uint16_t B(int64_t k, int64_t n) const {
     if (k >= K || n >= N) return 0;
     return trans_b ? b[n * K + k] : b[k * N + n];
   }
 };
 
-// Packs the VNNI B tiles of column tile `nt` (16 columns) for every K block.
-void PackBColumnTile(const Problem& p, int64_t nt, uint16_t* bp) {
-  const int64_t n0 = nt * 16;
-  for (int64_t kb = 0; kb < p.KB; ++kb) {
-    uint16_t* tile = bp + (nt * p.KB + kb) * kTileElems;
-    const int64_t k0 = kb * 32;
-    const bool full = k0 + 32 <= p.K && n0 + 16 <= p.N;
-    if (full && !p.trans_b) {
-      for (int64_t r = 0; r < 16; ++r) {
-        const uint16_t* row0 = p.b + (k0 + 2 * r) * p.N + n0;
-        __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0)));
-        __m512i hi = _mm512_cvtepu16_epi32(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row0 + p.N)));
-        _mm512_storeu_si512(tile + r * 32, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-      }
-    } else if (full) {  // trans_b: B(k, n) = b[n*K + k]; k pairs are adjacent in memory
-      uint32_t* t32 = reinterpret_cast<uint32_t*>(tile);
-      for (int64_t j = 0; j < 16; ++j) {
-        const uint16_t* src = p.b + (n0 + j) * p.K + k0;
-        for (int64_t r = 0; r < 16; ++r) {
-          uint32_t v;
-          std::memcpy(&v, src + 2 * r, 4);
-          t32[r * 16 + j] = v;
-        }
-      }
-    } else {
-      for (int64_t r = 0; r < 16; ++r)
-        for (int64_t j = 0; j < 16; ++j) {
-          tile[r * 32 + 2 * j] = p.B(k0 + 2 * r, n0 + j);
-          tile[r * 32 + 2 * j + 1] = p.B(k0 + 2 * r + 1, n0 + j);
-        }
+// Bit mask of the first `n` of 32 lanes (n clamped to [0, 32]).
+inline uint32_t FirstLanes(int64_t n) {
+  return n <= 0 ? 0u : n >= 32 ? ~0u : (1u << n) - 1u;
+}
+
+// 16 bf16 of row `k` (columns [c0, c0 + 16) masked to those < `cols`), widened to 32-bit
+// lanes; zero when k >= K.
+inline __m512i LoadRow16(const uint16_t* base, int64_t stride, int64_t k, int64_t K,
+                         int64_t c0, int64_t cols) {
+  if (k >= K) return _mm512_setzero_si512();
+  const __mmask16 mask = static_cast<__mmask16>(FirstLanes(cols - c0));
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, base + k * stride + c0));
+}
+
+// VNNI pairs of rows k0 + 2j and k0 + 2j + 1 (j = 0 .. 15) of a K-major operand (row stride
+// `stride`, `cols` valid columns), columns c0 .. c0 + 16: lane c of e[j] holds the pair for
+// column c0 + c, row k0 + 2j in the low half.
+inline void LoadPairs(const uint16_t* base, int64_t stride, int64_t K, int64_t k0, int64_t c0,
+                      int64_t cols, __m512i e[16]) {
+  for (int64_t j = 0; j < 16; ++j) {
+    const __m512i lo = LoadRow16(base, stride, k0 + 2 * j, K, c0, cols);
+    const __m512i hi = LoadRow16(base, stride, k0 + 2 * j + 1, K, c0, cols);
+    e[j] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+  }
+}
+
+// In-place transpose of a 16 x 16 matrix of 32-bit lanes (row i = r[i]): swap the off-diagonal
+// blocks of size 8, then of size 4, 2 and 1 inside every block.
+inline void Transpose16x16(__m512i r[16]) {
+  for (int b = 8; b >= 1; b /= 2) {
+    alignas(64) int32_t keep[16], take[16];
+    for (int j = 0; j < 16; ++j) {
+      keep[j] = (j & b) ? 16 + j - b : j;  // row i: own low-half lanes, row i+b's as the high
+      take[j] = (j & b) ? 16 + j : j + b;  // row i+b: row i's high lanes, then its own
+    }
+    const __m512i ik = _mm512_load_si512(keep), it = _mm512_load_si512(take);
+    for (int i = 0; i < 16; ++i) {
+      if (i & b) continue;
+      const __m512i lo = r[i], hi = r[i + b];
+      r[i] = _mm512_permutex2var_epi32(lo, ik, hi);
+      r[i + b] = _mm512_permutex2var_epi32(lo, it, hi);
     }
   }
 }
 
-// Packs rows m0 .. m0+16 of A into KB tiles of 16 x 32 at `ap`.
-void PackARowTile(const Problem& p, int64_t m0, uint16_t* ap) {
-  for (int64_t kb = 0; kb < p.KB; ++kb) {
-    uint16_t* tile = ap + kb * kTileElems;
+// Where packed tiles go: tile (t, kb) of a packing call at out + ((t - t_lo) * per_tile +
+// (kb - kb_lo) * per_kb) tiles.
+struct TileLayout {
+  uint16_t* out;
+  int64_t per_tile, per_kb;
+  uint16_t* at(int64_t t, int64_t kb) const { return out + (t * per_tile + kb * per_kb) * kTileElems; }
+};
+
+// Packs the VNNI B tiles of column tiles [nt_lo, nt_hi) (16 columns each) and K blocks
+// [kb_lo, kb_hi). A row-major B is read two whole rows (a k pair) at a time across all the
+// column tiles, which keeps the reads sequential.
+void PackBColumnTiles(const Problem& p, int64_t nt_lo, int64_t nt_hi, int64_t kb_lo,
+                      int64_t kb_hi, const TileLayout& out) {
+  for (int64_t kb = kb_lo; kb < kb_hi; ++kb) {
     const int64_t k0 = kb * 32;
-    if (!p.trans_a && k0 + 32 <= p.K) {
-      for (int64_t r = 0; r < 16; ++r) {
-        if (m0 + r < p.M)
-          std::memcpy(tile + r * 32, p.a + (m0 + r) * p.K + k0, 64);
-        else
-          std::memset(tile + r * 32, 0, 64);
-      }
-    } else if (p.trans_a && k0 + 32 <= p.K && m0 + 16 <= p.M) {
-      for (int64_t c = 0; c < 32; ++c) {
-        const uint16_t* src = p.a + (k0 + c) * p.M + m0;
-        for (int64_t r = 0; r < 16; ++r) tile[r * 32 + c] = src[r];
-      }
-    } else {
+    if (!p.trans_b) {  // B(k, n) = b[k*N + n]: interleave row pairs (masked at the edges)
       for (int64_t r = 0; r < 16; ++r)
-        for (int64_t c = 0; c < 32; ++c) tile[r * 32 + c] = p.A(m0 + r, k0 + c);
+        for (int64_t nt = nt_lo; nt < nt_hi; ++nt) {
+          const __m512i lo = LoadRow16(p.b, p.N, k0 + 2 * r, p.K, nt * 16, p.N);
+          const __m512i hi = LoadRow16(p.b, p.N, k0 + 2 * r + 1, p.K, nt * 16, p.N);
+          _mm512_storeu_si512(out.at(nt - nt_lo, kb - kb_lo) + r * 32,
+                              _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+      continue;
+    }
+    for (int64_t nt = nt_lo; nt < nt_hi; ++nt) {
+      const int64_t n0 = nt * 16;
+      uint16_t* tile = out.at(nt - nt_lo, kb - kb_lo);
+      if (k0 + 32 <= p.K && n0 + 16 <= p.N) {  // B(k, n) = b[n*K + k]: pairs adjacent
+        uint32_t* t32 = reinterpret_cast<uint32_t*>(tile);
+        for (int64_t j = 0; j < 16; ++j) {
+          const uint16_t* src = p.b + (n0 + j) * p.K + k0;
+          for (int64_t r = 0; r < 16; ++r) {
+            uint32_t v;
+            std::memcpy(&v, src + 2 * r, 4);
+            t32[r * 16 + j] = v;
+          }
+        }
+      } else {
+        for (int64_t r = 0; r < 16; ++r)
+          for (int64_t j = 0; j < 16; ++j) {
+            tile[r * 32 + 2 * j] = p.B(k0 + 2 * r, n0 + j);
+            tile[r * 32 + 2 * j + 1] = p.B(k0 + 2 * r + 1, n0 + j);
+          }
+      }
+    }
+  }
+}
+
+// Packs row tiles [t_lo, t_hi) of A (rows 16t .. 16t+16) and K blocks [kb_lo, kb_hi) into
+// 16 x 32 tiles; K blocks outermost (a transposed A shares cache lines between neighbouring
+// row tiles).
+void PackARowTiles(const Problem& p, int64_t t_lo, int64_t t_hi, int64_t kb_lo, int64_t kb_hi,
+                   const TileLayout& out) {
+  for (int64_t kb = kb_lo; kb < kb_hi; ++kb)
+    for (int64_t t = t_lo; t < t_hi; ++t) {
+    const int64_t m0 = t * 16;
+    uint16_t* tile = out.at(t - t_lo, kb - kb_lo);
+    const int64_t k0 = kb * 32;
+    if (!p.trans_a) {  // rows of A are contiguous in k: copy (masked past K, zero past M)
+      const __mmask32 mask = FirstLanes(p.K - k0);
+      for (int64_t r = 0; r < 16; ++r) {
+        const __m512i row = m0 + r < p.M
+            ? _mm512_maskz_loadu_epi16(mask, p.a + (m0 + r) * p.K + k0)
+            : _mm512_setzero_si512();
+        _mm512_storeu_si512(tile + r * 32, row);
+      }
+    } else {  // A(m, k) = a[k*M + m]: VNNI pairs of k rows, then a 16 x 16 transpose
+      __m512i e[16];
+      LoadPairs(p.a, p.M, p.K, k0, m0, p.M, e);
+      Transpose16x16(e);
+      for (int64_t r = 0; r < 16; ++r) _mm512_storeu_si512(tile + r * 32, e[r]);
     }
   }
 }
@@ -286,14 +352,104 @@ T* Scratch(size_t n) {
   return buffer.data();
 }
 
+// The micro-kernel: one 32 x 32 fp32 block (row stride 32) `dst` = `init` (zero if null) +
+// the sum over `nkb` K blocks of A (upper / lower 16 rows from a0 / a1: row stride `a_stride`
+// bytes, `a_step` elements between K blocks) times B (packed tiles b0 / b1, `b_step` elements
+// between K blocks). Accumulators in tiles 0-3, A in 4-5, B in 6-7.
+inline void Block(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int64_t a_step,
+                  const uint16_t* b0, const uint16_t* b1, int64_t b_step, int64_t nkb,
+                  const float* init, float* dst) {
+  if (init == nullptr) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, init, kBlock * 4);
+    _tile_loadd(1, init + 16, kBlock * 4);
+    _tile_loadd(2, init + 16 * kBlock, kBlock * 4);
+    _tile_loadd(3, init + 16 * kBlock + 16, kBlock * 4);
+  }
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    _tile_loadd(4, a0 + kb * a_step, a_stride);
+    _tile_loadd(5, a1 + kb * a_step, a_stride);
+    _tile_loadd(6, b0 + kb * b_step, 64);
+    _tile_loadd(7, b1 + kb * b_step, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, dst, kBlock * 4);
+  _tile_stored(1, dst + 16, kBlock * 4);
+  _tile_stored(2, dst + 16 * kBlock, kBlock * 4);
+  _tile_stored(3, dst + 16 * kBlock + 16, kBlock * 4);
+}
+
+// Weight-gradient shape: A given as [K, M] and B as [K, N] (both K-major), K long, out small.
+// Packing all of both first (as Gemm does) writes and re-reads them through memory, and that
+// traffic, not the multiply, set the pace. Here each thread owns a slice of `out` (rows or
+// columns, whichever has more blocks), keeps its fp32 sums in cache and, K chunk by K chunk,
+// packs just the operand tiles its slice needs into L2-sized buffers and multiplies at once.
+constexpr int64_t kStreamChunk = 16;  // K blocks (512 k) per chunk
+
+template <typename Epilogue>
+void GemmKMajorStream(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
+  const int64_t MB = CeilDiv(p.M, kBlock), steps = epilogue.Steps(p);
+  const int64_t threads = MaxThreads(pool);
+  const int64_t split_m = MB >= steps ? std::min(threads, MB) : 1;
+  const int64_t split_n = MB >= steps ? 1 : std::min(threads, steps);
+  ParallelFor(pool, split_m * split_n, [&](int64_t item) {
+    const int64_t im = item / split_n, in = item % split_n;
+    const int64_t mb_lo = MB * im / split_m, mb_hi = MB * (im + 1) / split_m;
+    const int64_t s_lo = steps * in / split_n, s_hi = steps * (in + 1) / split_n;
+    const int64_t a_tiles = 2 * (mb_hi - mb_lo), b_tiles = 2 * (s_hi - s_lo);
+    uint16_t* ap = Scratch<uint16_t, 3>(a_tiles * kStreamChunk * kTileElems);
+    uint16_t* bp = Scratch<uint16_t, 4>(b_tiles * kStreamChunk * kTileElems);
+    float* acc = Scratch<float, 5>((mb_hi - mb_lo) * (s_hi - s_lo) * kBlock * kBlock);
+    alignas(64) float c[kBlock * kBlock];
+    ConfigureTiles();
+    for (int64_t kb0 = 0; kb0 < p.KB; kb0 += kStreamChunk) {
+      const int64_t kb1 = std::min(p.KB, kb0 + kStreamChunk), nkb = kb1 - kb0;
+      const bool first = kb0 == 0, last = kb1 == p.KB;
+      // K-block-major tiles: the tiles one K block writes are adjacent, not a power-of-two
+      // stride apart (which would pile them into one L1 set).
+      const TileLayout a_out{ap, 1, a_tiles}, b_out{bp, 1, b_tiles};
+      PackARowTiles(p, 2 * mb_lo, 2 * mb_hi, kb0, kb1, a_out);
+      PackBColumnTiles(p, 2 * s_lo, 2 * s_hi, kb0, kb1, b_out);
+      for (int64_t mb = mb_lo; mb < mb_hi; ++mb) {
+        const uint16_t* a0 = a_out.at(2 * (mb - mb_lo), 0);
+        for (int64_t s = s_lo; s < s_hi; ++s) {
+          const uint16_t* b0 = b_out.at(epilogue.Tile0(s) - 2 * s_lo, 0);
+          const uint16_t* b1 = b_out.at(epilogue.Tile1(s) - 2 * s_lo, 0);
+          float* part = acc + ((mb - mb_lo) * (s_hi - s_lo) + (s - s_lo)) * kBlock * kBlock;
+          Block(a0, a0 + kTileElems, 64, a_tiles * kTileElems, b0, b1, b_tiles * kTileElems, nkb,
+                first ? nullptr : part, last ? c : part);
+          if (last) epilogue(c, mb * kBlock, s);
+        }
+      }
+    }
+    _tile_release();
+  });
+}
+
+// Whether GemmKMajorStream suits `p`: both operands K-major, K long, and each thread's fp32
+// slice of `out` small enough to stay in cache.
+bool StreamsK(const Problem& p, int64_t threads) {
+  const int64_t blocks = CeilDiv(p.M, kBlock) * (p.Np / kBlock);
+  return p.trans_a && !p.trans_b && p.KB >= 4 * kStreamChunk &&
+         blocks * kBlock * kBlock * 4 <= threads * (512 << 10);
+}
+
 template <typename Epilogue>
 void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
   const int64_t NT = p.Np / 16;
   uint16_t* bp = Scratch<uint16_t, 0>(NT * p.KB * kTileElems);
-  const int64_t pack_chunk = 4;  // column tiles per packing item
-  ParallelFor(pool, CeilDiv(NT, pack_chunk), [&](int64_t i) {
-    for (int64_t nt = i * pack_chunk; nt < std::min(NT, (i + 1) * pack_chunk); ++nt)
-      PackBColumnTile(p, nt, bp);
+  constexpr int64_t kPackChunk = 4;  // row / column tiles per packing item: 128 B of a row
+  ParallelFor(pool, CeilDiv(NT, kPackChunk), [&](int64_t i) {
+    const int64_t lo = i * kPackChunk;
+    PackBColumnTiles(p, lo, std::min(NT, lo + kPackChunk), 0, p.KB,
+                     TileLayout{bp + lo * p.KB * kTileElems, p.KB, 1});
   });
 
   // A in place (row stride K) for whole 32-row blocks of a row-major A with K % 32 == 0;
@@ -302,8 +458,11 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
   const int64_t MB = CeilDiv(p.M, kBlock);
   const int64_t first_packed = direct ? p.M / kBlock : 0;  // blocks before it are read in place
   uint16_t* ap = Scratch<uint16_t, 1>((MB - first_packed) * 2 * p.KB * kTileElems);
-  ParallelFor(pool, (MB - first_packed) * 2, [&](int64_t i) {
-    PackARowTile(p, (first_packed * 2 + i) * 16, ap + i * p.KB * kTileElems);
+  const int64_t a_tiles = (MB - first_packed) * 2;
+  ParallelFor(pool, CeilDiv(a_tiles, kPackChunk), [&](int64_t i) {
+    const int64_t lo = i * kPackChunk, hi = std::min(a_tiles, lo + kPackChunk);
+    PackARowTiles(p, first_packed * 2 + lo, first_packed * 2 + hi, 0, p.KB,
+                  TileLayout{ap + lo * p.KB * kTileElems, p.KB, 1});
   });
 
   // Items: column-step chunks (a B panel of about 256 KiB, kept in L2) x row chunks. A long
@@ -345,32 +504,9 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
           const uint16_t* b0 = bp + epilogue.Tile0(s) * p.KB * kTileElems;
           const uint16_t* b1 = bp + epilogue.Tile1(s) * p.KB * kTileElems;
           float* part = acc + ((mb - mb_lo) * (s_hi - s_lo) + (s - s_lo)) * kBlock * kBlock;
-          if (first) {
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-          } else {
-            _tile_loadd(0, part, kBlock * 4);
-            _tile_loadd(1, part + 16, kBlock * 4);
-            _tile_loadd(2, part + 16 * kBlock, kBlock * 4);
-            _tile_loadd(3, part + 16 * kBlock + 16, kBlock * 4);
-          }
-          for (int64_t kb = kb0; kb < kb1; ++kb) {
-            _tile_loadd(4, a0 + kb * a_step, a_stride);
-            _tile_loadd(5, a1 + kb * a_step, a_stride);
-            _tile_loadd(6, b0 + kb * kTileElems, 64);
-            _tile_loadd(7, b1 + kb * kTileElems, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-          }
-          float* dst = last ? c : part;
-          _tile_stored(0, dst, kBlock * 4);
-          _tile_stored(1, dst + 16, kBlock * 4);
-          _tile_stored(2, dst + 16 * kBlock, kBlock * 4);
-          _tile_stored(3, dst + 16 * kBlock + 16, kBlock * 4);
+          Block(a0 + kb0 * a_step, a1 + kb0 * a_step, a_stride, a_step, b0 + kb0 * kTileElems,
+                b1 + kb0 * kTileElems, kTileElems, kb1 - kb0, first ? nullptr : part,
+                last ? c : part);
           if (last) epilogue(c, mb * kBlock, s);
         }
       }
@@ -400,6 +536,14 @@ std::optional<ffi::Error> MakeProblem(const ffi::Buffer<ffi::BF16>& a,
   return std::nullopt;
 }
 
+template <typename Out>
+void PlainGemm(ffi::ThreadPool& pool, const Problem& p, const StorePlain<Out>& store) {
+  if (StreamsK(p, MaxThreads(pool)))
+    GemmKMajorStream(pool, p, store);
+  else
+    Gemm(pool, p, store);
+}
+
 ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffer<ffi::BF16> b,
                       ffi::Result<ffi::AnyBuffer> out, bool trans_a, bool trans_b) {
   Problem p;
@@ -411,10 +555,10 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffe
   void* data = out->untyped_data();
   switch (out->element_type()) {
     case ffi::DataType::BF16:
-      Gemm(pool, p, StorePlain<uint16_t>{static_cast<uint16_t*>(data), p.M, p.N});
+      PlainGemm(pool, p, StorePlain<uint16_t>{static_cast<uint16_t*>(data), p.M, p.N});
       return ffi::Error::Success();
     case ffi::DataType::F32:
-      Gemm(pool, p, StorePlain<float>{static_cast<float*>(data), p.M, p.N});
+      PlainGemm(pool, p, StorePlain<float>{static_cast<float*>(data), p.M, p.N});
       return ffi::Error::Success();
     default:
       return ffi::Error::InvalidArgument("trm_amx_matmul: output must be bf16 or f32");
