@@ -51,7 +51,7 @@ def round_bf16(x):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("shape", [(64, 96, 64), (37, 70, 45), (1, 1, 1), (97, 4100, 33),
-                                   (200, 97, 1024)])
+                                   (200, 97, 1024), (130, 2100, 70), (40, 2050, 300)])
 def test_gemm_matches_float64(shape, trans_a, trans_b):
   M, K, N = shape
   rng = np.random.default_rng(M * 7 + K)

@@ -148,8 +148,10 @@ class Block(nnx.Module):
 
   def __call__(self, h_BSD: jax.Array, rope) -> jax.Array:
     if self.mlp_t:
-      h_BDS = jnp.swapaxes(h_BSD, 1, 2)
-      h_BSD = jnp.swapaxes(rms_norm(h_BDS + self.mixer(h_BDS), self.eps), 1, 2)
+      # The official code normalises the transposed [B, D, S] sum over S; the same norm taken
+      # over axis 1 of [B, S, D] saves XLA:CPU a minor-axis reduction of length S (~20%).
+      mixed_BSD = jnp.swapaxes(self.mixer(jnp.swapaxes(h_BSD, 1, 2)), 1, 2)
+      h_BSD = rms_norm(h_BSD + mixed_BSD, self.eps, axis=1)
     else:
       h_BSD = rms_norm(h_BSD + self.mixer(h_BSD, rope), self.eps)
     return rms_norm(h_BSD + self.mlp(h_BSD), self.eps)
