@@ -13,6 +13,9 @@
 // projection with silu(g) * u applied in the epilogue, so [M, 2I] never round-trips through
 // memory in the forward) and trm_amx_swiglu_bwd (that activation's backward in one pass).
 //
+// Weight gradients (A and B both K-major, K long, small output) take a streaming variant that
+// packs one K chunk at a time into L2 (GemmKMajorStream).
+//
 // Layout. B is packed once per call into VNNI tiles: tile (nt, kb) holds k = kb*32 .. +32 and
 // n = nt*16 .. +16 as 16 rows (k pairs) x 16 columns x 2 bf16, zero padded. A is read in place
 // with a row stride when it is row-major with K % 32 == 0, else packed into 16 x 32 tiles.
@@ -227,24 +230,25 @@ void PackBColumnTiles(const Problem& p, int64_t nt_lo, int64_t nt_hi, int64_t kb
 // row tiles).
 void PackARowTiles(const Problem& p, int64_t t_lo, int64_t t_hi, int64_t kb_lo, int64_t kb_hi,
                    const TileLayout& out) {
-  for (int64_t kb = kb_lo; kb < kb_hi; ++kb)
+  for (int64_t kb = kb_lo; kb < kb_hi; ++kb) {
     for (int64_t t = t_lo; t < t_hi; ++t) {
-    const int64_t m0 = t * 16;
-    uint16_t* tile = out.at(t - t_lo, kb - kb_lo);
-    const int64_t k0 = kb * 32;
-    if (!p.trans_a) {  // rows of A are contiguous in k: copy (masked past K, zero past M)
-      const __mmask32 mask = FirstLanes(p.K - k0);
-      for (int64_t r = 0; r < 16; ++r) {
-        const __m512i row = m0 + r < p.M
-            ? _mm512_maskz_loadu_epi16(mask, p.a + (m0 + r) * p.K + k0)
-            : _mm512_setzero_si512();
-        _mm512_storeu_si512(tile + r * 32, row);
+      const int64_t m0 = t * 16;
+      uint16_t* tile = out.at(t - t_lo, kb - kb_lo);
+      const int64_t k0 = kb * 32;
+      if (!p.trans_a) {  // rows of A are contiguous in k: copy (masked past K, zero past M)
+        const __mmask32 mask = FirstLanes(p.K - k0);
+        for (int64_t r = 0; r < 16; ++r) {
+          const __m512i row = m0 + r < p.M
+              ? _mm512_maskz_loadu_epi16(mask, p.a + (m0 + r) * p.K + k0)
+              : _mm512_setzero_si512();
+          _mm512_storeu_si512(tile + r * 32, row);
+        }
+      } else {  // A(m, k) = a[k*M + m]: VNNI pairs of k rows, then a 16 x 16 transpose
+        __m512i e[16];
+        LoadPairs(p.a, p.M, p.K, k0, m0, p.M, e);
+        Transpose16x16(e);
+        for (int64_t r = 0; r < 16; ++r) _mm512_storeu_si512(tile + r * 32, e[r]);
       }
-    } else {  // A(m, k) = a[k*M + m]: VNNI pairs of k rows, then a 16 x 16 transpose
-      __m512i e[16];
-      LoadPairs(p.a, p.M, p.K, k0, m0, p.M, e);
-      Transpose16x16(e);
-      for (int64_t r = 0; r < 16; ++r) _mm512_storeu_si512(tile + r * 32, e[r]);
     }
   }
 }
