@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import trm_jax
-from trm_jax import act, convert, losses
+from trm_jax import act, convert, train
 from trm_jax.config import ModelSpec
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -44,9 +44,7 @@ def report(path: pathlib.Path) -> str:
   rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
 
   def loss_fn(dense, rows):
-    new_state, out = act.advance({**dense, "puzzle_emb": table}, rows, spec, state, training=True)
-    return losses.act_loss(out["logits"], out["q_halt"], out["q_continue"],
-                           new_state["data"]["labels"], new_state["halted"], new_state["steps"])[0]
+    return train.supervision_loss({**dense, "puzzle_emb": table}, rows, spec, state)[0]
 
   loss, (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1))(params, rows)
   worst = np.abs(row_grads - data["grad/puzzle_emb_local"]).max() / np.abs(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import trm_jax
-from trm_jax import act, convert, losses, model
+from trm_jax import act, convert, model, train
 from trm_jax.config import ModelSpec
 
 from conftest import FIXTURES, load_official
@@ -86,11 +86,8 @@ def _training_call(cfg, state_dict, data):
   rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
 
   def loss_fn(dense, rows):
-    new_state, out = act.advance({**dense, "puzzle_emb": table}, rows, spec, state,
-                                 training=True)
-    return losses.act_loss(out["logits"], out["q_halt"], out["q_continue"],
-                           new_state["data"]["labels"], new_state["halted"], new_state["steps"],
-                           loss_type=spec.loss_type)
+    loss, (_, metrics) = train.supervision_loss({**dense, "puzzle_emb": table}, rows, spec, state)
+    return loss, metrics
 
   (loss, metrics), (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
       params, rows)

@@ -83,6 +83,19 @@ def init_state(model_config, train_cfg: ml_collections.ConfigDict, example_batch
   return state
 
 
+def supervision_loss(params: model_lib.Params, rows: jax.Array | None, spec: ModelSpec,
+                     act_state: act.State, rng: jax.Array | None = None
+                     ) -> tuple[jax.Array, tuple[act.State, dict]]:
+  """The official training call (ACTLossHead): one supervision step on the refreshed ACT state,
+  then the summed loss. Returns (loss, (new ACT state, metrics)); differentiable with respect to
+  `params` and the batch's puzzle-table `rows`."""
+  new_act, out = act.advance(params, rows, spec, act_state, rng, training=True)
+  loss, metrics = losses.act_loss(
+      out["logits"], out["q_halt"], out["q_continue"], new_act["data"]["labels"],
+      new_act["halted"], new_act["steps"], spec.loss_type, out.get("target_q_continue"))
+  return loss, (new_act, metrics)
+
+
 def train_step(state: State, batch: Batch, *, spec: ModelSpec,
                train_cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[State, dict]:
   """One supervision step for every row and one optimiser update (jit with donated state)."""
@@ -95,11 +108,8 @@ def train_step(state: State, batch: Batch, *, spec: ModelSpec,
 
   def loss_fn(trainable, rows):
     params = join_params(trainable, table, state["constants"])
-    new_act, out = act.advance(params, rows, spec, act_state, step_rng, training=True)
-    loss, metrics = losses.act_loss(
-        out["logits"], out["q_halt"], out["q_continue"], new_act["data"]["labels"],
-        new_act["halted"], new_act["steps"], spec.loss_type, out.get("target_q_continue"))
-    return loss / global_batch, (new_act, metrics)
+    loss, aux = supervision_loss(params, rows, spec, act_state, step_rng)
+    return loss / global_batch, aux
 
   (_, (new_act, metrics)), (grads, row_grads) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(state["trainable"], rows)
