@@ -52,3 +52,14 @@ def test_arc_runlocal_reports_pass_at_k(tmp_path):
   result = main.run(cfg, str(tmp_path))
   assert {"pass@1", "pass@2", "pass@1000"} <= set(result)
   assert all(0.0 <= result[k] <= 1.0 for k in result if k.startswith("pass@"))
+
+
+def test_eval_schedule_has_no_near_duplicate_at_the_end():
+  from trm_jax.main import is_eval_step
+  # 10 intervals of 39 steps, 392 steps in all (steps per epoch rounded): no eval at 390.
+  evals = [s for s in range(1, 393) if is_eval_step(s, 39, 392)]
+  assert evals == [39 * k for k in range(1, 10)] + [392]
+  # An exact multiple: the last periodic evaluation is the final one.
+  assert [s for s in range(1, 41) if is_eval_step(s, 10, 40)] == [10, 20, 30, 40]
+  # A last stretch longer than half an interval keeps its periodic evaluation.
+  assert [s for s in range(1, 26) if is_eval_step(s, 10, 25)] == [10, 20, 25]

@@ -165,6 +165,12 @@ def arc_evaluator_for(cfg: ml_collections.ConfigDict):
   return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
 
 
+def is_eval_step(step: int, eval_every: int, total_steps: int) -> bool:
+  """Every `eval_every` steps and at the last step; a periodic evaluation that rounding of the
+  steps per epoch would put within half an interval of the end is left to the final one."""
+  return step == total_steps or (step % eval_every == 0 and total_steps - step >= eval_every / 2)
+
+
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
              arc_evaluator=None) -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
@@ -361,7 +367,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
         bar.set_postfix(loss=f"{reduced['lm_loss']:.3f}", exact=f"{reduced['exact_accuracy']:.3f}")
         pending = None
       eval_metrics = None
-      if step % eval_every == 0 or step == total_steps:
+      if is_eval_step(step, eval_every, total_steps):
         result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
                           mesh, arc_evaluator)
         scalars = {k: v for k, v in result.items() if isinstance(v, float)}
