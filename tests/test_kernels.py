@@ -51,7 +51,8 @@ def round_bf16(x):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("shape", [(64, 96, 64), (37, 70, 45), (1, 1, 1), (97, 4100, 33),
-                                   (200, 97, 1024), (130, 2100, 70), (40, 2050, 300)])
+                                   (200, 97, 1024), (130, 2100, 70), (40, 2050, 300),
+                                   (45, 96, 40), (8, 0, 8)])
 def test_gemm_matches_float64(shape, trans_a, trans_b):
   M, K, N = shape
   rng = np.random.default_rng(M * 7 + K)
@@ -149,7 +150,10 @@ def test_dispatch_rules(monkeypatch):
   monkeypatch.setattr(amx, "unavailable_reason", lambda: "no AMX here")
   assert not km.uses_amx("auto", jnp.bfloat16)
   x = jnp.ones((4, 32), jnp.bfloat16)
-  np.testing.assert_array_equal(km.matmul(x, x.T, "auto"), km.xla_matmul(x, x.T))
+  lowered = jax.jit(lambda x: km.matmul(x, x.T, "auto")).lower(x).as_text()
+  assert "trm_amx" not in lowered  # auto fell back to XLA's dot: no custom call
+  np.testing.assert_array_equal(jax.jit(lambda x: km.matmul(x, x.T, "auto"))(x),
+                                np.full((4, 4), 32.0))
 
 
 def test_config_rejects_bad_or_unavailable_matmul(monkeypatch):

@@ -16,9 +16,10 @@
 // Weight gradients (A and B both K-major, K long, small output) take a streaming variant that
 // packs one K chunk at a time into L2 (GemmKMajorStream).
 //
-// Layout. B is packed once per call into VNNI tiles: tile (nt, kb) holds k = kb*32 .. +32 and
-// n = nt*16 .. +16 as 16 rows (k pairs) x 16 columns x 2 bf16, zero padded. A is read in place
-// with a row stride when it is row-major with K % 32 == 0, else packed into 16 x 32 tiles.
+// Layout (Gemm). B is packed once per call into VNNI tiles: tile (nt, kb) holds k = kb*32 .. +32
+// and n = nt*16 .. +16 as 16 rows (k pairs) x 16 columns x 2 bf16, zero padded. A is read in
+// place with a row stride when it is row-major with K % 32 == 0, else packed into 16 x 32
+// tiles. GemmKMajorStream packs both, the same tiles, one K chunk at a time.
 // The micro-kernel computes a 32 x 32 block of `out` with four accumulator tiles
 // (tiles 0-3), two A tiles (4, 5) and two B tiles (6, 7).
 //
@@ -36,6 +37,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -46,6 +49,7 @@ namespace {
 
 constexpr int64_t kTileElems = 16 * 32;  // one 1 KiB tile of bf16
 constexpr int64_t kBlock = 32;           // rows / columns of `out` per micro-kernel call
+constexpr int64_t kKChunk = 16;          // K blocks (512 k) per chunk of a long contraction
 
 struct alignas(64) TileConfig {
   uint8_t palette_id;
@@ -159,14 +163,25 @@ inline void LoadPairs(const uint16_t* base, int64_t stride, int64_t K, int64_t k
 
 // In-place transpose of a 16 x 16 matrix of 32-bit lanes (row i = r[i]): swap the off-diagonal
 // blocks of size 8, then of size 4, 2 and 1 inside every block.
+// Permutation indices per block size b = 8, 4, 2, 1 (VPERMT2D: 0-15 first operand, 16-31
+// second). kKeep: row i keeps its own lanes with (j & b) == 0 and takes row i+b's lanes j - b;
+// kTake: row i+b takes row i's lanes j + b, then keeps its own.
+struct TransposeIndices {
+  alignas(64) int32_t keep[4][16], take[4][16];
+  constexpr TransposeIndices() : keep{}, take{} {
+    for (int s = 0, b = 8; s < 4; ++s, b /= 2)
+      for (int j = 0; j < 16; ++j) {
+        keep[s][j] = (j & b) ? 16 + j - b : j;
+        take[s][j] = (j & b) ? 16 + j : j + b;
+      }
+  }
+};
+constexpr TransposeIndices kTransposeIndices;
+
 inline void Transpose16x16(__m512i r[16]) {
-  for (int b = 8; b >= 1; b /= 2) {
-    alignas(64) int32_t keep[16], take[16];
-    for (int j = 0; j < 16; ++j) {
-      keep[j] = (j & b) ? 16 + j - b : j;  // row i: own low-half lanes, row i+b's as the high
-      take[j] = (j & b) ? 16 + j : j + b;  // row i+b: row i's high lanes, then its own
-    }
-    const __m512i ik = _mm512_load_si512(keep), it = _mm512_load_si512(take);
+  for (int s = 0, b = 8; s < 4; ++s, b /= 2) {
+    const __m512i ik = _mm512_load_si512(kTransposeIndices.keep[s]);
+    const __m512i it = _mm512_load_si512(kTransposeIndices.take[s]);
     for (int i = 0; i < 16; ++i) {
       if (i & b) continue;
       const __m512i lo = r[i], hi = r[i + b];
@@ -395,8 +410,6 @@ inline void Block(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int6
 // traffic, not the multiply, set the pace. Here each thread owns a slice of `out` (rows or
 // columns, whichever has more blocks), keeps its fp32 sums in cache and, K chunk by K chunk,
 // packs just the operand tiles its slice needs into L2-sized buffers and multiplies at once.
-constexpr int64_t kStreamChunk = 16;  // K blocks (512 k) per chunk
-
 template <typename Epilogue>
 void GemmKMajorStream(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
   const int64_t MB = CeilDiv(p.M, kBlock), steps = epilogue.Steps(p);
@@ -408,13 +421,13 @@ void GemmKMajorStream(ffi::ThreadPool& pool, const Problem& p, const Epilogue& e
     const int64_t mb_lo = MB * im / split_m, mb_hi = MB * (im + 1) / split_m;
     const int64_t s_lo = steps * in / split_n, s_hi = steps * (in + 1) / split_n;
     const int64_t a_tiles = 2 * (mb_hi - mb_lo), b_tiles = 2 * (s_hi - s_lo);
-    uint16_t* ap = Scratch<uint16_t, 3>(a_tiles * kStreamChunk * kTileElems);
-    uint16_t* bp = Scratch<uint16_t, 4>(b_tiles * kStreamChunk * kTileElems);
+    uint16_t* ap = Scratch<uint16_t, 3>(a_tiles * kKChunk * kTileElems);
+    uint16_t* bp = Scratch<uint16_t, 4>(b_tiles * kKChunk * kTileElems);
     float* acc = Scratch<float, 5>((mb_hi - mb_lo) * (s_hi - s_lo) * kBlock * kBlock);
     alignas(64) float c[kBlock * kBlock];
     ConfigureTiles();
-    for (int64_t kb0 = 0; kb0 < p.KB; kb0 += kStreamChunk) {
-      const int64_t kb1 = std::min(p.KB, kb0 + kStreamChunk), nkb = kb1 - kb0;
+    for (int64_t kb0 = 0; kb0 < p.KB; kb0 += kKChunk) {
+      const int64_t kb1 = std::min(p.KB, kb0 + kKChunk), nkb = kb1 - kb0;
       const bool first = kb0 == 0, last = kb1 == p.KB;
       // K-block-major tiles: the tiles one K block writes are adjacent, not a power-of-two
       // stride apart (which would pile them into one L1 set).
@@ -441,7 +454,7 @@ void GemmKMajorStream(ffi::ThreadPool& pool, const Problem& p, const Epilogue& e
 // slice of `out` small enough to stay in cache.
 bool StreamsK(const Problem& p, int64_t threads) {
   const int64_t blocks = CeilDiv(p.M, kBlock) * (p.Np / kBlock);
-  return p.trans_a && !p.trans_b && p.KB >= 4 * kStreamChunk &&
+  return p.trans_a && !p.trans_b && p.KB > 4 * kKChunk &&
          blocks * kBlock * kBlock * 4 <= threads * (512 << 10);
 }
 
@@ -472,7 +485,6 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
   // Items: column-step chunks (a B panel of about 256 KiB, kept in L2) x row chunks. A long
   // contraction (weight gradients: K = batch x positions) is cut into chunks of kKChunk blocks
   // so that each chunk's A rows and B panel stay in L2; partial sums then live in `acc`.
-  constexpr int64_t kKChunk = 16;
   const int64_t kc = p.KB > 4 * kKChunk ? kKChunk : p.KB;
   const int64_t steps = epilogue.Steps(p);
   const int64_t step_bytes = 2 * kc * 1024;  // two B column tiles
@@ -507,7 +519,8 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
         for (int64_t s = s_lo; s < s_hi; ++s) {
           const uint16_t* b0 = bp + epilogue.Tile0(s) * p.KB * kTileElems;
           const uint16_t* b1 = bp + epilogue.Tile1(s) * p.KB * kTileElems;
-          float* part = acc + ((mb - mb_lo) * (s_hi - s_lo) + (s - s_lo)) * kBlock * kBlock;
+          float* part = acc == nullptr ? nullptr
+              : acc + ((mb - mb_lo) * (s_hi - s_lo) + (s - s_lo)) * kBlock * kBlock;
           Block(a0 + kb0 * a_step, a1 + kb0 * a_step, a_stride, a_step, b0 + kb0 * kTileElems,
                 b1 + kb0 * kTileElems, kTileElems, kb1 - kb0, first ? nullptr : part,
                 last ? c : part);
@@ -557,6 +570,10 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffe
     return ffi::Error::InvalidArgument("trm_amx_matmul: output shape is not [M, N]");
   if (p.M == 0 || p.N == 0) return ffi::Error::Success();
   void* data = out->untyped_data();
+  if (p.K == 0) {  // an empty sum (e.g. the weight gradient of an empty batch)
+    std::memset(data, 0, out->size_bytes());
+    return ffi::Error::Success();
+  }
   switch (out->element_type()) {
     case ffi::DataType::BF16:
       PlainGemm(pool, p, StorePlain<uint16_t>{static_cast<uint16_t*>(data), p.M, p.N});
@@ -584,6 +601,11 @@ ffi::Error SwiGLUImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffe
   if (with_gu && (gd.size() != 2 || gd[0] != p.M || gd[1] != 2 * I))
     return ffi::Error::InvalidArgument("trm_amx_swiglu: gu must be [M, 2I]");
   if (p.M == 0) return ffi::Error::Success();
+  if (p.K == 0) {  // g = u = 0, so h = silu(0) * 0 = 0
+    std::memset(h->untyped_data(), 0, h->size_bytes());
+    if (with_gu) std::memset(gu->untyped_data(), 0, gu->size_bytes());
+    return ffi::Error::Success();
+  }
   Gemm(pool, p, StoreSwiGLU{static_cast<uint16_t*>(h->untyped_data()),
                             with_gu ? static_cast<uint16_t*>(gu->untyped_data()) : nullptr, p.M, I});
   return ffi::Error::Success();
@@ -600,6 +622,7 @@ ffi::Error SwiGLUBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dh,
     return ffi::Error::InvalidArgument(
         "trm_amx_swiglu_bwd: want dh [M, I], gu and d_gu [M, 2I], I % 16 == 0");
   const int64_t M = d[0], I = d[1];
+  if (M == 0 || I == 0) return ffi::Error::Success();
   const uint16_t* pdh = static_cast<const uint16_t*>(dh.untyped_data());
   const uint16_t* pgu = static_cast<const uint16_t*>(gu.untyped_data());
   uint16_t* out = static_cast<uint16_t*>(dgu->untyped_data());

@@ -16,9 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from trm_jax.config import MATMUL_IMPLS as IMPLS
 from trm_jax.kernels import amx
-
-IMPLS = ("auto", "xla", "amx")
 
 
 def xla_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -36,12 +35,15 @@ def _amx_fwd(x, w):
   return y, (x2, w)
 
 
+def _linear_grads(x2, w, g2, batch_shape):
+  """(dx, dw) of y = x @ w from the cotangent g2 [M, N] of y, x2 = x as [M, K]."""
+  dx = amx.gemm(g2, w, trans_b=True).reshape(*batch_shape, w.shape[0])
+  return dx, amx.gemm(x2, g2, trans_a=True)
+
+
 def _amx_bwd(res, g):
   x2, w = res
-  g2 = g.reshape(-1, g.shape[-1])
-  dx = amx.gemm(g2, w, trans_b=True).reshape(*g.shape[:-1], w.shape[0])
-  dw = amx.gemm(x2, g2, trans_a=True)
-  return dx, dw
+  return _linear_grads(x2, w, g.reshape(-1, g.shape[-1]), g.shape[:-1])
 
 
 _amx_matmul.defvjp(_amx_fwd, _amx_bwd)
@@ -67,8 +69,7 @@ def _amx_swiglu_fwd(x, w):
 def _amx_swiglu_bwd(res, dh):
   x2, w, gu = res
   dgu = amx.swiglu_bwd(dh.reshape(-1, dh.shape[-1]), gu)
-  dx = amx.gemm(dgu, w, trans_b=True).reshape(*dh.shape[:-1], w.shape[0])
-  return dx, amx.gemm(x2, dgu, trans_a=True)
+  return _linear_grads(x2, w, dgu, dh.shape[:-1])
 
 
 _amx_swiglu.defvjp(_amx_swiglu_fwd, _amx_swiglu_bwd)
