@@ -54,9 +54,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
-# Heavy imports (jax, trm_jax) happen inside functions: the parent process never initialises a
-# backend (on GPU that would pre-allocate device memory the children need), and
-# compare_official.py's torch children can import this module without paying for jax.
+from trm_jax import host_memory  # noqa: E402  (imports no jax)
+
+# Heavy imports (jax, the rest of trm_jax) happen inside functions: the parent process never
+# initialises a backend (on GPU that would pre-allocate device memory the children need),
+# compare_official.py's torch children can import this module without paying for jax, and a
+# child can apply host_memory.configure before jax starts a thread.
 
 RESULT_PREFIX = "BENCH_RESULT_JSON "
 NUM_PUZZLE_IDENTIFIERS = 16
@@ -131,10 +134,7 @@ def apply_model_overrides(model_cfg, pairs: list[tuple[str, str]]):
   for key, raw in pairs:
     current = model_cfg.get(key, None)
     value = _parse_value(raw, current)
-    if key in model_cfg and isinstance(current, float) and isinstance(value, int):
-      value = float(value)
     model_cfg[key] = value
-  return model_cfg
 
 
 def shrink_overrides(args) -> list[tuple[str, str]]:
@@ -193,12 +193,6 @@ def random_batch(seq_len: int, vocab_size: int, num_puzzle_identifiers: int, bat
       "labels": rng.integers(low, vocab_size, (batch_size, seq_len)).astype(np.int32),
       "puzzle_identifiers": rng.integers(0, num_puzzle_identifiers, (batch_size,)).astype(np.int32),
   }
-
-
-def configure_host_malloc(mode: str) -> str:
-  """First thing in a measuring child, before any backend starts (see trm_jax/host_memory.py)."""
-  from trm_jax import host_memory
-  return host_memory.configure(mode)
 
 
 def jax_environment() -> dict:
@@ -353,7 +347,7 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--halt_max_steps", type=int, default=None, help="override halt_max_steps")
   p.add_argument("--model_overrides", default="",
                  help="comma list key=value set on the model ConfigDict (typed like the field)")
-  p.add_argument("--host_malloc", default="auto", choices=("auto", "retain", "system"),
+  p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
                  help="glibc settings of each measuring process (trm_jax/host_memory.py)")
   p.add_argument("--json_out", default=None, help="write all results as JSON here")
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: config:batch:what
@@ -367,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
 
   if args.one:  # Child: one measurement, reported as a JSON line.
-    host_malloc = configure_host_malloc(args.host_malloc)
+    host_malloc = host_memory.configure(args.host_malloc)  # before jax starts a thread
     name, batch_size, what = args.one.split(":")
     config = build_config(name, args)
     model = config.model

@@ -65,8 +65,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_trm  # noqa: E402  (imports no jax or torch at module level)
+from bench_trm import SEED  # noqa: E402
+from trm_jax import host_memory  # noqa: E402  (imports no jax)
 
-SEED = 0
 OFFICIAL_FILES = ("models/recursive_reasoning/trm.py", "models/losses.py",
                   "models/sparse_embedding.py", "models/ema.py", "models/layers.py")
 # trm_jax model fields that must match the official model for a like-for-like comparison.
@@ -111,6 +112,8 @@ def build_configs(args):
   """(trm_jax experiment config, official arch dict without batch_size)."""
   config = bench_trm.build_config(args.config, args)
   model = config.model
+  if any(key == "compute_dtype" for key, _ in bench_trm.parse_overrides(args.model_overrides)):
+    raise SystemExit("--model_overrides compute_dtype: set it with --dtype (both sides)")
   model.compute_dtype = args.dtype
   for key, want in _FIXED.items():
     if key in model and model[key] != want:
@@ -305,7 +308,7 @@ def make_parser() -> argparse.ArgumentParser:
                  help="key=value,... for trm_jax only, not changing the model (e.g. matmul=amx)")
   p.add_argument("--quick", action="store_true",
                  help="H_cycles 1, L_cycles 1, halt_max_steps 2, batch 2, 2 repeats (both sides)")
-  p.add_argument("--host_malloc", default="auto", choices=("auto", "retain", "system"),
+  p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
                  help="glibc settings of BOTH sides' measuring processes (trm_jax/host_memory.py)")
   p.add_argument("--json_out", default=None)
   # Internal (child processes).
@@ -320,7 +323,10 @@ def resolve_defaults(args):
     args.l_cycles = 1 if args.l_cycles is None else args.l_cycles
     args.halt_max_steps = 2 if args.halt_max_steps is None else args.halt_max_steps
   args.batch_sizes = args.batch_sizes or ("2" if args.quick else "32")
-  args.repeats = args.repeats or (2 if args.quick else 5)
+  if args.repeats is None:
+    args.repeats = 2 if args.quick else 5
+  if args.repeats < 1 or args.warmup < 0:
+    raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
   if args.torch_device is None:
     args.torch_device = "cpu"
     try:
@@ -338,8 +344,11 @@ def main(argv: list[str] | None = None) -> int:
   root = check_official(args.official)
 
   if args.child:
-    host_malloc = bench_trm.configure_host_malloc(args.host_malloc)
     side, batch_size, what = args.child.split(":")
+    mode = args.host_malloc
+    if side == "torch" and mode == "auto":  # auto asks about JAX's backend; torch has its own
+      mode = "retain" if args.torch_device == "cpu" else "system"
+    host_malloc = host_memory.configure(mode)  # before jax or torch starts a thread
     workdir = pathlib.Path(args.workdir)
     if side == "torch":
       result = torch_child(args, root, workdir, int(batch_size), what)
@@ -349,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_trm.emit(result)
     return 0
 
-  whats = [w for w in args.what.split(",") if w]
+  whats = bench_trm._csv(args.what)
   if any(w not in ("train", "eval") for w in whats):
     raise SystemExit("--what: train and/or eval")
   batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]

@@ -31,8 +31,7 @@ def test_meshes_match_a_single_device(tmp_path):
       if key not in ("losses", "table_spec"):
         np.testing.assert_allclose(out[key], reference[key], rtol=1e-4, atol=2e-6,
                                    err_msg=f"{mesh}: {key}")
-    if mesh != "1x1":
-      assert "data" in str(out["table_spec"]) and "fsdp" in str(out["table_spec"])
+    assert "data" in str(out["table_spec"]) and "fsdp" in str(out["table_spec"])
 
 
 def test_mesh_shape_inference_and_errors():

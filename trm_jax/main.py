@@ -165,6 +165,14 @@ def arc_evaluator_for(cfg: ml_collections.ConfigDict):
   return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
 
 
+def report_eval(result: dict[str, Any], path: pathlib.Path) -> None:
+  """Prints the evaluation table; process 0 also writes it to `path`."""
+  table = format_eval_table(result)
+  if jax.process_index() == 0:
+    path.write_text(table + "\n")
+  print(table)
+
+
 def is_eval_step(step: int, eval_every: int, total_steps: int) -> bool:
   """Every `eval_every` steps and at the last step; a periodic evaluation that rounding of the
   steps per epoch would put within half an interval of the end is left to the final one."""
@@ -335,11 +343,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   if eval_only:
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
                       arc_evaluator)
-    table = format_eval_table(result)
-    if jax.process_index() == 0:
-      (workdir_path / f"eval_table_step{first_step - 1}.txt").write_text(table + "\n")
     print(f"evaluated checkpoint step {first_step - 1}")
-    print(table)
+    report_eval(result, workdir_path / f"eval_table_step{first_step - 1}.txt")
     return result
 
   # --- Loop.
@@ -392,9 +397,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   if result is None:  # resumed after the last step: nothing left to train
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
                       arc_evaluator)
-  table = format_eval_table(result)
-  (workdir_path / "eval_table.txt").write_text(table + "\n")
-  print(table)
+  report_eval(result, workdir_path / "eval_table.txt")
   print(f"total time {time.time() - start:.0f}s")
   return result
 
