@@ -47,6 +47,9 @@ class CheckpointManager:
   def maybe_save(self, step: int, state, loop_state: dict[str, Any], *, force: bool = False,
                  metrics: dict[str, float] | None = None) -> bool:
     """Saves asynchronously when the policies (interval, preemption) or `force` say so."""
+    # Asked first: orbax builds (and logs) its handlers on every save call, even one it declines.
+    if not force and not self._checkpointer.should_save(step):
+      return False
     return self._checkpointer.save_checkpointables_async(
         step, {"state": state, "loop": loop_state}, force=force, metrics=metrics) is not None
 
