@@ -59,7 +59,7 @@ from trm_jax import host_memory  # noqa: E402  (imports no jax)
 # Heavy imports (jax, the rest of trm_jax) happen inside functions: the parent process never
 # initialises a backend (on GPU that would pre-allocate device memory the children need),
 # compare_official.py's torch children can import this module without paying for jax, and a
-# child can apply host_memory.configure before jax starts a thread.
+# child can apply host_memory.configure before JAX starts its backend.
 
 RESULT_PREFIX = "BENCH_RESULT_JSON "
 NUM_PUZZLE_IDENTIFIERS = 16
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
 
   if args.one:  # Child: one measurement, reported as a JSON line.
-    host_malloc = host_memory.configure(args.host_malloc)  # before jax starts a thread
+    host_malloc = host_memory.configure(args.host_malloc)  # before JAX starts its backend
     name, batch_size, what = args.one.split(":")
     config = build_config(name, args)
     model = config.model

@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.host_malloc
     if side == "torch" and mode == "auto":  # auto asks about JAX's backend; torch has its own
       mode = "retain" if args.torch_device == "cpu" else "system"
-    host_malloc = host_memory.configure(mode)  # before jax or torch starts a thread
+    # Before JAX starts its backend; the torch side only takes glibc's settings.
+    host_malloc = host_memory.configure(mode, jax_dispatch=side == "jax")
     workdir = pathlib.Path(args.workdir)
     if side == "torch":
       result = torch_child(args, root, workdir, int(batch_size), what)

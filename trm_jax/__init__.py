@@ -1,7 +1,7 @@
 """trm_jax: Tiny Recursive Models and Deep Improvement Supervision in JAX/Flax.
 
 Importing the package imports nothing heavy (no JAX): the names below load on first use, so
-that `trm_jax.host_memory` and the data generators can run before JAX starts any thread.
+that the data generators and `trm_jax.host_memory` load without it.
 """
 
 import importlib

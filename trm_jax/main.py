@@ -14,7 +14,7 @@ import os
 
 from trm_jax import host_memory
 
-# Before anything imports jax (which starts a thread): see trm_jax/host_memory.py.
+# Before JAX starts its backend: see trm_jax/host_memory.py.
 _HOST_MALLOC = host_memory.configure(os.environ.get("TRM_JAX_HOST_MALLOC", "auto"),
                                     source="environment variable TRM_JAX_HOST_MALLOC")
 
