@@ -332,6 +332,25 @@ def _csv(text: str) -> list[str]:
   return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def add_shared_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
+  """The options bench_trm.py and compare_official.py share; `scope` says which processes or
+  sides the overrides reach, for the help text."""
+  p.add_argument("--what", default="train,eval", help="comma list of train, eval")
+  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--h_cycles", type=int, default=None, help=f"override H_cycles ({scope})")
+  p.add_argument("--l_cycles", type=int, default=None, help=f"override L_cycles ({scope})")
+  p.add_argument("--halt_max_steps", type=int, default=None,
+                 help=f"override halt_max_steps ({scope})")
+  p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
+                 help=f"host memory settings of {scope} (trm_jax/host_memory.py)")
+  p.add_argument("--json_out", default=None, help="write all results as JSON here")
+
+
+def check_counts(args) -> None:
+  if args.repeats < 1 or args.warmup < 0:
+    raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+
+
 def make_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -339,17 +358,10 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--configs", default="sudoku_mlp_t,sudoku_att,maze_att,arc_att",
                  help=f"comma list of {sorted(CONFIGS)}")
   p.add_argument("--batch_sizes", default="32", help="comma list of batch sizes")
-  p.add_argument("--what", default="train,eval", help="comma list of train, eval")
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--h_cycles", type=int, default=None, help="override H_cycles (quick runs)")
-  p.add_argument("--l_cycles", type=int, default=None, help="override L_cycles (quick runs)")
-  p.add_argument("--halt_max_steps", type=int, default=None, help="override halt_max_steps")
+  add_shared_arguments(p, scope="each measuring process")
   p.add_argument("--model_overrides", default="",
                  help="comma list key=value set on the model ConfigDict (typed like the field)")
-  p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
-                 help="glibc settings of each measuring process (trm_jax/host_memory.py)")
-  p.add_argument("--json_out", default=None, help="write all results as JSON here")
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: config:batch:what
   return p
 
@@ -357,8 +369,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = make_parser().parse_args(argv)
-  if args.repeats < 1 or args.warmup < 0:
-    raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+  check_counts(args)
 
   if args.one:  # Child: one measurement, reported as a JSON line.
     host_malloc = host_memory.configure(args.host_malloc)  # before JAX starts its backend

@@ -288,9 +288,8 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--official", required=True, help="work tree of the official TRM repository")
   p.add_argument("--config", default="sudoku_mlp_t", choices=sorted(bench_trm.CONFIGS))
   p.add_argument("--batch_sizes", default=None, help="comma list (default 32; --quick: 2)")
-  p.add_argument("--what", default="train,eval", help="comma list of train, eval")
   p.add_argument("--repeats", type=int, default=None, help="default 5 (--quick: 2)")
-  p.add_argument("--warmup", type=int, default=1)
+  bench_trm.add_shared_arguments(p, scope="both sides")
   p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                  help="official forward_dtype = trm_jax compute_dtype")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
@@ -299,18 +298,12 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--torch_device", default=None, help="default: cuda if available, else cpu")
   p.add_argument("--seed", type=int, default=SEED, help="torch.manual_seed of the official init")
   p.add_argument("--no_ema", action="store_true", help="no EMA on either side")
-  p.add_argument("--h_cycles", type=int, default=None, help="override H_cycles (both sides)")
-  p.add_argument("--l_cycles", type=int, default=None, help="override L_cycles (both sides)")
-  p.add_argument("--halt_max_steps", type=int, default=None, help="override (both sides)")
   p.add_argument("--model_overrides", default="",
                  help="key=value,... on the model config of BOTH sides (trm_jax field names)")
   p.add_argument("--jax_model_overrides", default="",
                  help="key=value,... for trm_jax only, not changing the model (e.g. matmul=amx)")
   p.add_argument("--quick", action="store_true",
                  help="H_cycles 1, L_cycles 1, halt_max_steps 2, batch 2, 2 repeats (both sides)")
-  p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
-                 help="glibc settings of BOTH sides' measuring processes (trm_jax/host_memory.py)")
-  p.add_argument("--json_out", default=None)
   # Internal (child processes).
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # torch|jax:batch:what
   p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -325,8 +318,7 @@ def resolve_defaults(args):
   args.batch_sizes = args.batch_sizes or ("2" if args.quick else "32")
   if args.repeats is None:
     args.repeats = 2 if args.quick else 5
-  if args.repeats < 1 or args.warmup < 0:
-    raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
+  bench_trm.check_counts(args)
   if args.torch_device is None:
     args.torch_device = "cpu"
     try:
