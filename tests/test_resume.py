@@ -162,3 +162,18 @@ def test_two_processes_train_together_like_one(tmp_path, uninterrupted):
   # Same examples per global batch, rows in another order: equal up to float reordering.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
                reference["trainable"], together["trainable"])
+
+
+def test_manager_saves_on_the_interval_and_when_forced(tmp_path):
+  from trm_jax import checkpoint as checkpoint_lib
+  manager = checkpoint_lib.CheckpointManager(tmp_path / "ckpt", save_interval_steps=3, keep=10)
+  state = {"w": np.arange(4.0, dtype=np.float32)}
+  saved = [step for step in range(1, 8) if manager.maybe_save(step, state, {"position": step})]
+  assert manager.maybe_save(8, state, {"position": 8}, force=True)
+  manager.wait()
+  assert saved == [3, 6]
+  assert manager.steps() == [3, 6, 8]
+  step, restored, loop = manager.restore_latest(state, {"position": 0})
+  assert step == 8 and loop == {"position": 8}
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  manager.close()
