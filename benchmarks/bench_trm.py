@@ -36,7 +36,6 @@ Quick smoke run (a minute on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import importlib
 import json
@@ -91,27 +90,6 @@ CONFIGS: dict[str, Callable[[], Any]] = {
 # --------------------------------------------------------------------------------------------
 # Config overrides.
 
-def _parse_value(raw: str, current: Any) -> Any:
-  """A string from the command line, converted to the type of the field it replaces."""
-  if isinstance(current, bool):
-    low = raw.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-      return True
-    if low in ("0", "false", "no", "off"):
-      return False
-    raise ValueError(f"expected a boolean, got {raw!r}")
-  if isinstance(current, int):
-    return int(raw)
-  if isinstance(current, float):
-    return float(raw)
-  if isinstance(current, str):
-    return raw
-  try:  # New field or None: best guess (numbers, booleans, tuples), else the plain string.
-    return ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    return raw
-
-
 def parse_overrides(text: str | None) -> list[tuple[str, str]]:
   pairs = []
   for item in (text or "").split(","):
@@ -131,10 +109,9 @@ def apply_model_overrides(model_cfg, pairs: list[tuple[str, str]]):
   Keys the ConfigDict does not have yet are added (ModelSpec then rejects fields it does not
   know, naming them).
   """
+  from trm_jax import config as config_lib
   for key, raw in pairs:
-    current = model_cfg.get(key, None)
-    value = _parse_value(raw, current)
-    model_cfg[key] = value
+    model_cfg[key] = config_lib.parse_field_value(raw, model_cfg.get(key, None))
 
 
 def shrink_overrides(args) -> list[tuple[str, str]]:

@@ -39,3 +39,16 @@ def test_prefix_len_follows_official_ceil_rule():
                                                    num_heads=4, puzzle_emb_ndim=100,
                                                    puzzle_emb_len=0))
   assert spec.prefix_len == 2 and spec.total_len == 11
+
+
+def test_parse_field_value_follows_the_replaced_fields_type():
+  from trm_jax.config import parse_field_value
+  assert parse_field_value("off", True) is False and parse_field_value("Yes", False) is True
+  assert parse_field_value("8", 2) == 8 and isinstance(parse_field_value("8", 2.0), float)
+  assert parse_field_value("1e-3", 0.5) == 1e-3
+  assert parse_field_value("64", "a string") == "64"  # a str field stays a string
+  assert parse_field_value("(1, 2)", None) == (1, 2) and parse_field_value("abc", None) == "abc"
+  with pytest.raises(ValueError, match="expected a boolean"):
+    parse_field_value("maybe", True)
+  with pytest.raises(ValueError):
+    parse_field_value("2.5", 3)

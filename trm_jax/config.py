@@ -8,6 +8,7 @@ is compiled.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from typing import Any
@@ -137,6 +138,29 @@ class ModelSpec:
   @property
   def jnp_param_dtype(self):
     return jnp.dtype(self.param_dtype)
+
+
+def parse_field_value(raw: str, current: Any) -> Any:
+  """A command-line string converted to the type of the config value `current` it replaces
+  (booleans from 1/0, true/false, yes/no, on/off); for a new field or None, a Python literal
+  if it is one (numbers, booleans, tuples), else the string."""
+  if isinstance(current, bool):
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+      return True
+    if low in ("0", "false", "no", "off"):
+      return False
+    raise ValueError(f"expected a boolean, got {raw!r}")
+  if isinstance(current, int):
+    return int(raw)
+  if isinstance(current, float):
+    return float(raw)
+  if isinstance(current, str):
+    return raw
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:

@@ -18,7 +18,6 @@ writes an Orbax PyTree checkpoint of `params` (load with `trm_jax.convert.load_p
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import pathlib
 import re
@@ -174,15 +173,11 @@ def load_params(directory: str | pathlib.Path, model_config) -> model_lib.Params
   return ocp.load(pathlib.Path(directory).absolute(), abstract)
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def _split_override(text: str) -> tuple[str, str]:
   if "=" not in text:
     raise argparse.ArgumentTypeError(f"--set expects key=value, got '{text}'")
   key, raw = text.split("=", 1)
-  try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    value = raw
-  return key, value
+  return key.strip(), raw.strip()
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -192,7 +187,7 @@ def cli(argv: list[str] | None = None) -> None:
                       help="trm_jax model preset the checkpoint was trained with")
   parser.add_argument("--official_config", help="official all_config.yaml / JSON with an 'arch' "
                       "section (alternative to --preset)")
-  parser.add_argument("--set", action="append", default=[], type=_parse_override,
+  parser.add_argument("--set", action="append", default=[], type=_split_override,
                       help="model config override key=value (repeatable)")
   parser.add_argument("--out", required=True, help="output directory (Orbax checkpoint)")
   args = parser.parse_args(argv)
@@ -208,10 +203,13 @@ def cli(argv: list[str] | None = None) -> None:
     else:
       loaded = json.loads(text)
     cfg = model_config_from_official(loaded.get("arch", loaded))
-  for key, value in args.set:
+  for key, raw in args.set:
     if key not in cfg:
       parser.error(f"--set {key}: unknown model config field")
-    cfg[key] = value
+    try:
+      cfg[key] = config_lib.parse_field_value(raw, cfg[key])
+    except ValueError as error:
+      parser.error(f"--set {key}={raw}: {error}")
   try:
     import torch
   except ImportError:
