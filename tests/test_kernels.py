@@ -20,7 +20,6 @@ needs_amx = pytest.mark.skipif(not amx.available(),
                                reason=f"AMX kernel unavailable: {amx.unavailable_reason()}")
 
 
-
 def test_kernels_build_wherever_the_cpu_and_a_compiler_allow():
   """A skip above must mean "no AMX here", never "the source no longer compiles"."""
   import platform

@@ -54,8 +54,8 @@ def cache_dir() -> pathlib.Path:
 
 def build(compiler: str) -> pathlib.Path:
   """Compiles the shared library if the cache lacks it; returns its path."""
-  flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
-           "-mamx-tile", "-mamx-bf16", f"-I{jax.ffi.include_dir()}"]
+  flags = ["-O3", "-std=c++20", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl",
+           "-mavx512bf16", "-mamx-tile", "-mamx-bf16", f"-I{jax.ffi.include_dir()}"]
   key = hashlib.sha256("\n".join([SOURCE.read_text(), jax.__version__, compiler, *flags])
                        .encode()).hexdigest()[:16]
   out = cache_dir() / f"amx_matmul-{key}.so"
