@@ -36,6 +36,7 @@ Quick smoke run (a minute on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import json
@@ -215,8 +216,34 @@ def _device_peak_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
+# Dense bf16/fp16 matrix-unit peaks (vendor datasheets, TFLOP/s), the denominator of MFU; matched
+# as substrings of `device.device_kind`, first match wins. --peak_tflops overrides.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("A100", 312.0),
+    ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
+    ("TPU v5", 459.0), ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
+)
+
+
+def peak_tflops(device_kind: str, compute_dtype: str, override: float | None = None
+                ) -> float | None:
+  """The matrix peak that MFU divides by: `override`, else the table for bf16/fp16 compute."""
+  if override:
+    return override
+  if compute_dtype not in ("bfloat16", "float16"):
+    return None
+  return next((peak for name, peak in PEAK_BF16_TFLOPS if name in device_kind), None)
+
+
+def _model_flops(spec, fn, *args) -> int:
+  """Matmul FLOPs of `fn(spec, *args)` traced with XLA's dot and no remat (trm_jax/flops.py)."""
+  from trm_jax import flops
+  return flops.matmul_flops(functools.partial(fn, spec=dataclasses.replace(
+      spec, matmul="xla", remat="none")), *args)
+
+
 def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repeats: int,
-             params=None, return_preds: bool = False) -> dict:
+             params=None, return_preds: bool = False, peak_override: float | None = None) -> dict:
   """Compile and time one trm_jax train step or eval batch; `params` default: fresh init."""
   import jax
   import jax.numpy as jnp
@@ -232,8 +259,9 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
     state = train.init_state(model_cfg, train_cfg, batch, TOTAL_STEPS, jax.random.key(SEED),
                              params=params)
     jax.block_until_ready(state)
-    step = jax.jit(functools.partial(train.train_step, spec=spec, train_cfg=train_cfg,
-                                     total_steps=TOTAL_STEPS), donate_argnums=0)
+    train_step = functools.partial(train.train_step, train_cfg=train_cfg, total_steps=TOTAL_STEPS)
+    model_flops = _model_flops(spec, train_step, state, batch)
+    step = jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -247,6 +275,7 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
     if params is None:
       params = model_lib.init_params(spec, jax.random.key(SEED))
     jax.block_until_ready(params)
+    model_flops = _model_flops(spec, train.eval_batch, params, batch)
     evaluate = jax.jit(functools.partial(train.eval_batch, spec=spec))
     start = time.perf_counter()
     compiled = evaluate.lower(params, batch).compile()
@@ -270,6 +299,8 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
       "times_s": times, "steps_per_call": steps_per_call,
       "calls_per_s": 1.0 / median, "sup_steps_per_s": steps_per_call / median,
       "examples_per_s": batch_size / median,
+      **flop_rates(model_flops, median, peak_tflops(jax.devices()[0].device_kind,
+                                                    spec.compute_dtype, peak_override)),
       "peak_rss_mib": peak_rss_mib(),
       "peak_device_mib": None if device_peak is None else device_peak / 2**20,
       "xla_memory": _xla_memory(compiled),
@@ -279,6 +310,13 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
   if return_preds and what == "eval":
     result["preds"] = np.asarray(out["preds"]).tolist()
   return result
+
+
+def flop_rates(model_flops: int, seconds: float, peak: float | None) -> dict:
+  """Model TFLOP per call, achieved TFLOP/s and MFU (None without a known peak)."""
+  achieved = model_flops / seconds / 1e12
+  return {"model_tflop_per_call": model_flops / 1e12, "tflops_per_s": achieved,
+          "peak_tflops": peak, "mfu": None if not peak else achieved / peak}
 
 
 def run_child(argv: list[str], env: dict | None = None, label: str = "") -> dict:
@@ -302,6 +340,10 @@ def fmt(value, spec: str = ".3f") -> str:
   return format(value, spec)
 
 
+def fmt_percent(fraction: float | None) -> str:
+  return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
 # --------------------------------------------------------------------------------------------
 # CLI.
 
@@ -321,6 +363,8 @@ def add_shared_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
   p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
                  help=f"host memory settings of {scope} (trm_jax/host_memory.py)")
   p.add_argument("--json_out", default=None, help="write all results as JSON here")
+  p.add_argument("--peak_tflops", type=float, default=None,
+                 help="matrix peak for MFU (default: the bf16 datasheet peak of a known GPU/TPU)")
 
 
 def check_counts(args) -> None:
@@ -355,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     model = config.model
     batch = random_batch(model.seq_len, model.vocab_size, model.num_puzzle_identifiers,
                          int(batch_size))
-    result = time_jax(model, config.train, batch, what, args.warmup, args.repeats)
+    result = time_jax(model, config.train, batch, what, args.warmup, args.repeats,
+                      peak_override=args.peak_tflops)
     result.update(config=name, env=dict(jax_environment(), host_malloc=host_malloc))
     emit(result)
     return 0
@@ -402,17 +447,22 @@ def main(argv: list[str] | None = None) -> int:
   print("train = 1 supervision step + optimiser update per call; eval = 1 full eval batch "
         "(halt_max_steps supervision steps) per call.")
   print()
+  print("TFLOP/s = matmul FLOPs of the traced step (trm_jax/flops.py) / median time; MFU = "
+        "TFLOP/s / the device's bf16 matrix peak (--peak_tflops).")
+  print()
   print("| config | batch | what | compile s | median s/call | sup-steps/s | examples/s | "
-        "peak RSS MiB | peak device MiB | XLA estimate MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "TFLOP/s | MFU | peak RSS MiB | peak device MiB | XLA estimate MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     if "error" in r:
-      print(f"| {r['config']} | {r['batch']} | {r['what']} | error: {r['error']} | | | | | | |")
+      print(f"| {r['config']} | {r['batch']} | {r['what']} | error: {r['error']} |"
+            + " |" * 8)
       continue
     xla = r.get("xla_memory", {}).get("estimate_bytes")
     print(f"| {r['config']} | {r['batch']} | {r['what']} | {fmt(r['compile_s'], '.1f')} | "
           f"{fmt(r['median_s'], '.4f')} | {fmt(r['sup_steps_per_s'], '.2f')} | "
-          f"{fmt(r['examples_per_s'], '.1f')} | {fmt(r['peak_rss_mib'], '.0f')} | "
+          f"{fmt(r['examples_per_s'], '.1f')} | {fmt(r['tflops_per_s'], '.2f')} | "
+          f"{fmt_percent(r['mfu'])} | {fmt(r['peak_rss_mib'], '.0f')} | "
           f"{fmt(r['peak_device_mib'], '.0f')} | {fmt(None if xla is None else xla / 2**20, '.0f')} |")
   if args.json_out:
     payload = {"env": env, "args": vars(args), "results": results}

@@ -254,7 +254,8 @@ def jax_child(args, workdir: pathlib.Path, batch_size: int, what: str) -> dict:
   np_batch = bench_trm.random_batch(arch["seq_len"], arch["vocab_size"],
                                     arch["num_puzzle_identifiers"], batch_size)
   result = bench_trm.time_jax(config.model, config.train, np_batch, what, args.warmup,
-                              args.repeats, params=params, return_preds=True)
+                              args.repeats, params=params, return_preds=True,
+                              peak_override=args.peak_tflops)
   preds = result.pop("preds", None)
   if preds is not None:
     np.save(workdir / f"preds_jax_{batch_size}.npy", np.asarray(preds, np.int32))
@@ -406,15 +407,22 @@ def main(argv: list[str] | None = None) -> int:
         "element-wise work). compile s: jit lower+compile (trm_jax), first call (torch). "
         "train = 1 supervision step + update; eval = 1 full batch of halt_max_steps steps.")
   print()
-  print("| side | what | batch | compile / first call s | median s | examples/s | "
-        "peak RSS MiB | peak device MiB | trm_jax speed / official |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("TFLOP/s: trm_jax's traced matmul FLOPs per call (trm_jax/flops.py; the official model "
+        "does the same matmuls) / median s; MFU: / the device's bf16 matrix peak.")
+  print()
+  print("| side | what | batch | compile / first call s | median s | examples/s | TFLOP/s | "
+        "MFU | peak RSS MiB | peak device MiB | trm_jax speed / official |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   by_key = {(r["side"], r["what"], r["batch"]): r for r in results}
   for r in results:
     if "error" in r:
-      print(f"| {r['side']} | {r['what']} | {r['batch']} | error: {r['error']} | | | | | |")
+      print(f"| {r['side']} | {r['what']} | {r['batch']} | error: {r['error']} |" + " |" * 7)
       continue
     ratio = ""
+    mine = by_key.get(("trm_jax", r["what"], r["batch"]), {})
+    if r["side"] == "official torch" and "model_tflop_per_call" in mine:
+      r.update(bench_trm.flop_rates(mine["model_tflop_per_call"] * 1e12, r["median_s"],
+                                    mine["peak_tflops"]))
     if r["side"] == "trm_jax":
       other = by_key.get(("official torch", r["what"], r["batch"]))
       if other and "error" not in other:
@@ -422,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         r["speed_ratio_vs_official"] = other["median_s"] / r["median_s"]
     print(f"| {r['side']} | {r['what']} | {r['batch']} | {bench_trm.fmt(r['compile_s'], '.1f')} | "
           f"{bench_trm.fmt(r['median_s'], '.4f')} | {bench_trm.fmt(r['examples_per_s'], '.1f')} | "
+          f"{bench_trm.fmt(r.get('tflops_per_s'), '.2f')} | {bench_trm.fmt_percent(r.get('mfu'))} | "
           f"{bench_trm.fmt(r['peak_rss_mib'], '.0f')} | {bench_trm.fmt(r['peak_device_mib'], '.0f')} | "
           f"{ratio} |")
   agreements = [(r["batch"], r["preds_agreement"]) for r in results if "preds_agreement" in r]

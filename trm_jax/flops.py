@@ -1,0 +1,64 @@
+"""Matrix-multiply FLOPs of a JAX function, read off its jaxpr: the numerator of MFU.
+
+    flops = matmul_flops(fn, *args)      # args may be arrays or jax.ShapeDtypeStruct
+
+Every `dot_general` counts 2 * (product of the lhs shape) * (product of the rhs free dims),
+i.e. one multiply and one add per multiply-accumulate. Loops multiply their body by the trip
+count (`scan`, and `fori_loop`, which JAX lowers to `scan` when its bounds are static);
+`cond` counts its most expensive branch; calls, custom derivatives and remat blocks count
+their body once. Element-wise work, reductions and gathers are not counted: for TRM they are
+a few percent of the matmul FLOPs, and MFU conventionally counts matmuls only.
+
+Counting is on the traced program, before XLA: nothing is compiled or run. The result is the
+*model* FLOPs of a step when the program is traced without rematerialisation and with XLA's
+own dot (`ModelSpec(remat="none", matmul="xla")`): a custom call (the AMX kernels) holds no
+`dot_general` for this counter to see, and remat adds recomputation that MFU does not credit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+from jax.extend import core as jax_core
+
+
+def matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
+  """Matmul FLOPs of one call `fn(*args, **kwargs)` (abstract arguments are enough)."""
+  return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+
+
+def jaxpr_matmul_flops(jaxpr: jax_core.Jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_general_flops(eqn)
+    elif name == "while":
+      if any(_sub_flops(eqn.params[k]) for k in ("body_jaxpr", "cond_jaxpr")):
+        raise ValueError("a while_loop with matmuls has no static trip count to count them "
+                         "by; use lax.scan or fori_loop with static bounds")
+    elif name == "cond":
+      total += max(_sub_flops(branch) for branch in eqn.params["branches"])
+    else:
+      body = sum(_sub_flops(value) for value in eqn.params.values())
+      total += body * (eqn.params["length"] if name == "scan" else 1)
+  return total
+
+
+def _sub_flops(value) -> int:
+  if isinstance(value, jax_core.ClosedJaxpr):
+    return jaxpr_matmul_flops(value.jaxpr)
+  if isinstance(value, jax_core.Jaxpr):
+    return jaxpr_matmul_flops(value)
+  if isinstance(value, (tuple, list)):
+    return sum(_sub_flops(v) for v in value)
+  return 0
+
+
+def _dot_general_flops(eqn) -> int:
+  lhs, rhs = (v.aval.shape for v in eqn.invars)
+  (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+  rhs_free = [d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
+  return 2 * math.prod(lhs) * math.prod(rhs_free)
