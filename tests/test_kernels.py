@@ -92,6 +92,45 @@ def test_swiglu_forward_matches_reference(M, K, I):
   np.testing.assert_array_equal(f64(h_only), f64(h))
 
 
+def _every_bf16():
+  """All 65,536 bf16 bit patterns as a [256, 256] bf16 array, and as float64."""
+  bits = np.arange(65536, dtype=np.uint32).reshape(256, 256)
+  g = (bits << 16).view(np.float32)
+  with np.errstate(invalid="ignore"):  # NaNs cast
+    return jnp.asarray(g, jnp.bfloat16), g.astype(np.float64)
+
+
+def _silu_reference(g):
+  """silu and its derivative in float64, each rounded to fp32 and then bf16 (PyTorch's bf16
+  F.silu and its backward, correctly rounded); NaN at silu(-inf) and at +-inf' as in PyTorch.
+  Subnormal fp32 results are flushed to zero before the bf16 rounding: XLA:CPU runs its
+  threads, custom calls included, with FTZ/DAZ set (only |g| < 2.4e-38 or g < -87 give one)."""
+  def to_bf16(x):
+    x32 = x.astype(np.float32)
+    return round_bf16(np.where(np.abs(x32) < np.finfo(np.float32).tiny, 0 * x32, x32))
+
+  with np.errstate(over="ignore", invalid="ignore"):
+    s = 1 / (1 + np.exp(-g))
+    return to_bf16(g * s), to_bf16(s * (1 + g * (1 - s)))
+
+
+@needs_amx
+def test_swiglu_activation_is_exact_for_every_bf16_gate_value():
+  g, g64 = _every_bf16()
+  act_ref, dsilu_ref = _silu_reference(g64)
+  # Backward kernel, fed g directly: with dh = u = 1 it returns [bf16(dsilu(g)), bf16(silu(g))].
+  ones = jnp.ones((256, 256), jnp.bfloat16)
+  dgu = jax.jit(amx.swiglu_bwd)(ones, jnp.concatenate([g, ones], axis=1))
+  np.testing.assert_array_equal(f64(dgu[:, :256]), dsilu_ref)
+  np.testing.assert_array_equal(f64(dgu[:, 256:]), act_ref)
+  # Forward kernel: x = I makes the GEMM's g exactly W's gate half (u = 1), so h = bf16(silu(g)).
+  # Infinities and NaNs stay out of W: 0 * inf in the other rows' sums would be NaN.
+  finite = np.isfinite(g64)
+  w = jnp.concatenate([jnp.where(finite, g, 0), ones], axis=1)
+  h = jax.jit(lambda x, w: amx.swiglu(x, w, with_gu=False))(jnp.eye(256, dtype=jnp.bfloat16), w)
+  np.testing.assert_array_equal(f64(h)[finite], act_ref[finite])
+
+
 @needs_amx
 @pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512)])
 def test_swiglu_and_matmul_gradients_match_float64(M, K, I):
