@@ -396,11 +396,16 @@ struct StoreSwiGLU {
 
 // Per-thread scratch that grows and is kept between calls: a fresh buffer per call would pay
 // for zero-filling and first-touch page faults (tens of MiB for weight-gradient GEMMs).
+// 64-byte aligned, so that each 64-byte tile row is one cache line: malloc aligns to 16 only,
+// and a tile load whose rows straddle two lines made whole GEMMs ~30% slower in the 3 processes
+// out of 4 that drew such an address (BUILD_NOTES.md, "CPU speed").
 template <typename T, int kSlot>
 T* Scratch(size_t n) {
+  constexpr size_t kPad = 64 / sizeof(T);
   thread_local std::vector<T> buffer;
-  if (buffer.size() < n) buffer.resize(n);
-  return buffer.data();
+  if (buffer.size() < n + kPad) buffer.resize(n + kPad);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<T*>((address + 63) & ~uintptr_t{63});
 }
 
 // The micro-kernel: one 32 x 32 fp32 block (row stride 32) `dst` = `init` (zero if null) +
