@@ -70,18 +70,9 @@ from trm_jax import host_memory  # noqa: E402  (imports no jax)
 
 OFFICIAL_FILES = ("models/recursive_reasoning/trm.py", "models/losses.py",
                   "models/sparse_embedding.py", "models/ema.py", "models/layers.py")
-# trm_jax model fields that must match the official model for a like-for-like comparison.
-_FIXED = dict(scheme="trm", param_dtype="float32", remat="none", loss_type="stablemax")
-# Official arch field <- trm_jax model field.
-_ARCH_FIELDS = dict(seq_len="seq_len", vocab_size="vocab_size", puzzle_emb_ndim="puzzle_emb_ndim",
-                    num_puzzle_identifiers="num_puzzle_identifiers", H_cycles="H_cycles",
-                    L_cycles="L_cycles", L_layers="num_layers", hidden_size="hidden_size",
-                    expansion="expansion", num_heads="num_heads", pos_encodings="pos_encodings",
-                    rms_norm_eps="rms_norm_eps", rope_theta="rope_theta",
-                    halt_max_steps="halt_max_steps",
-                    halt_exploration_prob="halt_exploration_prob",
-                    forward_dtype="compute_dtype", mlp_t="mlp_t", puzzle_emb_len="puzzle_emb_len",
-                    no_ACT_continue="no_ACT_continue")
+# Beyond what `convert.official_arch` checks: the official model has no remat, and the
+# comparison runs the official loss head with stablemax.
+_FIXED = dict(remat="none", loss_type="stablemax")
 
 
 def check_official(path: str) -> pathlib.Path:
@@ -117,20 +108,15 @@ def build_configs(args):
   model.compute_dtype = args.dtype
   for key, want in _FIXED.items():
     if key in model and model[key] != want:
-      raise SystemExit(f"model field {key}={model[key]!r}: the official model only has {want!r}")
-  arch = {official: model[ours] for official, ours in _ARCH_FIELDS.items()}
-  arch["H_layers"] = 0  # Ignored by the official code.
-  arch["expansion"] = float(arch["expansion"])
-  # Cross-check the mapping with trm_jax's own official-config reader.
+      raise SystemExit(f"model field {key}={model[key]!r}: the official side only has {want!r}")
   from trm_jax import convert
-  back = convert.model_config_from_official(arch)
-  for field in _ARCH_FIELDS.values():
-    if back[field] != model[field]:
-      raise SystemExit(f"internal: field {field} does not round-trip ({back[field]!r} vs "
-                       f"{model[field]!r})")
+  try:
+    arch = convert.official_arch(model)
+  except ValueError as e:
+    raise SystemExit(f"--config {args.config}: {e}") from None
   # trm_jax-only knobs (must not change the architecture), e.g. matmul=amx.
   for key, raw in bench_trm.parse_overrides(args.jax_model_overrides):
-    if key in _ARCH_FIELDS.values() or key in _FIXED:
+    if key not in convert.TRM_JAX_ONLY or convert.TRM_JAX_ONLY[key] is not None or key in _FIXED:
       raise SystemExit(f"--jax_model_overrides {key}: changes the model itself; use "
                        "--model_overrides to change both sides")
     bench_trm.apply_model_overrides(model, [(key, raw)])

@@ -62,6 +62,33 @@ def test_every_official_key_maps(overrides):
   np.testing.assert_array_equal(params["z_init"], sd["inner.L_init"])
 
 
+# The official config/arch/trm.yaml as its trainer fills it in for Sudoku-Extreme with mlp_t
+# (dataset fields from the data's metadata, rms_norm_eps / rope_theta from the pydantic model).
+OFFICIAL_SUDOKU_MLP_ARCH = dict(
+    seq_len=81, vocab_size=11, num_puzzle_identifiers=1, batch_size=768, H_cycles=3, L_cycles=6,
+    H_layers=0, L_layers=2, hidden_size=512, num_heads=8, expansion=4.0, puzzle_emb_ndim=512,
+    pos_encodings="none", forward_dtype="bfloat16", mlp_t=True, puzzle_emb_len=16,
+    halt_max_steps=16, halt_exploration_prob=0.1, no_ACT_continue=True, rms_norm_eps=1e-5,
+    rope_theta=10000.0)
+
+
+def test_official_arch_round_trips_the_official_recipe():
+  cfg = convert.model_config_from_official(
+      dict(OFFICIAL_SUDOKU_MLP_ARCH, name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"))
+  assert cfg.num_layers == 2 and cfg.compute_dtype == "bfloat16"
+  want = {k: v for k, v in OFFICIAL_SUDOKU_MLP_ARCH.items() if k != "batch_size"}
+  assert convert.official_arch(cfg) == want
+  assert convert.official_arch(config.sudoku_mlp_t()) == want  # our preset is that recipe
+
+
+@pytest.mark.parametrize("field, value", [("scheme", "other"), ("param_dtype", "bfloat16")])
+def test_official_arch_refuses_what_the_official_model_cannot_be(field, value):
+  cfg = config.sudoku_mlp_t()
+  cfg[field] = value
+  with pytest.raises(ValueError, match=field):
+    convert.official_arch(cfg)
+
+
 def test_fixture_state_dict_is_the_official_layout():
   cfg, sd, _ = load_official("official_att_rope_fp32.npz")
   layout = official_layout(cfg)

@@ -18,6 +18,7 @@ writes an Orbax PyTree checkpoint of `params` (load with `trm_jax.convert.load_p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import re
@@ -144,20 +145,45 @@ def from_official_state_dict(state_dict: Mapping[str, Any], model_config) -> mod
   return _unflatten(converted)
 
 
+# Official arch field -> trm_jax model field, where the names differ.
+OFFICIAL_RENAMES = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
+# Official arch fields that do not shape the model (or, H_layers, are unused by TRM).
+OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss")
+# trm_jax model fields the official arch lacks, with the value the official model has (None:
+# performance only or set elsewhere, e.g. the loss type in the official loss head).
+TRM_JAX_ONLY = {"scheme": "trm", "param_dtype": "float32", "remat": None, "loss_type": None,
+                "matmul": None}
+
+
 def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collections.ConfigDict":
   """Official arch config dict (e.g. from all_config.yaml's `arch`) -> trm_jax model config."""
-  renames = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
-  ignored = {"batch_size", "H_layers", "name", "loss"}
   cfg = config_lib.model_config(seq_len=arch["seq_len"], vocab_size=arch["vocab_size"])
   for key, value in arch.items():
-    if key in ignored:
+    if key in OFFICIAL_IGNORED:
       continue
-    key = renames.get(key, key)
-    if key not in cfg:
+    key = OFFICIAL_RENAMES.get(key, key)
+    if key not in cfg or key in TRM_JAX_ONLY:
       raise ValueError(f"official config field '{key}' has no trm_jax equivalent")
     cfg[key] = value
   ModelSpec.from_config(cfg)  # Validate now, naming the bad field.
   return cfg
+
+
+def official_arch(model_config) -> dict[str, Any]:
+  """trm_jax model config -> the official arch dict, every field but batch_size (the inverse
+  of `model_config_from_official`). Raises ValueError, naming the field, for a model the
+  official code cannot build."""
+  spec = ModelSpec.from_config(model_config)
+  for field, value in TRM_JAX_ONLY.items():
+    if value is not None and getattr(spec, field) != value:
+      raise ValueError(f"model field {field}={getattr(spec, field)!r}: the official model only "
+                       f"has {value!r}")
+  ours_to_official = {ours: official for official, ours in OFFICIAL_RENAMES.items()}
+  arch = {ours_to_official.get(f.name, f.name): getattr(spec, f.name)
+          for f in dataclasses.fields(spec) if f.name not in TRM_JAX_ONLY}
+  arch["expansion"] = float(arch["expansion"])
+  arch["H_layers"] = 0  # Required by the official config class, unused by TRM.
+  return arch
 
 
 def save_params(params: model_lib.Params, directory: str | pathlib.Path) -> None:
