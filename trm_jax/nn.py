@@ -111,6 +111,22 @@ class SwiGLU(nnx.Module):
     return self.down(kernels_matmul.swiglu(x, gate_up, self.gate_up.matmul))
 
 
+def dot_product_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array) -> jax.Array:
+  """Non-causal softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out.
+
+  Scores and their softmax in fp32, the probabilities rounded to the input dtype, the output
+  accumulated in fp32 and rounded once. Same math as `jax.nn.dot_product_attention`'s XLA path,
+  but its einsums put the heads before the positions, which XLA:CPU ran 2.5x slower (10 vs
+  4 ms for Sudoku at batch 32) and, for bf16, with extra roundings in the output contraction
+  (41% of outputs one bf16 ulp off the fp64 reference, here 0.02%).
+  """
+  scale = q_BTNH.shape[-1] ** -0.5
+  scores = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(scores * scale, axis=-1).astype(v_BSNH.dtype)
+  out = jnp.einsum("bnts,bsnh->btnh", probs, v_BSNH, preferred_element_type=jnp.float32)
+  return out.astype(v_BSNH.dtype)
+
+
 class Attention(nnx.Module):
   """Non-causal multi-head self-attention with a fused qkv projection."""
 
@@ -126,7 +142,7 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(qkv, 3, axis=2)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    attended = jax.nn.dot_product_attention(q, k, v)
+    attended = dot_product_attention(q, k, v)
     return self.out(attended.reshape(B, S, D))
 
 
