@@ -10,6 +10,9 @@ For each (config, batch size, what) this measures, on the default JAX backend:
   memory - on GPU/TPU the device's `peak_bytes_in_use`; always the process peak RSS; and XLA's
           own estimate from `compiled.memory_analysis()` (temp + argument + output - aliased,
           so donated buffers count once).
+  TFLOP/s, MFU - the step's matmul FLOPs (`trm_jax.flops.matmul_flops` on the traced step,
+          with XLA's dot and no remat: model FLOPs) over the median time, and that over the
+          device's bf16 matrix peak (PEAK_BF16_TFLOPS, or --peak_tflops; none on CPU).
 Every (config, batch, what) runs in a fresh subprocess (this script re-invokes itself with
 `--one`), so the peak RSS / device peak is that measurement's own.
 
@@ -219,7 +222,7 @@ def _device_peak_bytes() -> int | None:
 # Dense bf16/fp16 matrix-unit peaks (vendor datasheets, TFLOP/s), the denominator of MFU; matched
 # as substrings of `device.device_kind`, first match wins. --peak_tflops overrides.
 PEAK_BF16_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("A100", 312.0),
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
     ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
     ("TPU v5", 459.0), ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
 )
