@@ -397,8 +397,8 @@ struct StoreSwiGLU {
 // Per-thread scratch that grows and is kept between calls: a fresh buffer per call would pay
 // for zero-filling and first-touch page faults (tens of MiB for weight-gradient GEMMs).
 // 64-byte aligned, so that each 64-byte tile row is one cache line: malloc aligns to 16 only,
-// and a tile load whose rows straddle two lines made whole GEMMs ~30% slower in the 3 processes
-// out of 4 that drew such an address (BUILD_NOTES.md, "CPU speed").
+// and tile loads whose rows straddle two lines made whole GEMMs ~30% slower in any process that
+// drew such an address (3 in 4 on average; BUILD_NOTES.md, "CPU speed").
 template <typename T, int kSlot>
 T* Scratch(size_t n) {
   constexpr size_t kPad = 64 / sizeof(T);
