@@ -275,16 +275,20 @@ void PackARowTiles(const Problem& p, int64_t t_lo, int64_t t_hi, int64_t kb_lo, 
 inline __m256i Bf16Bits(__m512 v) {  // 16 fp32 -> 16 bf16 (round to nearest even)
   return (__m256i)_mm512_cvtneps_pbh(v);
 }
+inline __m512 Bf16ToFloat(__m256i bits) {  // 16 bf16 -> 16 fp32 (exact)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
 inline __m512 RoundThroughBf16(__m512 v) {  // the fp32 value of bf16(v)
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(Bf16Bits(v)), 16));
+  return Bf16ToFloat(Bf16Bits(v));
 }
-inline __m512 LoadBf16(const uint16_t* p) {  // 16 bf16 -> 16 fp32
-  __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+inline __m256i LoadBf16Bits(const uint16_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
-inline void StoreBf16(uint16_t* p, __m512 v) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), Bf16Bits(v));
+inline __m512 LoadBf16(const uint16_t* p) { return Bf16ToFloat(LoadBf16Bits(p)); }
+inline void StoreBf16Bits(uint16_t* p, __m256i bits) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
 }
+inline void StoreBf16(uint16_t* p, __m512 v) { StoreBf16Bits(p, Bf16Bits(v)); }
 
 // SiLU by table. The activation sees g only after g is rounded to bf16, so silu(g) and its
 // derivative take one of 65,536 values each: they are computed once, in double precision, and
@@ -333,9 +337,6 @@ inline __m512 SiluAct(const SiluTables& t, __m512i g_bits) {  // fp32 of bf16(si
 inline __m512 SiluGrad(const SiluTables& t, __m512i g_bits) {
   return _mm512_i32gather_ps(g_bits, t.dsilu, 4);
 }
-inline __m512i Bf16Index(__m512 v) {  // bits of bf16(v), zero-extended to 32-bit lanes
-  return _mm512_cvtepu16_epi32(Bf16Bits(v));
-}
 
 // Plain GEMM: step s covers output columns 32s .. 32s+32 (B column tiles 2s, 2s+1).
 template <typename Out>
@@ -382,13 +383,14 @@ struct StoreSwiGLU {
     const SiluTables& silu = Silu();
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t m = m0 + r;
-      __m512 g = RoundThroughBf16(_mm512_loadu_ps(c + r * kBlock));
-      __m512 u = RoundThroughBf16(_mm512_loadu_ps(c + r * kBlock + 16));
-      __m512 act = SiluAct(silu, Bf16Index(g));
-      StoreBf16(h + m * I + 16 * s, _mm512_mul_ps(act, u));
+      // g and u are used only as bf16: rounded once, then indexed, widened and stored as bits.
+      const __m256i g_bits = Bf16Bits(_mm512_loadu_ps(c + r * kBlock));
+      const __m256i u_bits = Bf16Bits(_mm512_loadu_ps(c + r * kBlock + 16));
+      __m512 act = SiluAct(silu, _mm512_cvtepu16_epi32(g_bits));
+      StoreBf16(h + m * I + 16 * s, _mm512_mul_ps(act, Bf16ToFloat(u_bits)));
       if (gu != nullptr) {
-        StoreBf16(gu + m * 2 * I + 16 * s, g);
-        StoreBf16(gu + m * 2 * I + I + 16 * s, u);
+        StoreBf16Bits(gu + m * 2 * I + 16 * s, g_bits);
+        StoreBf16Bits(gu + m * 2 * I + I + 16 * s, u_bits);
       }
     }
   }
@@ -669,8 +671,7 @@ ffi::Error SwiGLUBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dh,
     for (int64_t m = item * rows_per_item; m < std::min(M, (item + 1) * rows_per_item); ++m) {
       for (int64_t j = 0; j < I; j += 16) {
         __m512 dv = LoadBf16(pdh + m * I + j);
-        __m512i g_bits = _mm512_cvtepu16_epi32(
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pgu + m * 2 * I + j)));
+        __m512i g_bits = _mm512_cvtepu16_epi32(LoadBf16Bits(pgu + m * 2 * I + j));
         __m512 u = LoadBf16(pgu + m * 2 * I + I + j);
         __m512 act = SiluAct(silu, g_bits);
         __m512 dact = RoundThroughBf16(_mm512_mul_ps(dv, u));
