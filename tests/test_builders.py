@@ -90,6 +90,40 @@ def test_missing_file_is_named(tmp_path):
     datasets.prepare(_sudoku_cfg(tmp_path, tmp_path / "nowhere"))
 
 
+def test_missing_manual_dir_names_the_field_and_the_files(tmp_path):
+  cfg = _sudoku_cfg(tmp_path, "")
+  with pytest.raises(FileNotFoundError,
+                     match=r"config\.data\.manual_dir is not set.*'train\.csv', 'test\.csv'"):
+    datasets.prepare(cfg)
+  (tmp_path / "raw").mkdir()
+  (tmp_path / "raw" / "train.csv").write_text("source,q,a,rating\n")
+  cfg.manual_dir = str(tmp_path / "raw")
+  with pytest.raises(FileNotFoundError, match=r"lacks \['test\.csv'\]"):
+    datasets.prepare(cfg)
+  assert not (tmp_path / "tfds").exists() or not list((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+def test_predefined_config_names_select_the_predefined_config(tmp_path):
+  """The official recipes name predefined configs: TFDS refuses a second object under such a
+  name, so the predefined one is used, and other values under its name are refused."""
+  recipe = dict(name="extreme_1k_aug_1000", size=9, subsample=1000, num_aug=1000,
+                test_subsample=0, seed=0)
+  cfg = _sudoku_cfg(tmp_path, tmp_path, **recipe)
+  builder = datasets.builder_for(cfg)
+  assert builder.builder_config is datasets.builders.Sudoku.builder_configs["extreme_1k_aug_1000"]
+  cfg.builder_config.subsample = 64
+  with pytest.raises(ValueError, match=r"predefined 'sudoku' config, but subsample=64 "
+                                       r"\(predefined: 1000\).*new name"):
+    datasets.builder_for(cfg)
+  cfg.builder_config.name = "extreme_64"
+  assert datasets.builder_for(cfg).builder_config.subsample == 64
+  arc_cfg = ml_collections.ConfigDict(dict(
+      builder="arc", builder_config=dict(name="arc2_aug_1000", subsets=["training2", "evaluation2",
+                                         "concept"], test_set_name="evaluation2"),
+      manual_dir="", data_dir=str(tmp_path / "tfds"), generate=dict(kind="")))
+  assert datasets.builder_for(arc_cfg).builder_config.name == "arc2_aug_1000"
+
+
 def test_unknown_builder_field_is_named(tmp_path, sudoku_csvs):
   cfg = _sudoku_cfg(tmp_path, sudoku_csvs)
   cfg.builder_config.num_augs = 3

@@ -100,7 +100,8 @@ class _PuzzleBuilder(tfds.core.GeneratorBasedBuilder):
                                  disable_shuffling=True, metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager):
-    splits = self._build_splits(dl_manager.manual_dir)
+    # TFDS refuses to read manual_dir for a builder with no manual-download instructions.
+    splits = self._build_splits(dl_manager.manual_dir if self.required_files() else None)
     self.info.metadata.update({
         "seq_len": self._seq_len(),
         "vocab_size": self._vocab_size(),

@@ -37,7 +37,21 @@ class Prepared:
   metadata: dict[str, Any]
 
 
-def builder_for(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def _config_values(config) -> dict[str, Any]:
+  """A builder config's data fields (what decides the records), without TFDS's bookkeeping."""
+  skip = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)} - {"name"}
+  return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+          if f.name not in skip}
+
+
+def builder_config_for(data_cfg: ml_collections.ConfigDict):
+  """`config.data.builder_config` as the builder's config object.
+
+  A name the builder predefines (e.g. Sudoku's 'extreme_1k_aug_1000') selects that predefined
+  config, and its values must match it; TFDS refuses a second config object under a predefined
+  name, and two datasets with different contents in one directory would be worse. Any other
+  name is a custom config.
+  """
   if data_cfg.builder not in BUILDERS:
     raise ValueError(f"config.data.builder = {data_cfg.builder!r}: must be one of {sorted(BUILDERS)}")
   builder_cls, config_cls = BUILDERS[data_cfg.builder]
@@ -47,8 +61,50 @@ def builder_for(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder
   if unknown:
     raise ValueError(f"config.data.builder_config has unknown field(s) {unknown} for "
                      f"'{data_cfg.builder}'")
-  return builder_cls(data_dir=data_cfg.data_dir, config=config_cls(**values),
+  if not values.get("name"):
+    raise ValueError("config.data.builder_config.name is empty: it names the built dataset's "
+                     "directory")
+  for name, value in values.items():
+    if isinstance(value, list):  # ConfigDict.to_dict keeps tuples, the command line gives lists
+      values[name] = tuple(value)
+  requested = config_cls(**values)
+  predefined = builder_cls.builder_configs.get(requested.name)
+  if predefined is None:
+    return requested
+  wanted, fixed = _config_values(requested), _config_values(predefined)
+  differ = {k: (wanted[k], fixed[k]) for k in wanted if wanted[k] != fixed[k]}
+  if differ:
+    detail = ", ".join(f"{k}={v!r} (predefined: {p!r})" for k, (v, p) in sorted(differ.items()))
+    raise ValueError(
+        f"config.data.builder_config.name = {requested.name!r} is a predefined "
+        f"'{data_cfg.builder}' config, but {detail}: give config.data.builder_config.name a "
+        f"new name for a dataset with other contents")
+  return predefined
+
+
+def builder_for(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  config = builder_config_for(data_cfg)
+  return BUILDERS[data_cfg.builder][0](data_dir=data_cfg.data_dir or None, config=config,
                      file_format="array_record")
+
+
+def check_sources(data_cfg: ml_collections.ConfigDict, builder) -> None:
+  """Raises FileNotFoundError naming config.data.manual_dir and the files it must hold."""
+  required = builder.required_files()
+  if not required:
+    return
+  what = f"the '{data_cfg.builder}/{builder.builder_config.name}' dataset is built from"
+  if not data_cfg.manual_dir:
+    raise FileNotFoundError(
+        f"config.data.manual_dir is not set: {what} local files {required} "
+        f"({builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}); pass "
+        f"--config.data.manual_dir=DIR with DIR holding them")
+  manual = pathlib.Path(data_cfg.manual_dir)
+  missing = [name for name in required if not (manual / name).is_file()]
+  if missing:
+    raise FileNotFoundError(
+        f"config.data.manual_dir = {str(manual)!r} lacks {missing}: {what} {required} "
+        f"({builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()})")
 
 
 def _generate_sources(data_cfg) -> None:
@@ -71,14 +127,10 @@ def prepare(data_cfg: ml_collections.ConfigDict, build: bool = True) -> Prepared
   if data_cfg.get("generate") and data_cfg.generate.get("kind") and build:
     _generate_sources(data_cfg)
   builder = builder_for(data_cfg)
-  if build:
-    manual = data_cfg.manual_dir or None
-    for name in builder.required_files():
-      path = pathlib.Path(manual or ".") / name
-      if manual is None or not path.is_file():
-        raise FileNotFoundError(f"{path} not found: config.data.manual_dir must hold "
-                                f"{builder.required_files()}")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  if build and not builder.is_prepared():
+    check_sources(data_cfg, builder)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir))
   sources = builder.as_data_source()
   metadata = dict(builder.info.metadata)
   return Prepared(sources["train"], PuzzleIndex.from_metadata(metadata, "train"),
