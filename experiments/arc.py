@@ -15,8 +15,11 @@ import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
 
 
+VARIANTS = ("arc1", "arc2")
+
+
 def get_config(arg=None):
-  variant, local = common.parse_variant(arg, {"arc1", "arc2"})
+  variant, local = common.parse_variant(arg, VARIANTS)
   variant = variant or "arc1"
   config = ml_collections.ConfigDict()
   config.model = model_configs.arc_attention()
@@ -30,8 +33,6 @@ def get_config(arg=None):
   config.train = common.train_recipe()
   config.eval = common.eval_recipe(pass_ks=(1, 2, 5, 10, 100, 1000))
   config.mesh_shape = common.DEFAULT_MESH
-  if local:
-    config = common.runlocal(config)
-    config.data.builder_config.name = f"{variant}_aug_4"
-    config.data.builder_config.num_aug = 4
+  if local:  # every task, 4 augmentations instead of 1000
+    config = common.runlocal(config, num_aug=4)
   return config

@@ -24,6 +24,7 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
       ema=True,
       ema_rate=0.999,
       seed=0,
+      max_steps=0,  # 0: train.epochs decides; else at most this many steps
       log_every_steps=50,
       checkpoint_every_steps=0,  # 0: at every evaluation
       keep_checkpoints=3,
@@ -45,29 +46,50 @@ def data_spec(builder: str, builder_config: dict, manual_dir: str = "", generate
       generate=generate or dict(kind="")))
 
 
-def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks any experiment to a few CPU minutes: same code paths, tiny sizes."""
+# runlocal: at sequence lengths past this, attention's [B, heads, S, S] scores dominate a CPU
+# step (ARC / Maze: S = 900), so batch and heads shrink further.
+LONG_SEQ = 256
+
+
+def runlocal(config: ml_collections.ConfigDict, **data_overrides) -> ml_collections.ConfigDict:
+  """Shrinks an experiment to a CPU check of a few minutes on 2 cores.
+
+  The code path stays the full recipe's: the same builder reading the same file format at the
+  same sequence length, the same model family, compute dtype, optimiser, evaluation and
+  checkpointing. What shrinks: the network (hidden 64, n and T at most 2, 4 supervision
+  steps), the data (`data_overrides` for the builder config, under the name
+  `<name>_runlocal` so the full dataset is never overwritten or reused), the batches, the steps
+  (`train.max_steps`) and the evaluation (2 batches).
+  """
+  long_seq = config.model.seq_len > LONG_SEQ
   config.model.hidden_size = 64
-  config.model.num_heads = 4
+  config.model.num_heads = 2 if long_seq else 4
   config.model.puzzle_emb_ndim = 64 if config.model.puzzle_emb_ndim else 0
   config.model.halt_max_steps = min(config.model.halt_max_steps, 4)
   config.model.H_cycles = min(config.model.H_cycles, 2)
   config.model.L_cycles = min(config.model.L_cycles, 2)
-  config.model.compute_dtype = "float32"
-  config.train.global_batch_size = 32
+  if data_overrides:
+    config.data.builder_config.update(data_overrides)
+    if "name" not in data_overrides:
+      config.data.builder_config.name += "_runlocal"
+  config.train.global_batch_size = 8 if long_seq else 32
   config.train.epochs = 2
   config.train.eval_interval = 2
+  config.train.max_steps = 20
   config.train.lr_warmup_steps = 10
   config.train.log_every_steps = 5
-  config.eval.global_batch_size = 64
+  config.eval.global_batch_size = 16 if long_seq else 64
   config.eval.max_batches = 2
   return config
 
 
 def parse_variant(arg, known):
+  """'variant[,runlocal]' -> (variant or None, runlocal?); `known` is the file's VARIANTS
+  ("" standing for the file's default)."""
   parts = [p for p in (arg or "").split(",") if p]
   variant = [p for p in parts if p != "runlocal"]
   if len(variant) > 1 or (variant and variant[0] not in known):
-    raise ValueError(f"unknown config variant {arg!r}; choose one of {sorted(known)} "
+    choices = sorted(v for v in known if v)
+    raise ValueError(f"unknown config variant {arg!r}; choose one of {choices} "
                      "(optionally with ,runlocal)")
   return (variant[0] if variant else None), "runlocal" in parts

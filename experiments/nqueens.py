@@ -14,14 +14,17 @@ import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
 
 
+VARIANTS = ("",)
+
+
 def get_config(arg=None):
-  _, local = common.parse_variant(arg, set())
+  _, local = common.parse_variant(arg, VARIANTS)
   config = ml_collections.ConfigDict()
   config.model = model_configs.model_config(seq_len=64, vocab_size=3, H_cycles=3, L_cycles=6)
   config.data = common.data_spec("nqueens", dict(name="8x8"))
   config.train = common.train_recipe(epochs=20_000, eval_interval=2_000, global_batch_size=512)
   config.eval = common.eval_recipe(global_batch_size=200)
   config.mesh_shape = common.DEFAULT_MESH
-  if local:
-    config = common.runlocal(config)
+  if local:  # the official generator and seeds, fewer boards
+    config = common.runlocal(config, num_train=256, num_test=64)
   return config

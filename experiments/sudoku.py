@@ -3,8 +3,10 @@ r"""Sudoku experiments.
   --config experiments/sudoku.py:mlp     official Sudoku-Extreme recipe, mlp_t (paper: 87.4%)
   --config experiments/sudoku.py:att     official Sudoku-Extreme recipe, attention (paper: 74.7%)
   --config experiments/sudoku.py:smoke   CPU smoke run: generated 6x6 Sudoku, a few minutes
-Append ,runlocal to shrink any of them for a CPU check. Sudoku-Extreme needs the official
-train.csv / test.csv in --config.data.manual_dir.
+Append ,runlocal to shrink any of them for a CPU check (same builder and file format, a small
+slice of the data, 20 steps). Sudoku-Extreme needs the official train.csv / test.csv in
+--config.data.manual_dir (`python -m trm_jax.data.generate sudoku --size 9` writes puzzles in
+that format).
 """
 
 import sys, pathlib  # noqa: E401
@@ -16,8 +18,11 @@ import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
 
 
+VARIANTS = ("mlp", "att", "smoke")
+
+
 def get_config(arg=None):
-  variant, local = common.parse_variant(arg, {"mlp", "att", "smoke"})
+  variant, local = common.parse_variant(arg, VARIANTS)
   variant = variant or "mlp"
   config = ml_collections.ConfigDict()
   if variant == "smoke":
@@ -49,6 +54,8 @@ def get_config(arg=None):
                                        puzzle_emb_weight_decay=1.0, ema=True)
     config.eval = common.eval_recipe()
   config.mesh_shape = common.DEFAULT_MESH
-  if local:
-    config = common.runlocal(config)
+  if local and variant == "smoke":
+    config = common.runlocal(config)  # already generated, small data
+  elif local:  # a slice of the official CSVs, as the full recipe reads them
+    config = common.runlocal(config, subsample=256, num_aug=4, test_subsample=128)
   return config

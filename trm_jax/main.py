@@ -85,6 +85,9 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
       fail(field, "must be in [0, 1]")
   if cfg.train.keep_checkpoints < 1:
     fail("train.keep_checkpoints", "must be at least 1")
+  max_steps = cfg.train.get("max_steps", 0)
+  if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
+    fail("train.max_steps", "must be a non-negative integer (0: train.epochs decides)")
   if cfg.train.eval_interval > cfg.train.epochs:
     fail("train.eval_interval", f"exceeds train.epochs={cfg.train.epochs}")
 
@@ -296,6 +299,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   global_batch = cfg.train.global_batch_size
   steps_per_epoch = data.train_index.epoch_length / global_batch
   total_steps = max(1, int(cfg.train.epochs * steps_per_epoch))
+  if cfg.train.get("max_steps", 0):
+    total_steps = min(total_steps, cfg.train.max_steps)
   eval_every = max(1, int(cfg.train.eval_interval * steps_per_epoch))
   train_iter = iter(pipeline.train_dataset(
       data.train, data.train_index, seed=cfg.train.seed, global_batch_size=global_batch,
