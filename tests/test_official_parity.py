@@ -25,6 +25,11 @@ FP32_CASES = {
     "official_mlpt_fp32.npz": ((5e-5, 2.5e-4, 1.5e-3), 2e-5),
 }
 BF16_CASE = "official_att_rope_bf16.npz"
+# bf16: neither side is exact, and each rounding order (PyTorch's kernels, XLA's dot, the AMX
+# kernel) lands elsewhere. Both are compared to the fp32 result with the same weights; ours may
+# deviate from it by at most this factor times what the official bf16 code deviates
+# (BUILD_NOTES.md, "bf16 parity bounds").
+BF16_FACTOR = 2.0
 
 
 def _cases():
@@ -57,23 +62,49 @@ def test_eval_steps_match(name, atols, _):
                                  err_msg=f"{key}, step {step}")
 
 
-def test_bf16_eval_steps_match_within_bf16_precision():
-  """In bf16 neither side is exact; ours must sit closer to the official bf16 outputs than
-  the official bf16 outputs sit to the fp32 computation with the same weights."""
+def _matmul_paths():
+  """bf16 runs on XLA's dot everywhere and on the AMX kernel where this machine has it."""
+  from trm_jax.kernels import amx
+  reason = amx.unavailable_reason()
+  return ["xla", pytest.param("amx", marks=pytest.mark.skipif(
+      reason is not None, reason=f"AMX path unavailable here: {reason}"))]
+
+
+def _bf16_case(matmul: str):
+  """(bf16 config on the `matmul` path, the same in fp32, state_dict, fixture)."""
   cfg, state_dict, data = load_official(BF16_CASE)
   assert cfg.compute_dtype == "bfloat16"
-  params = convert.from_official_state_dict(state_dict, cfg)
+  cfg.matmul = matmul
   fp32_cfg = cfg.copy_and_resolve_references()
   fp32_cfg.compute_dtype = "float32"
-  ours = _eval_steps(params, cfg, _batch(data))
-  exact = _eval_steps(params, fp32_cfg, _batch(data))
+  return cfg, fp32_cfg, state_dict, data
+
+
+def _within_official_noise(ours, official, fp32, what):
+  """Max and mean deviation from the fp32 result at most BF16_FACTOR x the official bf16's."""
+  ours_err, official_err = np.abs(ours - fp32), np.abs(official - fp32)
+  assert ours_err.max() <= BF16_FACTOR * official_err.max(), (
+      f"{what}: max {ours_err.max():.3g} vs official {official_err.max():.3g}")
+  assert ours_err.mean() <= BF16_FACTOR * official_err.mean(), (
+      f"{what}: mean {ours_err.mean():.3g} vs official {official_err.mean():.3g}")
+
+
+@pytest.mark.parametrize("matmul", _matmul_paths())
+def test_bf16_eval_steps_match_within_bf16_precision(matmul):
+  """Both bf16 results against the fp32 one (which matches the official fp32 to ~1e-5): ours
+  deviates by at most BF16_FACTOR x what the official bf16 code deviates, per step, in max and
+  mean; Q logits within that factor of the step's logit noise (2 values are too few to set
+  their own scale)."""
+  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
+  ours = _eval_steps(convert.from_official_state_dict(state_dict, cfg), cfg, _batch(data))
+  exact = _eval_steps(convert.from_official_state_dict(state_dict, fp32_cfg), fp32_cfg,
+                      _batch(data))
   for step in range(3):
     official = data[f"step{step}/logits"]
-    bf16_error = np.abs(official - exact[step][0])
-    ours_vs_official = np.abs(ours[step][0] - official)
-    assert ours_vs_official.max() <= bf16_error.max(), step
-    assert ours_vs_official.mean() <= bf16_error.mean(), step
-    np.testing.assert_allclose(ours[step][1], data[f"step{step}/q_halt"], atol=0.05)
+    _within_official_noise(ours[step][0], official, exact[step][0], f"logits, step {step}")
+    logit_noise = np.abs(official - exact[step][0]).max()
+    for i, key in ((1, "q_halt"), (2, "q_continue")):
+      assert np.abs(ours[step][i] - exact[step][i]).max() <= BF16_FACTOR * logit_noise, (key, step)
 
 
 def _training_call(cfg, state_dict, data):
@@ -123,18 +154,28 @@ def test_training_loss_metrics_and_gradients_match(name, _, grad_rtol):
     assert err <= grad_rtol, f"{key}: relative error {err:.2e}"
 
 
-def test_bf16_training_matches_within_bf16_precision():
-  cfg, state_dict, data = load_official(BF16_CASE)
+@pytest.mark.parametrize("matmul", _matmul_paths())
+def test_bf16_training_matches_within_bf16_precision(matmul):
+  """The bf16 training call against the fp32 one, with the official bf16 deviation as the scale:
+  each gradient within BF16_FACTOR x the official's (max and mean; plus one bf16 ulp on the
+  max, gradients being bf16 too), halting metrics equal, and the loss within BF16_FACTOR x the
+  most the official bf16 logits could move it: each example's loss is a mean over tokens of a
+  cross-entropy whose gradient in the logits has l1 norm <= 2, plus half a BCE (slope <= 1) of
+  the Q logit, so |d loss| <= sum over examples of 2 mean_t max_v |d logit| + |d q| / 2."""
+  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
   loss, metrics, grads = _training_call(cfg, state_dict, data)
-  fp32_cfg = cfg.copy_and_resolve_references()
-  fp32_cfg.compute_dtype = "float32"
   exact_loss, _, exact = _training_call(fp32_cfg, state_dict, data)
-  official_loss = float(data["train/total_loss"])
-  assert abs(loss - official_loss) <= abs(official_loss - exact_loss)
+  exact_logits, exact_q, _ = _eval_steps(
+      convert.from_official_state_dict(state_dict, fp32_cfg), fp32_cfg, _batch(data), steps=1)[0]
+  logit_noise = np.abs(data["step0/logits"] - exact_logits).max(-1).mean(-1)  # [B]
+  q_noise = np.abs(data["step0/q_halt"] - exact_q)
+  loss_scale = (2 * logit_noise + q_noise / 2).sum()
+  assert abs(loss - exact_loss) <= BF16_FACTOR * loss_scale, (loss, exact_loss, loss_scale)
   for key in data.files:
     if key.startswith("train/metric/") and not key.endswith("loss"):
       assert metrics[key.removeprefix("train/metric/")] == float(data[key]), key
   for key, ref in _reference_grads(data).items():
-    bf16_error = np.abs(ref - exact[key]).max()
-    one_bf16_ulp = 2.0 ** (np.floor(np.log2(np.abs(ref).max())) - 7)  # gradients are bf16 too
-    assert np.abs(grads[key] - ref).max() <= 1.5 * bf16_error + one_bf16_ulp, key
+    one_bf16_ulp = 2.0 ** (np.floor(np.log2(np.abs(ref).max())) - 7)
+    ours_err, official_err = np.abs(grads[key] - exact[key]), np.abs(ref - exact[key])
+    assert ours_err.max() <= BF16_FACTOR * official_err.max() + one_bf16_ulp, key
+    assert ours_err.mean() <= BF16_FACTOR * official_err.mean(), key
