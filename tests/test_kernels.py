@@ -217,3 +217,31 @@ def test_build_failure_raises_with_compiler_message(monkeypatch, tmp_path):
   with pytest.raises(RuntimeError, match="cannot compile"):
     amx.build(str(fake))
   assert not list(tmp_path.glob("*.so"))
+
+
+@pytest.mark.parametrize("where", ["gpu_backend", "multi_device"])
+def test_kernel_is_never_consulted_off_a_single_cpu_device(monkeypatch, where):
+  """On a GPU/TPU host (often an AMX CPU) or a multi-device mesh, neither 'auto' nor 'amx'
+  builds, loads or calls the kernel: the bf16 model lowers to XLA's dot alone."""
+  if where == "gpu_backend":
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  else:
+    monkeypatch.setattr(jax, "device_count", lambda *a: 8)
+
+  def consulted(*args):
+    raise AssertionError("the AMX kernel was consulted")
+
+  monkeypatch.setattr(amx, "available", consulted)
+  monkeypatch.setattr(amx, "unavailable_reason", consulted)
+  assert not km.uses_amx("auto", jnp.bfloat16) and not km.uses_amx("amx", jnp.bfloat16)
+  from trm_jax import model as model_lib
+  for impl in ("auto", "amx"):
+    spec = config_lib.ModelSpec.from_config(config_lib.model_config(
+        seq_len=16, vocab_size=11, hidden_size=64, num_heads=4, puzzle_emb_ndim=0, H_cycles=1,
+        L_cycles=1, mlp_t=True, pos_encodings="none", compute_dtype="bfloat16", matmul=impl))
+    params = model_lib.abstract_params(spec)
+    carry = model_lib.initial_carry(spec, 2)
+    inputs = jnp.ones((2, 16), jnp.int32)
+    lowered = jax.jit(lambda p: model_lib.forward(p, spec, carry, inputs, None)[1]).lower(
+        params).as_text()
+    assert "trm_amx" not in lowered and "dot_general" in lowered

@@ -111,8 +111,9 @@ class ModelSpec:
     if self.matmul not in MATMUL_IMPLS:
       fail("matmul", f"must be one of {MATMUL_IMPLS}")
     if self.matmul == "amx":
-      from trm_jax.kernels import amx  # Local import: builds the kernel on first use.
-      if not amx.available():
+      # Local imports: builds the kernel on first use, and only where it would run.
+      from trm_jax.kernels import amx, matmul as kernels_matmul
+      if kernels_matmul.single_cpu_device() and not amx.available():
         fail("matmul", f"the AMX kernel is unavailable here: {amx.unavailable_reason()}")
     if self.loss_type not in LOSS_TYPES:
       fail("loss_type", f"must be one of {LOSS_TYPES}")

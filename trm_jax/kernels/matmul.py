@@ -6,6 +6,10 @@
   "amx"  - the AMX GEMM of amx_matmul.cc on CPU (the forward and both backward GEMMs), XLA's
            dot on any other platform; an error if the kernel is unavailable.
   "auto" - "amx" for bf16 when the kernel is available on this machine, else "xla".
+The kernel is a detail of a single-device CPU run. When JAX's default backend is a GPU or TPU
+(whose hosts often have AMX CPUs) or the process sees more than one device (a multi-device CPU
+mesh: the custom call is not partitioned, XLA would gather its operands), both "auto" and "amx"
+take XLA's dot, and the kernel is never built, loaded or called.
 `swiglu` is the same choice for the SwiGLU layer's fused gate/up projection and activation.
 Both round the fp32 accumulator to the output dtype once (round to nearest even), as PyTorch's
 bf16 matmul does; they differ only in the summation order inside the accumulator.
@@ -75,11 +79,17 @@ def _amx_swiglu_bwd(res, dh):
 _amx_swiglu.defvjp(_amx_swiglu_fwd, _amx_swiglu_bwd)
 
 
+def single_cpu_device() -> bool:
+  """True when JAX runs on the CPU backend with one device: the only place for the kernel."""
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
 def uses_amx(impl: str, dtype) -> bool:
-  """Whether `matmul(..., impl)` on CPU runs the AMX kernel for operands of `dtype`."""
+  """Whether `matmul(..., impl)` runs the AMX kernel for operands of `dtype` (decided at trace
+  time; the model config's `matmul` is part of the jit key)."""
   if impl not in IMPLS:
     raise ValueError(f"matmul implementation {impl!r}; choose one of {IMPLS}")
-  if impl == "xla" or jnp.dtype(dtype) != jnp.bfloat16:
+  if impl == "xla" or jnp.dtype(dtype) != jnp.bfloat16 or not single_cpu_device():
     return False
   if impl == "amx" and not amx.available():
     raise RuntimeError(f"matmul='amx' but the AMX kernel is unavailable: {amx.unavailable_reason()}")
