@@ -39,7 +39,7 @@ def report(path: pathlib.Path) -> str:
     q_diffs.append(max(np.abs(q_halt - data[f"step{step}/q_halt"]).max(),
                        np.abs(q_continue - data[f"step{step}/q_continue"]).max()))
 
-  state = act.refresh(act.initial_state(cfg, batch), batch)
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch)
   table = params.pop("puzzle_emb")
   rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
 

@@ -15,6 +15,7 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
       lr=1e-4,
       lr_min_ratio=1.0,  # 1.0: constant after warmup
       lr_warmup_steps=2000,
+      optimizer="adam_atan2",  # or "adamw" (torch.optim.AdamW, eps 1e-8)
       beta1=0.9,
       beta2=0.95,
       weight_decay=0.1,
@@ -44,6 +45,17 @@ def data_spec(builder: str, builder_config: dict, manual_dir: str = "", generate
   return ml_collections.ConfigDict(dict(
       builder=builder, builder_config=builder_config, manual_dir=manual_dir, data_dir="",
       generate=generate or dict(kind="")))
+
+
+def dis(model: ml_collections.ConfigDict, n_sup: int) -> ml_collections.ConfigDict:
+  """The official DIS recursion on a model config: T=1, n=2 (all with gradient), exactly n_sup
+  supervision steps, no exploration (POLICY_IMPROVEMENT.md)."""
+  model.scheme = "dis"
+  model.H_cycles = 1
+  model.L_cycles = 2
+  model.halt_max_steps = n_sup
+  model.halt_exploration_prob = 0.0
+  return model
 
 
 # runlocal: at sequence lengths past this, attention's [B, heads, S, S] scores dominate a CPU

@@ -3,6 +3,7 @@ r"""Sudoku experiments.
   --config experiments/sudoku.py:mlp     official Sudoku-Extreme recipe, mlp_t (paper: 87.4%)
   --config experiments/sudoku.py:att     official Sudoku-Extreme recipe, attention (paper: 74.7%)
   --config experiments/sudoku.py:smoke   CPU smoke run: generated 6x6 Sudoku, a few minutes
+  --config experiments/sudoku.py:dis_smoke  the same run trained with DIS (T=1, n=2, N_sup 6)
 Append ,runlocal to shrink any of them for a CPU check (same builder and file format, a small
 slice of the data, 20 steps). Sudoku-Extreme needs the official train.csv / test.csv in
 --config.data.manual_dir (`python -m trm_jax.data.generate sudoku --size 9` writes puzzles in
@@ -18,14 +19,14 @@ import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
 
 
-VARIANTS = ("mlp", "att", "smoke")
+VARIANTS = ("mlp", "att", "smoke", "dis_smoke")
 
 
 def get_config(arg=None):
   variant, local = common.parse_variant(arg, VARIANTS)
   variant = variant or "mlp"
   config = ml_collections.ConfigDict()
-  if variant == "smoke":
+  if variant in ("smoke", "dis_smoke"):
     # 6x6 Sudoku generated on the fly; held-out test puzzles.
     config.model = model_configs.model_config(
         seq_len=36, vocab_size=8, hidden_size=64, num_heads=4, expansion=4.0, mlp_t=True,
@@ -41,6 +42,8 @@ def get_config(arg=None):
         weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, ema=False,
         log_every_steps=50)
     config.eval = common.eval_recipe(global_batch_size=500)
+    if variant == "dis_smoke":  # the same data, network and optimiser, trained with DIS
+      common.dis(config.model, n_sup=6)
   else:
     preset = model_configs.sudoku_mlp_t if variant == "mlp" else model_configs.sudoku_attention
     config.model = preset()
@@ -54,7 +57,7 @@ def get_config(arg=None):
                                        puzzle_emb_weight_decay=1.0, ema=True)
     config.eval = common.eval_recipe()
   config.mesh_shape = common.DEFAULT_MESH
-  if local and variant == "smoke":
+  if local and variant in ("smoke", "dis_smoke"):
     config = common.runlocal(config)  # already generated, small data
   elif local:  # a slice of the official CSVs, as the full recipe reads them
     config = common.runlocal(config, subsample=256, num_aug=4, test_subsample=128)

@@ -238,15 +238,15 @@ def test_q_continue_variant_trains():
   spec = ModelSpec.from_config(cfg)
   params = _random_params(cfg)
   batch = _batch(spec)
-  state = act.refresh(act.initial_state(cfg, batch), batch)
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch)
 
   def loss_fn(p):
     new_state, out = act.advance(p, model.puzzle_rows(p, state["data"]["puzzle_identifiers"]),
                                  spec, state, jax.random.key(0), training=True)
-    target = out["target_q_continue"]
-    loss, metrics = losses.act_loss(out["logits"], out["q_halt"], out["q_continue"],
+    target = out.extras["target_q_continue"]
+    loss, metrics = losses.act_loss(out.logits, out.q_halt, out.q_continue,
                                     new_state["data"]["labels"], new_state["halted"],
-                                    new_state["steps"], target_q_continue=target)
+                                    new_state["carry"]["steps"], target_q_continue=target)
     return loss, (metrics, target)
 
   (loss, (metrics, target)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -112,7 +112,7 @@ def _training_call(cfg, state_dict, data):
   spec = ModelSpec.from_config(cfg)
   params = convert.from_official_state_dict(state_dict, cfg)
   batch = _batch(data)
-  state = act.refresh(act.initial_state(cfg, batch), batch)
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch)
   table = params.pop("puzzle_emb")
   rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
 

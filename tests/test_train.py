@@ -81,15 +81,15 @@ def test_carry_replacement_keeps_running_rows():
   first, second = _batch(spec, 4, 0), _batch(spec, 4, 1)
   state = act.initial_state(cfg, first)
   state = dict(state, halted=jnp.array([False, True, False, True]),
-               data=first, carry=dict(state["carry"], y=jnp.ones_like(state["carry"]["y"])),
-               steps=jnp.array([3, 5, 1, 2], jnp.int32))
-  new = act.refresh(state, second)
+               data=first, carry=dict(state["carry"], y=jnp.ones_like(state["carry"]["y"]),
+                                      steps=jnp.array([3, 5, 1, 2], jnp.int32)))
+  new = act.refresh(spec, state, second)
   for row, halted in enumerate([False, True, False, True]):
     source = second if halted else first
     for key in first:
       np.testing.assert_array_equal(new["data"][key][row], source[key][row])
   np.testing.assert_array_equal(new["carry"]["reset"], [False, True, False, True])
-  np.testing.assert_array_equal(new["steps"], [3, 0, 1, 0])
+  np.testing.assert_array_equal(new["carry"]["steps"], [3, 0, 1, 0])
   np.testing.assert_array_equal(new["carry"]["y"], state["carry"]["y"])  # reset happens in forward
 
 
@@ -101,7 +101,7 @@ def test_exploration_is_per_sample():
   params = trm_jax.init_params(cfg, jax.random.key(0))
   params["q_head"]["bias"] = jnp.array([5.0, -5.0])  # the Q head says "halt" for every row
   batch = _batch(spec, 256, 0)
-  state = act.refresh(act.initial_state(cfg, batch), batch)
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch)
   rows = trm_jax.model.puzzle_rows(params, batch["puzzle_identifiers"])
   new, _ = act.advance(params, rows, spec, state, jax.random.key(1), training=True)
   halted = np.asarray(new["halted"])

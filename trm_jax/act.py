@@ -1,12 +1,13 @@
-"""Adaptive computation time: the carry that persists across supervision steps.
+"""Adaptive computation time: the state that persists across supervision steps, for any scheme.
 
 The ACT state is a plain pytree:
-  carry   - latents (y, z) and the per-row `reset` flag (see `model.forward`);
-  steps   - supervision steps taken by each row's current example, int32 [B];
+  carry   - the scheme's per-row carry, plus `steps` (supervision steps taken by each row's
+            current example, int32 [B]) and `reset` (rows restarting at the next step);
   halted  - rows that finished; they take the next batch's example at the next step;
   data    - each row's current example (`inputs`, `labels`, `puzzle_identifiers`, ...).
 
-Static shapes throughout: halted rows are replaced with `jnp.where`, never removed.
+Static shapes throughout: halted rows are replaced with `jnp.where`, never removed. What a
+step computes, how a row halts and what resets with it are the scheme's (recursion.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
+from trm_jax.recursion import Readout
 
 State = dict
 
@@ -28,59 +30,34 @@ def initial_state(model_config, batch: Mapping[str, jax.Array]) -> State:
   batch_size = batch["inputs"].shape[0]
   return {
       "carry": model_lib.initial_carry(spec, batch_size),
-      "steps": jnp.zeros((batch_size,), jnp.int32),
       "halted": jnp.ones((batch_size,), bool),
       "data": jax.tree.map(jnp.zeros_like, dict(batch)),
   }
 
 
-def refresh(state: State, batch: Mapping[str, jax.Array]) -> State:
-  """Rows that halted take the same rows of `batch` and restart from the initial latents."""
+def refresh(spec: ModelSpec, state: State, batch: Mapping[str, jax.Array],
+            rng: jax.Array | None = None) -> State:
+  """Rows that halted take the same rows of `batch` and restart (the scheme resets its own
+  per-row state from `rng`, e.g. DIS draws the new rows' target paths)."""
   halted = state["halted"]
 
   def pick(new, old):
     return jnp.where(halted.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
+  carry = model_lib.scheme_of(spec).refresh(spec, state["carry"], halted, batch, rng)
   return {
-      "carry": dict(state["carry"], reset=halted),
-      "steps": jnp.where(halted, 0, state["steps"]),
+      "carry": dict(carry, reset=halted, steps=jnp.where(halted, 0, carry["steps"])),
       "halted": halted,
       "data": {k: pick(batch[k], v) for k, v in state["data"].items()},
   }
 
 
 def advance(params: model_lib.Params, rows: jax.Array | None, spec: ModelSpec, state: State,
-            rng: jax.Array | None = None, *, training: bool,
-            adaptive_eval: bool = False) -> tuple[State, dict[str, jax.Array]]:
-  """One supervision step on the refreshed state, then the halting decision.
-
-  Training halts a row when its Q head says so (`q_halt > 0`, or `q_halt > q_continue` with the
-  continue head), never before a per-sample minimum drawn with probability
-  `halt_exploration_prob` from U{2..N_sup}. Evaluation runs all N_sup steps unless
-  `adaptive_eval`, which halts on the Q head without exploration.
-  """
-  data = state["data"]
-  carry, logits, q_halt, q_continue = model_lib.forward(params, spec, state["carry"],
-                                                        data["inputs"], rows)
-  steps = state["steps"] + 1
-  is_last = steps >= spec.halt_max_steps
-  outputs = {"logits": logits, "q_halt": q_halt, "q_continue": q_continue}
-  halted = is_last
-  if (training or adaptive_eval) and spec.halt_max_steps > 1:
-    q_says_halt = q_halt > 0 if spec.no_ACT_continue else q_halt > q_continue
-    halted = halted | jax.lax.stop_gradient(q_says_halt)
-  if training and spec.halt_max_steps > 1:
-    if spec.halt_exploration_prob > 0:
-      explore_rng, steps_rng = jax.random.split(rng)
-      explore = jax.random.uniform(explore_rng, steps.shape) < spec.halt_exploration_prob
-      min_steps = jax.random.randint(steps_rng, steps.shape, 2, spec.halt_max_steps + 1)
-      halted = halted & (steps >= jnp.where(explore, min_steps, 0))
-    if not spec.no_ACT_continue:
-      # Bootstrapped target from one more (no-grad) step, as in the official code (PQN-style).
-      frozen_params, frozen_rows = jax.lax.stop_gradient((params, rows))
-      _, _, next_halt, next_continue = model_lib.forward(frozen_params, spec, carry,
-                                                         data["inputs"], frozen_rows)
-      outputs["target_q_continue"] = jax.nn.sigmoid(
-          jnp.where(is_last, next_halt, jnp.maximum(next_halt, next_continue)))
-  new_state = {"carry": carry, "steps": steps, "halted": halted, "data": data}
-  return new_state, outputs
+            rng: jax.Array | None = None, *, training: bool, adaptive_eval: bool = False,
+            record: bool = False) -> tuple[State, Readout]:
+  """One supervision step on the refreshed state, then the scheme's halting decision."""
+  carry, readout = model_lib.step(params, rows, spec, state["carry"], state["data"], rng,
+                                  training=training, record=record)
+  halted = model_lib.scheme_of(spec).halted(spec, readout, carry["steps"], rng,
+                                             training=training, adaptive=adaptive_eval)
+  return {"carry": carry, "halted": halted, "data": state["data"]}, readout

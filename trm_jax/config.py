@@ -120,6 +120,7 @@ class ModelSpec:
     from trm_jax import recursion  # Local import: the registry imports this module.
     if self.scheme not in recursion.registered_schemes():
       fail("scheme", f"must be one of the registered schemes {sorted(recursion.registered_schemes())}")
+    recursion.get_scheme(self.scheme).validate(self)
 
   @property
   def prefix_len(self) -> int:

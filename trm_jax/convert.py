@@ -52,6 +52,7 @@ _TOP_KEYS = {
     "inner.q_head.bias": ("q_head/bias", False),
     "inner.H_init": ("y_init", False),
     "inner.L_init": ("z_init", False),
+    "inner.timestep_embed.embedding_weight": ("timestep_embed", False),  # DIS
 }
 
 
@@ -147,8 +148,12 @@ def from_official_state_dict(state_dict: Mapping[str, Any], model_config) -> mod
 
 # Official arch field -> trm_jax model field, where the names differ.
 OFFICIAL_RENAMES = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
-# Official arch fields that do not shape the model (or, H_layers, are unused by TRM).
-OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss")
+# Official arch fields that do not shape the model (or, H_layers, are unused by TRM; the DIS
+# code's classifier-free-guidance fields are declared but never read by it).
+OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss", "cf_uncond_prob", "cfg_guidance_w")
+# The official model class (the arch `name` after '@') -> trm_jax scheme.
+OFFICIAL_SCHEMES = {"TinyRecursiveReasoningModel_ACTV1": "trm",
+                    "TinyRecursiveReasoningModel_ACTV5": "dis"}
 # trm_jax model fields the official arch lacks, with the value the official model has (None:
 # performance only or set elsewhere, e.g. the loss type in the official loss head).
 TRM_JAX_ONLY = {"scheme": "trm", "param_dtype": "float32", "remat": None, "loss_type": None,
@@ -156,8 +161,16 @@ TRM_JAX_ONLY = {"scheme": "trm", "param_dtype": "float32", "remat": None, "loss_
 
 
 def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collections.ConfigDict":
-  """Official arch config dict (e.g. from all_config.yaml's `arch`) -> trm_jax model config."""
+  """Official arch config dict (e.g. from all_config.yaml's `arch`) -> trm_jax model config.
+
+  The model class in `name` picks the scheme: TRM (ACTV1, also when no name is given) or DIS
+  (ACTV5, the official DIS code)."""
   cfg = config_lib.model_config(seq_len=arch["seq_len"], vocab_size=arch["vocab_size"])
+  model_class = str(arch.get("name", "TinyRecursiveReasoningModel_ACTV1")).rsplit("@", 1)[-1]
+  if model_class not in OFFICIAL_SCHEMES:
+    raise ValueError(f"official config field 'name' = {arch['name']!r}: trm_jax reads "
+                     f"{sorted(OFFICIAL_SCHEMES)}")
+  cfg.scheme = OFFICIAL_SCHEMES[model_class]
   for key, value in arch.items():
     if key in OFFICIAL_IGNORED:
       continue

@@ -55,6 +55,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "with --coordinator_addre
 
 # ------------------------------------------------------------------------------------ config --
 
+OPTIMIZERS = ("adam_atan2", "adamw")
+
 
 def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
   """Checks the training and evaluation fields; raises ValueError naming the field."""
@@ -85,6 +87,8 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
       fail(field, "must be in [0, 1]")
   if cfg.train.keep_checkpoints < 1:
     fail("train.keep_checkpoints", "must be at least 1")
+  if cfg.train.get("optimizer", "adam_atan2") not in OPTIMIZERS:
+    fail("train.optimizer", f"must be one of {OPTIMIZERS}")
   max_steps = cfg.train.get("max_steps", 0)
   if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
     fail("train.max_steps", "must be a non-negative integer (0: train.epochs decides)")
@@ -136,7 +140,8 @@ class MetricWriter:
 
 
 def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict[str, float]:
-  """Official reduction: losses per example of the batch, the rest per halted example."""
+  """Official reduction: losses and `target_*` metrics (every row, every step) per example of
+  the batch, the rest per halted example."""
   count = max(float(sums["count"]), 1.0)
   out = {}
   for name, value in sums.items():
@@ -144,7 +149,7 @@ def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict
       out[name] = float(value)
     elif name == "count":
       out[name] = float(value)
-    elif name.endswith("loss"):
+    elif name.endswith("loss") or name.startswith("target_"):
       out[name] = float(value) / global_batch
     else:
       out[name] = float(value) / count
@@ -344,6 +349,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   evaluate_batch = jax.jit(functools.partial(train_lib.eval_batch, spec=spec,
                                              adaptive=cfg.eval.adaptive_halt))
   arc_evaluator = arc_evaluator_for(cfg)
+  passes_per_step = model_lib.forward_passes_per_step(spec)
 
   if eval_only:
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
@@ -373,6 +379,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
                                    f"metrics are in {workdir_path / 'metrics.jsonl'})")
         reduced = reduce_train_metrics(sums, global_batch * cfg.train.log_every_steps)
         reduced["count"] = float(sums["count"])
+        if "steps" in reduced:  # measured: supervision steps of the examples that finished
+          reduced["forward_passes_per_example"] = reduced["steps"] * passes_per_step
         writer.write(step, "train", reduced)
         bar.set_postfix(loss=f"{reduced['lm_loss']:.3f}", exact=f"{reduced['exact_accuracy']:.3f}")
         pending = None

@@ -24,7 +24,7 @@ from trm_jax.config import ModelSpec
 from trm_jax.recursion import Latents
 
 Params = dict[str, Any]
-Carry = dict[str, jax.Array]  # {'y': [B,S,D], 'z': [B,S,D], 'reset': bool [B]}
+Carry = dict[str, jax.Array]  # the scheme's per-row state + {'steps': int32 [B], 'reset': bool [B]}
 
 REMAT_POLICIES = {
     "full": None,
@@ -39,21 +39,29 @@ def _stringify_keys(tree):
   return tree
 
 
+def scheme_of(spec: ModelSpec) -> recursion.Scheme:
+  return recursion.get_scheme(spec.scheme)
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract(spec: ModelSpec):
+  return nnx.eval_shape(lambda: scheme_of(spec).build(spec, nnx.Rngs(0)))
+
+
 @functools.lru_cache(maxsize=None)
 def _graph(spec: ModelSpec):
-  """(graphdef of the whole model, graphdef of the reasoning net) for a spec."""
-  abstract = nnx.eval_shape(lambda: nn.TinyRecursiveModel(spec, rngs=nnx.Rngs(0)))
-  return nnx.graphdef(abstract), nnx.graphdef(abstract.net)
+  return nnx.graphdef(_abstract(spec))
 
 
-def _merge(spec: ModelSpec, params: Params) -> nn.TinyRecursiveModel:
-  return nnx.merge(_graph(spec)[0], params)
+def merge(spec: ModelSpec, params: Params) -> nnx.Module:
+  """The scheme's module with `params` (inside traced code: rebuilt at trace time only)."""
+  return nnx.merge(_graph(spec), params)
 
 
 @functools.lru_cache(maxsize=None)
 def variable_kinds(spec: ModelSpec) -> dict[str, str]:
   """Top-level params key -> 'param' | 'puzzle_table' | 'constant' (decides the optimiser)."""
-  abstract = nnx.eval_shape(lambda: nn.TinyRecursiveModel(spec, rngs=nnx.Rngs(0)))
+  abstract = _abstract(spec)
   kinds = {}
   for kind, variable_type in (("param", nnx.Param), ("puzzle_table", nn.PuzzleTable),
                               ("constant", nn.Constant)):
@@ -65,7 +73,7 @@ def variable_kinds(spec: ModelSpec) -> dict[str, str]:
 def init_params(model_config, rng: jax.Array) -> Params:
   """Freshly initialised parameters (official init: truncated LeCun, zero puzzle table, ...)."""
   spec = ModelSpec.from_config(model_config)
-  model = nn.TinyRecursiveModel(spec, rngs=nnx.Rngs(params=rng))
+  model = scheme_of(spec).build(spec, nnx.Rngs(params=rng))
   return _stringify_keys(nnx.to_pure_dict(nnx.state(model)))
 
 
@@ -85,14 +93,12 @@ def _top_key(path) -> str:
 
 
 def initial_carry(model_config, batch_size: int) -> Carry:
-  """A carry whose every row starts from the initial latents at the next step."""
+  """A carry whose every row starts afresh at the next step: the scheme's per-row state plus
+  `steps` (supervision steps taken, int32 [B]) and `reset` (restart from the initial latents)."""
   spec = ModelSpec.from_config(model_config)
-  shape = (batch_size, spec.total_len, spec.hidden_size)
-  return {
-      "y": jnp.zeros(shape, spec.jnp_compute_dtype),
-      "z": jnp.zeros(shape, spec.jnp_compute_dtype),
-      "reset": jnp.ones((batch_size,), bool),
-  }
+  return {**scheme_of(spec).initial_carry(spec, batch_size),
+          "steps": jnp.zeros((batch_size,), jnp.int32),
+          "reset": jnp.ones((batch_size,), bool)}
 
 
 def puzzle_rows(params: Params, puzzle_identifiers: jax.Array) -> jax.Array | None:
@@ -102,39 +108,49 @@ def puzzle_rows(params: Params, puzzle_identifiers: jax.Array) -> jax.Array | No
   return jnp.take(params["puzzle_emb"], puzzle_identifiers.astype(jnp.int32), axis=0)
 
 
-def _net_fn(spec: ModelSpec) -> recursion.NetFn:
-  net_graph = _graph(spec)[1]
+@functools.lru_cache(maxsize=None)
+def _net_graph(spec: ModelSpec, name: str):
+  return nnx.graphdef(getattr(_abstract(spec), name))
+
+
+def net_fn(spec: ModelSpec, name: str = "net") -> recursion.NetFn:
+  """`net(net_params, h, injection)`: one call of the scheme's network `name` (remat applied)."""
+  graph = _net_graph(spec, name)
 
   def net(net_params, h, injection):
-    return nnx.merge(net_graph, net_params)(h, injection)
+    return nnx.merge(graph, net_params)(h, injection)
 
   if spec.remat != "none":
     net = jax.checkpoint(net, policy=REMAT_POLICIES[spec.remat])
   return net
 
 
-def forward(params: Params, spec: ModelSpec, carry: Carry, inputs: jax.Array,
-            rows: jax.Array | None) -> tuple[Carry, jax.Array, jax.Array, jax.Array]:
-  """One supervision step given the batch's puzzle-table rows (pure; differentiable).
-
-  Rows flagged `carry['reset']` restart from the initial latents. Returns the detached new
-  carry (reset cleared), token logits [B, L, V] and Q logits (halt, continue) [B], all fp32.
-  """
-  model = _merge(spec, params)
+def reset_latents(params: Params, spec: ModelSpec, carry: Carry) -> Latents:
+  """The carry's (y, z), with rows flagged `reset` at the initial latents."""
   cdt = spec.jnp_compute_dtype
   reset = carry["reset"][:, None, None]
-  latents = Latents(jnp.where(reset, params["y_init"].astype(cdt)[None, None], carry["y"]),
-                    jnp.where(reset, params["z_init"].astype(cdt)[None, None], carry["z"]))
-  x = model.embed(inputs, rows)
-  scheme = recursion.get_scheme(spec.scheme)
-  latents = scheme.recur(spec, _net_fn(spec), params["net"], latents, x)
-  logits, q_halt, q_continue = model.heads(latents.y)
-  new_carry = {
-      "y": jax.lax.stop_gradient(latents.y),
-      "z": jax.lax.stop_gradient(latents.z),
-      "reset": jnp.zeros_like(carry["reset"]),
-  }
-  return new_carry, logits, q_halt, q_continue
+  return Latents(jnp.where(reset, params["y_init"].astype(cdt)[None, None], carry["y"]),
+                 jnp.where(reset, params["z_init"].astype(cdt)[None, None], carry["z"]))
+
+
+def step(params: Params, rows: jax.Array | None, spec: ModelSpec, carry: Carry, data,
+         rng: jax.Array | None = None, *, training: bool, record: bool = False
+         ) -> tuple[Carry, recursion.Readout]:
+  """One supervision step of the configured scheme (pure; differentiable). Row b takes step
+  t = carry['steps'][b] + 1; the returned carry is detached, with `steps` = t and `reset`
+  cleared."""
+  t = carry["steps"] + 1
+  new_carry, readout = scheme_of(spec).step(params, rows, spec, carry, data, t, rng,
+                                            training=training, record=record)
+  return dict(new_carry, steps=t, reset=jnp.zeros_like(carry["reset"])), readout
+
+
+def forward(params: Params, spec: ModelSpec, carry: Carry, inputs: jax.Array,
+            rows: jax.Array | None) -> tuple[Carry, jax.Array, jax.Array, jax.Array]:
+  """An eval-mode supervision step given the batch's puzzle-table rows:
+  (carry, logits [B, L, V], q_halt [B], q_continue [B]), all fp32."""
+  carry, readout = step(params, rows, spec, carry, {"inputs": inputs}, training=False)
+  return carry, readout.logits, readout.q_halt, readout.q_continue
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -154,12 +170,12 @@ def supervision_step(params: Params, model_config, carry: Carry, batch: Mapping[
   inputs = jnp.asarray(batch["inputs"])
   if inputs.ndim != 2 or inputs.shape[1] != spec.seq_len:
     raise ValueError(f"batch['inputs'] has shape {inputs.shape}; expected [batch, {spec.seq_len}]")
-  if carry["y"].shape[0] != inputs.shape[0]:
-    raise ValueError(f"carry batch size {carry['y'].shape[0]} != batch size {inputs.shape[0]}")
+  if carry["steps"].shape[0] != inputs.shape[0]:
+    raise ValueError(f"carry batch size {carry['steps'].shape[0]} != batch size {inputs.shape[0]}")
   return _supervision_step(params, spec, carry, inputs, jnp.asarray(batch["puzzle_identifiers"]))
 
 
 def forward_passes_per_step(model_config) -> int:
   """Network calls in one supervision step under the configured scheme."""
   spec = ModelSpec.from_config(model_config)
-  return recursion.get_scheme(spec.scheme).forward_passes(spec)
+  return scheme_of(spec).forward_passes(spec)

@@ -210,11 +210,15 @@ class TinyRecursiveModel(nnx.Module):
     self.y_init = Constant(trunc_normal(rngs.params(), (D,), 1.0, pdt))
     self.z_init = Constant(trunc_normal(rngs.params(), (D,), 1.0, pdt))
 
-  def embed(self, inputs_BL: jax.Array, puzzle_rows_BP: jax.Array | None) -> jax.Array:
-    """x = sqrt(D) * [puzzle prefix ; token embeddings] (+ learned positions), compute dtype.
+  def embed(self, inputs_BL: jax.Array, puzzle_rows_BP: jax.Array | None,
+            cond_BD: jax.Array | None = None) -> jax.Array:
+    """x = sqrt(D) * ([puzzle prefix ; token embeddings] + cond) (+ learned positions), compute
+    dtype.
 
     `puzzle_rows_BP` are the rows of the puzzle table for this batch, passed in rather than
-    gathered here so that training can differentiate with respect to the rows alone.
+    gathered here so that training can differentiate with respect to the rows alone. `cond_BD`
+    (a scheme's per-row conditioning, e.g. DIS's timestep embedding) is added to every position,
+    the prefix included, before the positions and the scale.
     """
     spec = self.spec
     cdt = spec.jnp_compute_dtype
@@ -224,6 +228,8 @@ class TinyRecursiveModel(nnx.Module):
     if puzzle_rows_BP is not None:
       prefix = prefix.at[:, :spec.puzzle_emb_ndim].set(puzzle_rows_BP.astype(cdt))
     x = jnp.concatenate([prefix.reshape(B, spec.prefix_len, spec.hidden_size), x], axis=1)
+    if cond_BD is not None:
+      x = x + cond_BD.astype(cdt)[:, None, :]
     if spec.pos_encodings == "learned":
       x = LEARNED_POS_SCALE * (x + self.embed_pos[...].astype(cdt)[None])
     return math.sqrt(spec.hidden_size) * x

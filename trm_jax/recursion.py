@@ -1,27 +1,47 @@
-"""Recursion schemes: how one supervision step refines the latents (y, z).
+"""The recursion-scheme contract: everything in which TRM, DIS, HRM, ... differ, one file each.
 
-A scheme is a pure function
+A scheme owns, under its own name:
+  build          its modules and their init (an NNX module; `nn.TinyRecursiveModel` by default)
+  initial_carry  its per-row carry (latents and whatever else it tracks per row)
+  refresh        how rows that take a new example reset their part of the carry
+  step           one supervision step given the step index t (1-based, per row) and an rng,
+                 returning the new carry and a `Readout` (logits, halting logits, and on request
+                 the logits after every y update)
+  targets        what step t is supervised with (TRM: the labels; DIS: frame t of its path)
+  loss           the step's loss and metrics (sums over the batch)
+  halted         its halting rule
+  forward_passes network calls per supervision step
+The ACT bookkeeping (act.py), the training loop (train.py, main.py), evaluation, checkpoints,
+sharding and conversion see only this contract; the generic carry keys `steps` (supervision steps
+taken by each row's current example) and `reset` (rows restarting at the next step) are kept by
+act.py, the rest of the carry belongs to the scheme.
 
-    recur(spec, net, net_params, latents, x) -> latents
-
-where `net(net_params, h, injection)` is one call of the shared network and `x` is the input
-embedding. It never sees optimisers, data or the ACT loop, so a new scheme (HRM-style, a
-different no-grad split, ...) is one function registered under a name:
+A new scheme is one file: subclass `Scheme` (or `schemes.trm.TRM`, to change only the recursion)
+and `register` an instance; select it with `model_config.scheme = name`. For the common case
+of a different latent recursion inside TRM's step, `register_scheme` turns one function into a
+scheme:
 
     @recursion.register_scheme("mine", forward_passes=lambda spec: 2 * spec.L_cycles)
-    def mine(spec, net, net_params, latents, x): ...
-
-and selected with `model_config.scheme = "mine"`.
+    def mine(spec, net, net_params, latents, x): ...   # -> Latents
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, NamedTuple
+import importlib
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 
 from trm_jax.config import ModelSpec
+
+Carry = dict[str, Any]
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+# Built-in schemes, imported on first lookup (they import the model modules, which import this).
+BUILTIN = {"trm": "trm_jax.schemes.trm", "dis": "trm_jax.schemes.dis"}
 
 
 class Latents(NamedTuple):
@@ -29,38 +49,112 @@ class Latents(NamedTuple):
   z: jax.Array  # the reasoning state (official z_L) [B, S, D]
 
 
+class Readout(NamedTuple):
+  """What one supervision step shows: fp32 token logits [B, L, V] after its last y update,
+  halting logits [B] (zeros where a scheme has no halting head), the logits after each y update
+  [U, B, L, V] when recorded (else None), and outputs the scheme's own loss needs."""
+
+  logits: jax.Array
+  q_halt: jax.Array
+  q_continue: jax.Array
+  trace: jax.Array | None = None
+  extras: Mapping[str, jax.Array] = {}
+
+
 NetFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-RecurFn = Callable[[ModelSpec, NetFn, Any, Latents, jax.Array], Latents]
+RecurFn = Callable[..., Latents]
 
 
-@dataclasses.dataclass(frozen=True)
 class Scheme:
-  name: str
-  recur: RecurFn
-  forward_passes: Callable[[ModelSpec], int]  # network calls per supervision step
+  """Base class: TRM's modules and carry, no halting head semantics. See the module docstring."""
+
+  name: str = ""
+
+  def validate(self, spec: ModelSpec) -> None:
+    """Raises ValueError naming a model-config field this scheme cannot run with."""
+
+  def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> nnx.Module:
+    from trm_jax import nn
+    return nn.TinyRecursiveModel(spec, rngs=rngs)
+
+  def initial_carry(self, spec: ModelSpec, batch_size: int) -> Carry:
+    shape = (batch_size, spec.total_len, spec.hidden_size)
+    return {"y": jnp.zeros(shape, spec.jnp_compute_dtype),
+            "z": jnp.zeros(shape, spec.jnp_compute_dtype)}
+
+  def refresh(self, spec: ModelSpec, carry: Carry, fresh: jax.Array, batch: Batch,
+              rng: jax.Array) -> Carry:
+    """Rows where `fresh` took a new example from `batch` (latents restart through `reset`)."""
+    del spec, fresh, batch, rng
+    return carry
+
+  def step(self, params, rows, spec: ModelSpec, carry: Carry, data: Batch, t: jax.Array,
+           rng: jax.Array | None, *, training: bool, record: bool = False
+           ) -> tuple[Carry, Readout]:
+    raise NotImplementedError
+
+  def targets(self, spec: ModelSpec, carry: Carry, data: Batch) -> jax.Array:
+    return data["labels"]
+
+  def loss(self, spec: ModelSpec, readout: Readout, targets: jax.Array, carry: Carry,
+           data: Batch, halted: jax.Array) -> tuple[jax.Array, Metrics]:
+    raise NotImplementedError
+
+  def halted(self, spec: ModelSpec, readout: Readout, t: jax.Array, rng: jax.Array | None, *,
+             training: bool, adaptive: bool = False) -> jax.Array:
+    """Fixed N_sup steps; schemes with a halting head override this."""
+    del readout, rng, training, adaptive
+    return t >= spec.halt_max_steps
+
+  def forward_passes(self, spec: ModelSpec) -> int:
+    raise NotImplementedError
 
 
 _SCHEMES: dict[str, Scheme] = {}
 
 
+def register(scheme: Scheme | type) -> Scheme | type:
+  """Registers a scheme instance (or, as a class decorator, an instance of the class)."""
+  instance = scheme() if isinstance(scheme, type) else scheme
+  if not instance.name:
+    raise ValueError(f"{type(instance).__name__} has no name")
+  if instance.name in _SCHEMES and type(_SCHEMES[instance.name]) is not type(instance):
+    raise ValueError(f"recursion scheme '{instance.name}' is already registered")
+  _SCHEMES[instance.name] = instance
+  return scheme
+
+
 def register_scheme(name: str, *, forward_passes: Callable[[ModelSpec], int]):
+  """Decorator: `recur(spec, net, net_params, latents, x) -> Latents` as a TRM-style scheme
+  (TRM's modules, carry, loss and halting; this recursion inside its step)."""
+  from trm_jax.schemes import trm
+
   def decorate(recur: RecurFn) -> RecurFn:
-    if name in _SCHEMES and _SCHEMES[name].recur is not recur:
+    previous = _SCHEMES.get(name)
+    if previous is not None and getattr(previous, "recur_fn", None) is not recur:
       raise ValueError(f"recursion scheme '{name}' is already registered")
-    _SCHEMES[name] = Scheme(name, recur, forward_passes)
+    _SCHEMES[name] = trm.TRM(name=name, recur=recur, passes=forward_passes)
     return recur
   return decorate
 
 
 def registered_schemes() -> dict[str, Scheme]:
+  for module in BUILTIN.values():
+    importlib.import_module(module)
   return dict(_SCHEMES)
 
 
 def get_scheme(name: str) -> Scheme:
+  if name not in _SCHEMES and name in BUILTIN:
+    importlib.import_module(BUILTIN[name])
   try:
     return _SCHEMES[name]
   except KeyError:
-    raise ValueError(f"unknown recursion scheme '{name}'; registered: {sorted(_SCHEMES)}") from None
+    raise ValueError(f"unknown recursion scheme '{name}'; registered: "
+                     f"{sorted(registered_schemes())}") from None
+
+
+# ------------------------------------------------------------------------- shared pieces --
 
 
 def latent_cycle(spec: ModelSpec, net: NetFn, net_params, latents: Latents,
@@ -82,17 +176,29 @@ def latent_cycle(spec: ModelSpec, net: NetFn, net_params, latents: Latents,
   return Latents(y, z)
 
 
-@register_scheme("trm", forward_passes=lambda spec: spec.H_cycles * (spec.L_cycles + 1))
-def trm(spec: ModelSpec, net: NetFn, net_params, latents: Latents, x: jax.Array) -> Latents:
+def trm_recursion(spec: ModelSpec, net: NetFn, net_params, latents: Latents, x: jax.Array,
+                  *, on_y=None) -> Latents:
   """T-1 cycles with no backward pass at all, then one cycle that carries gradient.
 
   The no-grad cycles see stop_gradient'ed parameters, latents and inputs, so autodiff builds
   no linearisation for them: they cost forward compute only, as in the official code.
+  `on_y(y)`, if given, is called with y after each of the T updates (readout tracing) and its
+  results are returned stacked as a second value.
   """
+  trace = []
   if spec.H_cycles > 1:
     frozen_params, frozen_x = jax.lax.stop_gradient((net_params, x))
     latents = jax.lax.stop_gradient(latents)
-    latents, _ = jax.lax.scan(
-        lambda c, _: (latent_cycle(spec, net, frozen_params, c, frozen_x), None),
-        latents, None, length=spec.H_cycles - 1)
-  return latent_cycle(spec, net, net_params, latents, x, unroll=True)
+
+    def cycle(c, _):
+      c = latent_cycle(spec, net, frozen_params, c, frozen_x)
+      return c, (None if on_y is None else on_y(c.y))
+
+    latents, early = jax.lax.scan(cycle, latents, None, length=spec.H_cycles - 1)
+    if on_y is not None:
+      trace.append(early)
+  latents = latent_cycle(spec, net, net_params, latents, x, unroll=True)
+  if on_y is None:
+    return latents
+  trace.append(on_y(latents.y)[None])
+  return latents, jnp.concatenate(trace, axis=0)

@@ -57,7 +57,11 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, total_steps: int):
   parts = []
   if train_cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(train_cfg.grad_clip_norm))
-  parts.append(optim.adam_atan2(lr, train_cfg.beta1, train_cfg.beta2, train_cfg.weight_decay))
+  if train_cfg.get("optimizer", "adam_atan2") == "adamw":  # the official DIS ARC script's
+    parts.append(optax.adamw(lr, train_cfg.beta1, train_cfg.beta2, eps=1e-8,
+                             weight_decay=train_cfg.weight_decay))
+  else:
+    parts.append(optim.adam_atan2(lr, train_cfg.beta1, train_cfg.beta2, train_cfg.weight_decay))
   return optax.chain(*parts)
 
 
@@ -86,13 +90,14 @@ def init_state(model_config, train_cfg: ml_collections.ConfigDict, example_batch
 def supervision_loss(params: model_lib.Params, rows: jax.Array | None, spec: ModelSpec,
                      act_state: act.State, rng: jax.Array | None = None
                      ) -> tuple[jax.Array, tuple[act.State, dict]]:
-  """The official training call (ACTLossHead): one supervision step on the refreshed ACT state,
-  then the summed loss. Returns (loss, (new ACT state, metrics)); differentiable with respect to
-  `params` and the batch's puzzle-table `rows`."""
-  new_act, out = act.advance(params, rows, spec, act_state, rng, training=True)
-  loss, metrics = losses.act_loss(
-      out["logits"], out["q_halt"], out["q_continue"], new_act["data"]["labels"],
-      new_act["halted"], new_act["steps"], spec.loss_type, out.get("target_q_continue"))
+  """The official training call (the loss head): one supervision step on the refreshed ACT
+  state, then the scheme's loss against its targets for the step. Returns (loss, (new ACT state,
+  metrics)); differentiable with respect to `params` and the batch's puzzle-table `rows`."""
+  scheme = model_lib.scheme_of(spec)
+  new_act, readout = act.advance(params, rows, spec, act_state, rng, training=True)
+  carry, data = new_act["carry"], new_act["data"]
+  loss, metrics = scheme.loss(spec, readout, scheme.targets(spec, carry, data), carry, data,
+                              new_act["halted"])
   return loss, (new_act, metrics)
 
 
@@ -101,7 +106,7 @@ def train_step(state: State, batch: Batch, *, spec: ModelSpec,
   """One supervision step for every row and one optimiser update (jit with donated state)."""
   global_batch = batch["inputs"].shape[0]
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-  act_state = act.refresh(state["act"], batch)
+  act_state = act.refresh(spec, state["act"], batch, jax.random.fold_in(step_rng, 1))
   table = state.get("puzzle_emb")
   ids = act_state["data"]["puzzle_identifiers"].astype(jnp.int32)
   rows = None if table is None else jnp.take(table, ids, axis=0)
@@ -142,18 +147,19 @@ def eval_batch(params: model_lib.Params, batch: Batch, *, spec: ModelSpec,
   `q_halt` [B] at the halting step, `steps` [B] (supervision steps used: N_sup unless
   `adaptive`, in which case a row stops, and keeps its prediction, when its Q head halts).
   """
-  state = act.refresh(act.initial_state(spec, batch), batch)
+  state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(0))
   labels = batch["labels"]
   rows = model_lib.puzzle_rows(params, batch["puzzle_identifiers"])
   B = labels.shape[0]
 
   def one_step(carry, _):
     state, done, preds, q_halt, steps = carry
-    state, out = act.advance(params, rows, spec, state, training=False, adaptive_eval=adaptive)
-    new_preds = jnp.argmax(out["logits"], axis=-1).astype(jnp.int32)
+    state, readout = act.advance(params, rows, spec, state, training=False,
+                                 adaptive_eval=adaptive)
+    new_preds = jnp.argmax(readout.logits, axis=-1).astype(jnp.int32)
     preds = jnp.where(done[:, None], preds, new_preds)
-    q_halt = jnp.where(done, q_halt, out["q_halt"])
-    steps = jnp.where(done, steps, state["steps"])
+    q_halt = jnp.where(done, q_halt, readout.q_halt)
+    steps = jnp.where(done, steps, state["carry"]["steps"])
     done = done | state["halted"]
     mask = labels != losses.IGNORE_LABEL_ID
     correct = (preds == labels) & mask

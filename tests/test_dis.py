@@ -1,0 +1,178 @@
+"""DIS (Deep Improvement Supervision) against the official DIS code, and its target path.
+
+`fixtures/official_dis_att_rope_fp32.npz` is `dis_att_rope_tiny.npz` of the shared official
+references: `TinyRecursiveReasoningModel_ACTV5` + `ACTLossHeadV4` of
+machinestein/Deep-Improvement-Supervision @ 032f116, PyTorch 2.13 CPU, fp32 (random weights).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trm_jax
+from trm_jax import act, config, convert, losses, model, train
+from trm_jax.config import ModelSpec
+from trm_jax.schemes import dis
+
+from conftest import load_official
+
+FIXTURE = "official_dis_att_rope_fp32.npz"
+
+
+def _batch(data):
+  return {"inputs": jnp.asarray(data["batch/inputs"], jnp.int32),
+          "labels": jnp.asarray(data["batch/labels"], jnp.int32),
+          "puzzle_identifiers": jnp.asarray(data["batch/puzzle_identifiers"], jnp.int32)}
+
+
+def test_official_dis_arch_converts_to_the_dis_scheme():
+  cfg, state_dict, _ = load_official(FIXTURE)
+  assert cfg.scheme == "dis" and cfg.H_cycles == 1 and cfg.L_cycles == 2
+  assert cfg.halt_max_steps == 6
+  assert trm_jax.forward_passes_per_step(cfg) == 3  # T * (n + 1): 18 per example at N_sup = 6
+  params = convert.from_official_state_dict(state_dict, cfg)
+  assert params["timestep_embed"].shape == (8, 64)  # N_sup + 2 rows
+  trm_cfg = cfg.copy_and_resolve_references()
+  trm_cfg.scheme = "trm"
+  with pytest.raises(ValueError, match="timestep_embed"):
+    convert.from_official_state_dict(state_dict, trm_cfg)
+  with pytest.raises(ValueError, match="'name'"):
+    convert.model_config_from_official({"seq_len": 4, "vocab_size": 4,
+                                        "name": "hrm@SomethingElse"})
+
+
+def test_inference_matches_official_steps():
+  """Six eval steps through the public API: the timestep and the previous argmax fed back."""
+  cfg, state_dict, data = load_official(FIXTURE)
+  params = convert.from_official_state_dict(state_dict, cfg)
+  batch = _batch(data)
+  carry = trm_jax.initial_carry(cfg, 4)
+  for step in range(6):
+    used = batch["inputs"] if step == 0 else carry["prev_pred"]
+    np.testing.assert_array_equal(used, data[f"step{step}/inputs_used"], err_msg=f"step {step}")
+    carry, logits, _, _ = trm_jax.supervision_step(params, cfg, carry, batch)
+    np.testing.assert_allclose(logits, data[f"step{step}/logits"], atol=1e-4, rtol=0,
+                               err_msg=f"step {step}")
+    np.testing.assert_array_equal(carry["prev_pred"], data[f"step{step}/preds"])
+    np.testing.assert_array_equal(carry["steps"], step + 1)
+    halted = model.scheme_of(ModelSpec.from_config(cfg)).halted(
+        ModelSpec.from_config(cfg), None, carry["steps"], None, training=False)
+    np.testing.assert_array_equal(halted, data[f"step{step}/halted"])
+
+
+def test_training_call_matches_official_loss_and_gradients():
+  cfg, state_dict, data = load_official(FIXTURE)
+  spec = ModelSpec.from_config(cfg)
+  params = convert.from_official_state_dict(state_dict, cfg)
+  batch = _batch(data)
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch, jax.random.key(0))
+  # The official call drew its own path; train on that one.
+  state["carry"]["path"] = jnp.asarray(data["train/path"], jnp.int32)
+  table = params.pop("puzzle_emb")
+  rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
+
+  def loss_fn(dense, rows):
+    loss, (_, metrics) = train.supervision_loss({**dense, "puzzle_emb": table}, rows, spec, state,
+                                                jax.random.key(1))
+    return loss, metrics
+
+  (loss, metrics), (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+      params, rows)
+  assert float(loss) == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
+  for key in data.files:
+    if key.startswith("train/metric/"):
+      name = key.removeprefix("train/metric/")
+      assert float(metrics[name]) == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), name
+  flat = convert._flatten(grads)
+  ours = {convert._official_key(p): np.asarray(g.T if convert._our_path(convert._official_key(p))[1]
+                                               else g) for p, g in flat.items()}
+  ours["puzzle_emb_local"] = np.asarray(row_grads)
+  reference = {k.removeprefix("grad/"): data[k] for k in data.files if k.startswith("grad/")}
+  for key, ref in reference.items():
+    err = np.abs(ours[key] - ref).max() / np.abs(ref).max()
+    assert err <= 2e-5, f"{key}: relative error {err:.2e}"
+  # The official DIS head trains no Q head: its gradients are absent there and zero here.
+  assert not np.any(ours["inner.q_head.weight"]) and not np.any(ours["inner.q_head.bias"])
+
+
+# ------------------------------------------------------------------------------- the path --
+
+
+def _path_batch(rng, B=64, L=30, V=8):
+  x0 = rng.integers(1, V, (B, L))
+  x1 = np.where(rng.random((B, L)) < 0.5, rng.integers(1, V, (B, L)), x0)
+  x1[:, -3:] = losses.IGNORE_LABEL_ID  # ignored labels, as the official ARC/Sudoku padding
+  return jnp.asarray(x0, jnp.int32), jnp.asarray(x1, jnp.int32)
+
+
+def test_linear_path_goes_from_input_to_labels_revealing_a_fixed_order():
+  x0, x1 = _path_batch(np.random.default_rng(0))
+  path = np.asarray(dis.linear_path(jax.random.key(3), x0, x1, 7))
+  np.testing.assert_array_equal(path[:, 0], x0)
+  np.testing.assert_array_equal(path[:, -1], x1)
+  differ = np.asarray(x0 != x1)
+  hamming = (path != np.asarray(x1)[:, None]).sum(-1)  # [B, frames]
+  assert (np.diff(hamming, axis=1) <= 0).all() and (hamming[:, -1] == 0).all()
+  n_diff = differ.sum(1)
+  for k in range(7):  # frame k reveals floor(k * n_diff / 6) cells, each either x0 or x1
+    np.testing.assert_array_equal(hamming[:, k], n_diff - (k * n_diff) // 6)
+    assert ((path[:, k] == np.asarray(x0)) | (path[:, k] == np.asarray(x1))).all()
+  # One order per row: a cell once revealed stays revealed.
+  revealed = path == np.asarray(x1)[:, None]
+  assert (revealed[:, 1:] >= revealed[:, :-1]).all()
+  # Ignored labels are on the path: the input token until revealed, then -100.
+  assert (path[:, 0, -3:] == np.asarray(x0)[:, -3:]).all() and (path[:, -1, -3:] == -100).all()
+
+
+def test_targets_are_the_frame_of_the_step_with_ignored_cells_masked():
+  cfg = config.tiny()
+  cfg.scheme = "dis"
+  spec = ModelSpec.from_config(cfg)
+  x0, x1 = _path_batch(np.random.default_rng(1), B=3, L=spec.seq_len, V=spec.vocab_size)
+  path = dis.linear_path(jax.random.key(0), x0, x1, spec.halt_max_steps + 1)
+  scheme = model.scheme_of(spec)
+  for t in range(1, spec.halt_max_steps + 1):
+    carry = {"path": path, "steps": jnp.full((3,), t, jnp.int32)}
+    target = np.asarray(scheme.targets(spec, carry, {}))
+    expected = np.asarray(path[:, t])
+    np.testing.assert_array_equal(target, np.where(expected < 0, -100, expected))
+
+
+def test_path_kept_while_a_row_stays_and_redrawn_when_replaced():
+  cfg = config.tiny()
+  cfg.scheme = "dis"
+  spec = ModelSpec.from_config(cfg)
+  rng = np.random.default_rng(2)
+  x0, x1 = _path_batch(rng, B=4, L=spec.seq_len, V=spec.vocab_size)
+  batch = {"inputs": x0, "labels": x1, "puzzle_identifiers": jnp.zeros(4, jnp.int32)}
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch, jax.random.key(0))
+  first = np.asarray(state["carry"]["path"])
+  state = dict(state, halted=jnp.array([True, False, True, False]))
+  again = act.refresh(spec, state, batch, jax.random.key(1))
+  second = np.asarray(again["carry"]["path"])
+  np.testing.assert_array_equal(second[[1, 3]], first[[1, 3]])  # staying rows keep their order
+  assert (second[[0, 2]] != first[[0, 2]]).any()  # replaced rows drew a new one
+  np.testing.assert_array_equal(again["carry"]["steps"], [0, 0, 0, 0])
+
+
+def test_every_row_runs_exactly_n_sup_steps_with_its_own_timestep():
+  cfg = config.tiny()
+  cfg.scheme = "dis"
+  cfg.halt_exploration_prob = 0.5  # DIS has no exploration: ignored
+  spec = ModelSpec.from_config(cfg)
+  params = trm_jax.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(3)
+  x0, x1 = _path_batch(rng, B=4, L=spec.seq_len, V=spec.vocab_size)
+  batch = {"inputs": x0, "labels": x1, "puzzle_identifiers": jnp.zeros(4, jnp.int32)}
+  state = act.initial_state(cfg, batch)
+  # Rows entered at different times: steps taken so far 0, 1, 2, 3.
+  state = act.refresh(spec, state, batch, jax.random.key(0))
+  state["carry"]["steps"] = jnp.array([0, 1, 2, 3], jnp.int32)
+  state["carry"]["reset"] = jnp.array([True, False, False, False])
+  for expected_halt in ([False, False, False, True],):
+    rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+    new, readout = act.advance(params, rows, spec, state, jax.random.key(1), training=True)
+    np.testing.assert_array_equal(new["carry"]["steps"], [1, 2, 3, 4])
+    np.testing.assert_array_equal(new["halted"], expected_halt)  # N_sup = 4 in the tiny config
+    np.testing.assert_array_equal(new["carry"]["prev_pred"], np.argmax(readout.logits, -1))

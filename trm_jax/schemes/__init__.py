@@ -1,0 +1,1 @@
+"""Built-in recursion schemes, one file each (the contract: trm_jax/recursion.py)."""

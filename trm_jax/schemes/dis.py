@@ -1,0 +1,125 @@
+"""Deep Improvement Supervision (DIS; Asadulaev et al., ICML 2026), as the official code runs it
+(machinestein/Deep-Improvement-Supervision: `TinyRecursiveReasoningModel_ACTV5` with
+`ACTLossHeadV4`).
+
+Against TRM (../shared/spec/POLICY_IMPROVEMENT.md):
+- every sample runs exactly N_sup supervision steps (no Q loss, no exploration); the recursion
+  is TRM's (the official recipes use T=1, n=2: every update with gradient);
+- an integer timestep embedding (N_sup + 2 learned rows) of the step t = 1..N_sup is added to
+  every input position, the puzzle prefix included, before positions and scale;
+- the token input of step 1 is the puzzle, of every later step the previous step's argmax
+  ("fully autoregressive", training and inference);
+- step t is supervised with frame t of a path from the input x0 to the labels x1: the cells
+  where x0 != x1, in one random order per sample (drawn when the sample enters the carry, kept
+  while it stays), frame k with the first floor(k * n_diff / N_sup) of them revealed. Cells
+  whose label is ignored (-100) differ from the input, so they are on the path too: they keep
+  the input token (and are supervised with it) until revealed, then are ignored, as in the
+  official code. Targets outside [0, vocab) are ignored. Loss: stablemax CE, mean over the
+  step's supervised tokens, summed over rows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trm_jax import losses, nn, recursion
+from trm_jax import model as model_lib
+from trm_jax.config import ModelSpec
+from trm_jax.recursion import Readout
+
+
+class DISModel(nn.TinyRecursiveModel):
+  """TRM's modules plus the timestep table (rows 0..N_sup+1, init std 1/sqrt(D))."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    super().__init__(spec, rngs=rngs)
+    D = spec.hidden_size
+    self.timestep_embed = nnx.Param(nn.trunc_normal(
+        rngs.params(), (spec.halt_max_steps + 2, D), D**-0.5, spec.jnp_param_dtype))
+
+
+def linear_path(rng: jax.Array, x0: jax.Array, x1: jax.Array, num_frames: int) -> jax.Array:
+  """[B, num_frames, L] frames from x0 (frame 0) to x1 (the last) revealing the differing cells
+  of each row in a random order, floor(k * n_diff / (num_frames - 1)) of them at frame k."""
+  differ = x0 != x1
+  scores = jnp.where(differ, jax.random.uniform(rng, x0.shape), jnp.inf)
+  rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)  # position of each cell in the order
+  revealed = (jnp.arange(num_frames)[None, :] * differ.sum(1)[:, None]) // (num_frames - 1)
+  mask = rank[:, None, :] < revealed[:, :, None]
+  return jnp.where(mask, x1[:, None, :], x0[:, None, :]).astype(jnp.int32)
+
+
+class DIS(recursion.Scheme):
+  name = "dis"
+
+  def build(self, spec, rngs):
+    return DISModel(spec, rngs=rngs)
+
+  def initial_carry(self, spec, batch_size):
+    return {**super().initial_carry(spec, batch_size),
+            "prev_pred": jnp.zeros((batch_size, spec.seq_len), jnp.int32),
+            "path": jnp.zeros((batch_size, spec.halt_max_steps + 1, spec.seq_len), jnp.int32)}
+
+  def refresh(self, spec, carry, fresh, batch, rng):
+    if rng is None:
+      raise ValueError("DIS draws each new row's target path: refresh needs an rng")
+    path = linear_path(rng, batch["inputs"].astype(jnp.int32), batch["labels"].astype(jnp.int32),
+                       spec.halt_max_steps + 1)
+    return dict(carry, path=jnp.where(fresh[:, None, None], path, carry["path"]))
+
+  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+    del rng, training
+    model = model_lib.merge(spec, params)
+    latents = model_lib.reset_latents(params, spec, carry)
+    inputs = jnp.where((t == 1)[:, None], data["inputs"].astype(jnp.int32), carry["prev_pred"])
+    inputs = jnp.where(inputs == losses.IGNORE_LABEL_ID, 0, inputs)
+    timestep = jnp.take(model.timestep_embed[...], jnp.clip(t, 0, spec.halt_max_steps), axis=0)
+    x = model.embed(inputs, rows, timestep)
+    net = model_lib.net_fn(spec)
+    trace = None
+    if record:
+      latents, trace = recursion.trm_recursion(spec, net, params["net"], latents, x,
+                                               on_y=lambda y: model.heads(y)[0])
+    else:
+      latents = recursion.trm_recursion(spec, net, params["net"], latents, x)
+    logits, q_halt, q_continue = model.heads(latents.y)
+    new_carry = dict(carry, y=jax.lax.stop_gradient(latents.y),
+                     z=jax.lax.stop_gradient(latents.z),
+                     prev_pred=jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    return new_carry, Readout(logits, q_halt, q_continue, trace)
+
+  def targets(self, spec, carry, data):
+    """Frame t of each row's path (t = the step just taken), out-of-vocabulary -> ignored."""
+    frame = jnp.clip(carry["steps"], 0, spec.halt_max_steps)
+    target = jnp.take_along_axis(carry["path"], frame[:, None, None], axis=1)[:, 0]
+    valid = (target >= 0) & (target < spec.vocab_size)
+    return jnp.where(valid, target, losses.IGNORE_LABEL_ID)
+
+  def loss(self, spec, readout, targets, carry, data, halted):
+    """Official ACTLossHeadV4: the step-target CE; metrics against the final labels on rows that
+    finished, plus `target_exact_accuracy` (every row, against its step target)."""
+    step_mask = targets != losses.IGNORE_LABEL_ID
+    divisor = jnp.maximum(step_mask.sum(-1), 1)[:, None]
+    token_loss = losses.TOKEN_LOSSES[spec.loss_type](readout.logits, targets, step_mask)
+    lm_loss = jnp.sum(token_loss / divisor)
+    mask, correct, seq_correct, counts = losses.sequence_correctness(readout.logits, data["labels"])
+    valid = halted & (counts > 0)
+    _, _, target_correct, _ = losses.sequence_correctness(readout.logits, targets)
+    metrics = {
+        "count": valid.sum(),
+        "accuracy": jnp.sum(jnp.where(valid, (correct / jnp.maximum(counts, 1)[:, None]).sum(-1),
+                                      0.0)),
+        "exact_accuracy": (valid & seq_correct).sum(),
+        "steps": jnp.where(valid, carry["steps"], 0).sum(),
+        "lm_loss": jax.lax.stop_gradient(lm_loss),
+        "target_exact_accuracy": target_correct.sum(),
+    }
+    return lm_loss, {k: v.astype(jnp.float32) for k, v in metrics.items()}
+
+  def forward_passes(self, spec):
+    return spec.H_cycles * (spec.L_cycles + 1)
+
+
+recursion.register(DIS())

@@ -1,0 +1,87 @@
+"""TRM (Jolicoeur-Martineau 2025), as the official code runs it.
+
+One supervision step: T-1 latent cycles without gradient, one with (each cycle n z-updates and
+one y-update of the shared net), then the heads. Supervised with the labels (stablemax CE) and
+a Q halting head (BCE on "is the sequence correct", plus the bootstrapped Q-continue target when
+`no_ACT_continue` is off). Halts when the Q head says so in training (with exploration), after
+N_sup steps at evaluation (or on the Q head with adaptive evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from trm_jax import losses, recursion
+from trm_jax import model as model_lib
+from trm_jax.config import ModelSpec
+from trm_jax.recursion import Readout
+
+
+@dataclasses.dataclass(frozen=True)
+class TRM(recursion.Scheme):
+  name: str = "trm"
+  recur: recursion.RecurFn = recursion.trm_recursion
+  passes: Callable[[ModelSpec], int] = lambda spec: spec.H_cycles * (spec.L_cycles + 1)
+
+  @property
+  def recur_fn(self):
+    return self.recur
+
+  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+    del rng  # the recursion is deterministic; halting draws its own randomness
+    model = model_lib.merge(spec, params)
+    latents = model_lib.reset_latents(params, spec, carry)
+    x = model.embed(data["inputs"], rows)
+    net = model_lib.net_fn(spec)
+    trace = None
+    if record:
+      if self.recur is not recursion.trm_recursion:
+        raise NotImplementedError(f"scheme '{self.name}' does not record per-update readouts")
+      latents, trace = recursion.trm_recursion(spec, net, params["net"], latents, x,
+                                               on_y=lambda y: model.heads(y)[0])
+    else:
+      latents = self.recur(spec, net, params["net"], latents, x)
+    logits, q_halt, q_continue = model.heads(latents.y)
+    new_carry = dict(carry, y=jax.lax.stop_gradient(latents.y),
+                     z=jax.lax.stop_gradient(latents.z))
+    extras = {}
+    if training and not spec.no_ACT_continue and spec.halt_max_steps > 1:
+      # Bootstrapped target from one more (no-grad) step, as in the official code (PQN-style).
+      frozen_params, frozen_rows = jax.lax.stop_gradient((params, rows))
+      next_carry = dict(new_carry, reset=jnp.zeros_like(carry["reset"]))
+      _, after = self.step(frozen_params, frozen_rows, spec, next_carry, data, t + 1, None,
+                           training=False)
+      extras["target_q_continue"] = jax.nn.sigmoid(jnp.where(
+          t >= spec.halt_max_steps, after.q_halt, jnp.maximum(after.q_halt, after.q_continue)))
+    return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
+
+  def loss(self, spec, readout, targets, carry, data, halted):
+    return losses.act_loss(readout.logits, readout.q_halt, readout.q_continue, targets, halted,
+                           carry["steps"], spec.loss_type, readout.extras.get("target_q_continue"))
+
+  def halted(self, spec, readout, t, rng, *, training, adaptive=False):
+    """Training halts a row when its Q head says so (`q_halt > 0`, or `q_halt > q_continue`
+    with the continue head), never before a per-sample minimum drawn with probability
+    `halt_exploration_prob` from U{2..N_sup}. Evaluation runs all N_sup steps unless
+    `adaptive`, which halts on the Q head without exploration."""
+    halted = t >= spec.halt_max_steps
+    if (training or adaptive) and spec.halt_max_steps > 1:
+      q_says_halt = (readout.q_halt > 0 if spec.no_ACT_continue
+                     else readout.q_halt > readout.q_continue)
+      halted = halted | jax.lax.stop_gradient(q_says_halt)
+    if training and spec.halt_max_steps > 1 and spec.halt_exploration_prob > 0:
+      explore_rng, steps_rng = jax.random.split(rng)
+      explore = jax.random.uniform(explore_rng, t.shape) < spec.halt_exploration_prob
+      min_steps = jax.random.randint(steps_rng, t.shape, 2, spec.halt_max_steps + 1)
+      halted = halted & (t >= jnp.where(explore, min_steps, 0))
+    return halted
+
+  def forward_passes(self, spec):
+    return self.passes(spec)
+
+
+recursion.register(TRM())
