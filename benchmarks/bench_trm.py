@@ -80,14 +80,15 @@ def _experiment(module: str, variant: str | None) -> Callable[[], Any]:
 
 
 # name -> factory of a ConfigDict with `.model` (official sizes, trm_jax/config.py presets) and
-# `.train` (the official recipe of that task). Add new schemes here, e.g. once the DIS recursion
-# scheme is registered:
-#   "dis": <factory returning the DIS experiment config>,
+# `.train` (the official recipe of that task); the scheme is the config's (`*_dis`: DIS).
 CONFIGS: dict[str, Callable[[], Any]] = {
     "sudoku_mlp_t": _experiment("sudoku", "mlp"),
     "sudoku_att": _experiment("sudoku", "att"),
     "maze_att": _experiment("maze", None),
     "arc_att": _experiment("arc", "arc1"),
+    "nqueens_dis": _experiment("nqueens", "dis"),
+    "arc_dis_compact": _experiment("arc", "dis_compact"),
+    "arc_dis_medium": _experiment("arc", "dis_medium"),
 }
 
 

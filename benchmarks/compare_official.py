@@ -4,7 +4,11 @@ r"""Time the official PyTorch TRM and trm_jax side by side: same config, weights
 
 PATH is a work tree of the official repository (SamsungSAILMontreal/TinyRecursiveModels); its
 `models/` package is imported from there at run time (needs torch, einops, pydantic). Nothing
-is downloaded and nothing of it is copied here.
+is downloaded and nothing of it is copied here. DIS configs (`--config nqueens_dis`,
+`arc_dis_compact`, `arc_dis_medium`) need a work tree of the official DIS code
+(machinestein/Deep-Improvement-Supervision) instead: its `TinyRecursiveReasoningModel_ACTV5`
+with `ACTLossHeadV4` runs against trm_jax's `dis` scheme, the same loop (one supervision step
+and one update per call in training; N_sup steps per eval batch).
 
 What is timed (median over --repeats calls after --warmup calls, each in a fresh subprocess per
 side, batch size and what, so that peak RSS is that measurement's own):
@@ -86,17 +90,30 @@ def check_official(path: str) -> pathlib.Path:
   return root
 
 
-def import_official(root: pathlib.Path):
+# Official model class (the arch name after '@') -> its loss head: TRM's, or the DIS code's.
+LOSS_HEADS = {"TinyRecursiveReasoningModel_ACTV1": "ACTLossHead",
+              "TinyRecursiveReasoningModel_ACTV5": "ACTLossHeadV4"}
+
+
+def import_official(root: pathlib.Path, arch: dict):
+  """(model class, loss head class, sparse sign-SGD, EMAHelper) of the official code at `root`:
+  TRM's ACTV1 from SamsungSAILMontreal/TinyRecursiveModels, or for a DIS config ACTV5 with
+  ACTLossHeadV4 from machinestein/Deep-Improvement-Supervision."""
+  model_class = arch["name"].rsplit("@", 1)[-1]
   sys.path.insert(0, str(root))
   try:
+    from models import losses
     from models.ema import EMAHelper
-    from models.losses import ACTLossHead
-    from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
+    from models.recursive_reasoning import trm
     from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
   except ImportError as e:
     raise SystemExit(f"importing the official model from {root} failed ({e}); it needs torch, "
                      "einops and pydantic") from None
-  return TinyRecursiveReasoningModel_ACTV1, ACTLossHead, CastedSparseEmbeddingSignSGD_Distributed, EMAHelper
+  if not hasattr(trm, model_class) or not hasattr(losses, LOSS_HEADS[model_class]):
+    raise SystemExit(f"--official {root} has no {model_class} / {LOSS_HEADS[model_class]}: a "
+                     "DIS config needs a work tree of machinestein/Deep-Improvement-Supervision")
+  return (getattr(trm, model_class), getattr(losses, LOSS_HEADS[model_class]),
+          CastedSparseEmbeddingSignSGD_Distributed, EMAHelper)
 
 
 def build_configs(args):
@@ -136,8 +153,8 @@ def torch_child(args, root: pathlib.Path, workdir: pathlib.Path, batch_size: int
   import numpy as np
   import torch
   torch.set_num_threads(args.threads)
-  Model, LossHead, SparseSignSGD, EMAHelper = import_official(root)
   setup = json.loads((workdir / "setup.json").read_text())  # Written by the parent: no jax here.
+  Model, LossHead, SparseSignSGD, EMAHelper = import_official(root, setup["arch"])
   train_cfg = argparse.Namespace(**setup["train"])
   device = args.torch_device
   arch = dict(setup["arch"], batch_size=batch_size)
@@ -259,7 +276,7 @@ def save_setup(args, root: pathlib.Path, workdir: pathlib.Path, config, arch) ->
   official arch and the optimiser settings for the children."""
   import numpy as np
   import torch
-  Model, *_ = import_official(root)
+  Model, *_ = import_official(root, arch)
   (workdir / "setup.json").write_text(json.dumps(
       {"arch": arch, "train": {k: config.train[k] for k in TRAIN_FIELDS}}))
   torch.manual_seed(args.seed)

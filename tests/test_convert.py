@@ -77,6 +77,7 @@ def test_official_arch_round_trips_the_official_recipe():
       dict(OFFICIAL_SUDOKU_MLP_ARCH, name="recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"))
   assert cfg.num_layers == 2 and cfg.compute_dtype == "bfloat16"
   want = {k: v for k, v in OFFICIAL_SUDOKU_MLP_ARCH.items() if k != "batch_size"}
+  want["name"] = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
   assert convert.official_arch(cfg) == want
   assert convert.official_arch(config.sudoku_mlp_t()) == want  # our preset is that recipe
 
@@ -87,6 +88,18 @@ def test_official_arch_refuses_what_the_official_model_cannot_be(field, value):
   cfg[field] = value
   with pytest.raises(ValueError, match=field):
     convert.official_arch(cfg)
+
+
+def test_official_dis_arch_round_trips():
+  arch = convert.official_arch(_dis_model())
+  assert arch["name"].endswith("@TinyRecursiveReasoningModel_ACTV5")
+  assert convert.model_config_from_official(arch).to_dict() == _dis_model().to_dict()
+
+
+def _dis_model():
+  cfg = config.sudoku_attention()
+  cfg.scheme, cfg.H_cycles, cfg.L_cycles, cfg.halt_max_steps = "dis", 1, 2, 6
+  return cfg
 
 
 def test_fixture_state_dict_is_the_official_layout():

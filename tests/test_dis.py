@@ -156,12 +156,13 @@ def test_path_kept_while_a_row_stays_and_redrawn_when_replaced():
   np.testing.assert_array_equal(again["carry"]["steps"], [0, 0, 0, 0])
 
 
-def test_every_row_runs_exactly_n_sup_steps_with_its_own_timestep():
+def test_every_row_runs_exactly_n_sup_steps_and_feeds_back_its_prediction():
   cfg = config.tiny()
   cfg.scheme = "dis"
   cfg.halt_exploration_prob = 0.5  # DIS has no exploration: ignored
   spec = ModelSpec.from_config(cfg)
   params = trm_jax.init_params(cfg, jax.random.key(0))
+  params["q_head"]["bias"] = jnp.array([5.0, -5.0])  # a TRM Q head would halt every row
   rng = np.random.default_rng(3)
   x0, x1 = _path_batch(rng, B=4, L=spec.seq_len, V=spec.vocab_size)
   batch = {"inputs": x0, "labels": x1, "puzzle_identifiers": jnp.zeros(4, jnp.int32)}
@@ -170,9 +171,37 @@ def test_every_row_runs_exactly_n_sup_steps_with_its_own_timestep():
   state = act.refresh(spec, state, batch, jax.random.key(0))
   state["carry"]["steps"] = jnp.array([0, 1, 2, 3], jnp.int32)
   state["carry"]["reset"] = jnp.array([True, False, False, False])
-  for expected_halt in ([False, False, False, True],):
-    rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
-    new, readout = act.advance(params, rows, spec, state, jax.random.key(1), training=True)
-    np.testing.assert_array_equal(new["carry"]["steps"], [1, 2, 3, 4])
-    np.testing.assert_array_equal(new["halted"], expected_halt)  # N_sup = 4 in the tiny config
-    np.testing.assert_array_equal(new["carry"]["prev_pred"], np.argmax(readout.logits, -1))
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  new, readout = act.advance(params, rows, spec, state, jax.random.key(1), training=True)
+  np.testing.assert_array_equal(new["carry"]["steps"], [1, 2, 3, 4])
+  # N_sup = 4 in the tiny config; no Q head, no exploration: only the row at step 4 halts.
+  np.testing.assert_array_equal(new["halted"], [False, False, False, True])
+  np.testing.assert_array_equal(new["carry"]["prev_pred"], np.argmax(readout.logits, -1))
+
+
+def test_each_row_is_conditioned_on_its_own_timestep():
+  """Row b embeds timestep row t_b = steps_b + 1 (clipped to N_sup): two rows with the same
+  tokens and latents differ only through it."""
+  cfg = config.tiny()
+  cfg.scheme = "dis"
+  spec = ModelSpec.from_config(cfg)
+  params = trm_jax.init_params(cfg, jax.random.key(0))
+  inputs = jnp.asarray(np.random.default_rng(4).integers(1, spec.vocab_size, (1, spec.seq_len)),
+                       jnp.int32)
+  data = {"inputs": jnp.concatenate([inputs, inputs]), "puzzle_identifiers": jnp.zeros(2, jnp.int32)}
+  rows = model.puzzle_rows(params, data["puzzle_identifiers"])
+  carry = dict(model.initial_carry(spec, 2), steps=jnp.array([0, 2], jnp.int32),
+               prev_pred=data["inputs"])  # row 1 (t = 3) is fed the same tokens as row 0 (t = 1)
+
+  def logits(p):
+    return np.asarray(model.step(p, rows, spec, carry, data, training=False)[1].logits)
+
+  out = logits(params)
+  assert np.abs(out[0] - out[1]).max() > 1e-3
+  table = params["timestep_embed"]
+  same = dict(params, timestep_embed=table.at[3].set(table[1]))
+  np.testing.assert_allclose(logits(same)[1], out[0], rtol=1e-5, atol=1e-5)
+  late = dict(carry, steps=jnp.array([0, 50], jnp.int32))  # t clipped to N_sup
+  clipped = dict(params, timestep_embed=table.at[spec.halt_max_steps].set(table[1]))
+  out_late = np.asarray(model.step(clipped, rows, spec, late, data, training=False)[1].logits)
+  np.testing.assert_allclose(out_late[1], out_late[0], rtol=1e-5, atol=1e-5)

@@ -28,9 +28,9 @@ OVERRIDES = [
 ]
 
 
-def _command(workdir):
+def _command(workdir, variant="smoke"):
   return [sys.executable, "-m", "trm_jax.main", "--config",
-          "experiments/sudoku.py:smoke,runlocal", "--workdir", str(workdir), *OVERRIDES]
+          f"experiments/sudoku.py:{variant},runlocal", "--workdir", str(workdir), *OVERRIDES]
 
 
 def _env():
@@ -39,8 +39,8 @@ def _env():
   return env
 
 
-def _run(workdir):
-  return subprocess.run(_command(workdir), cwd=REPO, env=_env(), capture_output=True, text=True,
+def _run(workdir, variant="smoke"):
+  return subprocess.run(_command(workdir, variant), cwd=REPO, env=_env(), capture_output=True, text=True,
                         timeout=600)
 
 
@@ -49,8 +49,8 @@ def _steps(workdir):
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
-def _start_and_signal(workdir, sig, after_step):
-  process = subprocess.Popen(_command(workdir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+def _start_and_signal(workdir, sig, after_step, variant="smoke"):
+  process = subprocess.Popen(_command(workdir, variant), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and not any(s >= after_step for s in _steps(workdir)):
@@ -81,12 +81,29 @@ def uninterrupted(tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_dis(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted_dis")
+  result = _run(workdir, "dis_smoke")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, uninterrupted):
-  code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_step=4)
+  _sigkill_resume_matches(tmp_path, uninterrupted, "smoke")
+
+
+def test_dis_sigkill_then_resume_is_bitwise_identical(tmp_path, uninterrupted_dis):
+  """DIS's carry (previous predictions, drawn target paths) resumes exactly too."""
+  _sigkill_resume_matches(tmp_path, uninterrupted_dis, "dis_smoke")
+
+
+def _sigkill_resume_matches(tmp_path, uninterrupted, variant):
+  code, out = _start_and_signal(tmp_path, signal.SIGKILL, after_step=4, variant=variant)
   assert code == -signal.SIGKILL
   killed_at = max(_steps(tmp_path))
   assert killed_at < 12
-  resumed = _run(tmp_path)
+  resumed = _run(tmp_path, variant)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from checkpoint step" in resumed.stdout
   step_a, state_a = _final_state(uninterrupted)

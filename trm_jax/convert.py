@@ -156,8 +156,7 @@ OFFICIAL_SCHEMES = {"TinyRecursiveReasoningModel_ACTV1": "trm",
                     "TinyRecursiveReasoningModel_ACTV5": "dis"}
 # trm_jax model fields the official arch lacks, with the value the official model has (None:
 # performance only or set elsewhere, e.g. the loss type in the official loss head).
-TRM_JAX_ONLY = {"scheme": "trm", "param_dtype": "float32", "remat": None, "loss_type": None,
-                "matmul": None}
+TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None, "matmul": None}
 
 
 def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collections.ConfigDict":
@@ -175,7 +174,7 @@ def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collec
     if key in OFFICIAL_IGNORED:
       continue
     key = OFFICIAL_RENAMES.get(key, key)
-    if key not in cfg or key in TRM_JAX_ONLY:
+    if key not in cfg or key in TRM_JAX_ONLY or key == "scheme":
       raise ValueError(f"official config field '{key}' has no trm_jax equivalent")
     cfg[key] = value
   ModelSpec.from_config(cfg)  # Validate now, naming the bad field.
@@ -187,13 +186,18 @@ def official_arch(model_config) -> dict[str, Any]:
   of `model_config_from_official`). Raises ValueError, naming the field, for a model the
   official code cannot build."""
   spec = ModelSpec.from_config(model_config)
+  classes = {scheme: model_class for model_class, scheme in OFFICIAL_SCHEMES.items()}
+  if spec.scheme not in classes:
+    raise ValueError(f"model field scheme={spec.scheme!r}: the official code has "
+                     f"{sorted(classes)} only")
   for field, value in TRM_JAX_ONLY.items():
     if value is not None and getattr(spec, field) != value:
       raise ValueError(f"model field {field}={getattr(spec, field)!r}: the official model only "
                        f"has {value!r}")
   ours_to_official = {ours: official for official, ours in OFFICIAL_RENAMES.items()}
   arch = {ours_to_official.get(f.name, f.name): getattr(spec, f.name)
-          for f in dataclasses.fields(spec) if f.name not in TRM_JAX_ONLY}
+          for f in dataclasses.fields(spec) if f.name not in TRM_JAX_ONLY and f.name != "scheme"}
+  arch["name"] = f"recursive_reasoning.trm@{classes[spec.scheme]}"
   arch["expansion"] = float(arch["expansion"])
   arch["H_layers"] = 0  # Required by the official config class, unused by TRM.
   return arch
