@@ -55,6 +55,8 @@ def dis(model: ml_collections.ConfigDict, n_sup: int) -> ml_collections.ConfigDi
   model.L_cycles = 2
   model.halt_max_steps = n_sup
   model.halt_exploration_prob = 0.0
+  # The official code's behaviour, spelled out so each can be overridden from the command line.
+  model.scheme_options = dict(input="prediction", targets="path", loss_weights="uniform")
   return model
 
 

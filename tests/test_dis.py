@@ -205,3 +205,74 @@ def test_each_row_is_conditioned_on_its_own_timestep():
   clipped = dict(params, timestep_embed=table.at[spec.halt_max_steps].set(table[1]))
   out_late = np.asarray(model.step(clipped, rows, spec, late, data, training=False)[1].logits)
   np.testing.assert_allclose(out_late[1], out_late[0], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the options --
+
+
+def _dis_cfg(**options):
+  cfg = config.tiny()
+  cfg.scheme = "dis"
+  cfg.scheme_options = options
+  return cfg
+
+
+def test_options_are_validated_by_the_scheme():
+  with pytest.raises(ValueError, match=r"'scheme_options\.input' = 'noise': must be one of"):
+    ModelSpec.from_config(_dis_cfg(input="noise"))
+  with pytest.raises(ValueError, match=r"'scheme_options\.guidance'.*options"):
+    ModelSpec.from_config(_dis_cfg(guidance=2.0))
+  trm = config.tiny()
+  trm.scheme_options = {"input": "puzzle"}
+  with pytest.raises(ValueError, match=r"scheme 'trm' has none"):
+    ModelSpec.from_config(trm)
+  with pytest.raises(ValueError, match=r"scheme_options\.targets='mask'.*official"):
+    convert.official_arch(_dis_cfg(targets="mask"))
+
+
+def test_puzzle_input_ignores_the_previous_prediction():
+  batch_rng = np.random.default_rng(5)
+  for option, depends in (("prediction", True), ("puzzle", False)):
+    spec = ModelSpec.from_config(_dis_cfg(input=option))
+    params = trm_jax.init_params(spec, jax.random.key(0))
+    data = {"inputs": jnp.asarray(batch_rng.integers(1, spec.vocab_size, (2, spec.seq_len)),
+                                  jnp.int32), "puzzle_identifiers": jnp.zeros(2, jnp.int32)}
+    rows = model.puzzle_rows(params, data["puzzle_identifiers"])
+    carry = dict(model.initial_carry(spec, 2), steps=jnp.array([2, 2], jnp.int32))
+    out = []
+    for prev in (data["inputs"], (data["inputs"] + 1) % spec.vocab_size):
+      out.append(np.asarray(model.step(params, rows, spec, dict(carry, prev_pred=prev), data,
+                                       training=False)[1].logits))
+    assert (np.abs(out[0] - out[1]).max() > 1e-4) == depends, option
+
+
+def test_mask_targets_reveal_a_growing_share_of_the_labels():
+  spec = ModelSpec.from_config(_dis_cfg(targets="mask"))
+  x0, x1 = _path_batch(np.random.default_rng(6), B=8, L=spec.seq_len, V=spec.vocab_size)
+  batch = {"inputs": x0, "labels": x1, "puzzle_identifiers": jnp.zeros(8, jnp.int32)}
+  state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(2))
+  path = np.asarray(state["carry"]["path"])
+  supervised = (np.asarray(x1) != -100).sum(1)
+  n_sup = spec.halt_max_steps
+  for k in range(n_sup + 1):
+    shown = path[:, k] != -100
+    np.testing.assert_array_equal(shown.sum(1), (k * supervised) // n_sup)
+    np.testing.assert_array_equal(path[:, k][shown], np.asarray(x1)[shown])  # labels, never x0
+  np.testing.assert_array_equal(path[:, -1], x1)
+
+
+def test_linear_loss_weights_scale_step_t_by_2t_over_n_plus_1():
+  cfg = _dis_cfg()
+  spec = ModelSpec.from_config(cfg)
+  weighted = ModelSpec.from_config(_dis_cfg(loss_weights="linear"))
+  params = trm_jax.init_params(cfg, jax.random.key(0))
+  x0, x1 = _path_batch(np.random.default_rng(7), B=4, L=spec.seq_len, V=spec.vocab_size)
+  batch = {"inputs": x0, "labels": x1, "puzzle_identifiers": jnp.zeros(4, jnp.int32)}
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch, jax.random.key(0))
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  for steps_taken in (0, 2):
+    s = dict(state, carry=dict(state["carry"], steps=jnp.full((4,), steps_taken, jnp.int32)))
+    plain = float(train.supervision_loss(params, rows, spec, s, jax.random.key(1))[0])
+    scaled = float(train.supervision_loss(params, rows, weighted, s, jax.random.key(1))[0])
+    t = steps_taken + 1
+    assert scaled == pytest.approx(plain * 2 * t / (spec.halt_max_steps + 1), rel=1e-6)

@@ -265,3 +265,22 @@ def test_bad_batch_fails_before_compiling():
                                                   "puzzle_identifiers": jnp.zeros(2, jnp.int32)})
   with pytest.raises(KeyError, match="puzzle_identifiers"):
     trm_jax.supervision_step(params, cfg, carry, {"inputs": jnp.zeros((2, 16), jnp.int32)})
+
+
+def test_recorded_readouts_are_the_logits_after_each_y_update():
+  """record=True returns the heads' logits after each of the T y-updates: the first equals a
+  T=1 step's logits (the same computation), the last the step's own logits."""
+  cfg = config.tiny()  # T = 2
+  spec = ModelSpec.from_config(cfg)
+  one = ModelSpec.from_config(dict(cfg.to_dict(), H_cycles=1))
+  params = _random_params(cfg)
+  batch = _batch(spec)
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  carry = trm_jax.initial_carry(cfg, 3)
+  _, readout = model.step(params, rows, spec, carry, batch, training=False, record=True)
+  _, first = model.step(params, rows, one, carry, batch, training=False)
+  chex.assert_shape(readout.trace, (2, 3, spec.seq_len, spec.vocab_size))
+  np.testing.assert_allclose(readout.trace[-1], readout.logits, rtol=0, atol=0)
+  np.testing.assert_allclose(readout.trace[0], first.logits, rtol=1e-5, atol=1e-5)
+  _, plain = model.step(params, rows, spec, carry, batch, training=False)
+  np.testing.assert_allclose(plain.logits, readout.logits, rtol=1e-6, atol=1e-6)

@@ -44,6 +44,9 @@ class ModelSpec:
   rope_theta: float = 10000.0
   # Recursion.
   scheme: str = "trm"
+  # The scheme's own settings (validated by the scheme): (name, value) pairs, sorted; a dict in
+  # the ConfigDict (`--config.model.scheme_options.input=puzzle`). Absent = the scheme's default.
+  scheme_options: tuple = ()
   H_cycles: int = 3
   L_cycles: int = 6
   # Adaptive computation time (deep supervision).
@@ -71,6 +74,10 @@ class ModelSpec:
                if f.default is dataclasses.MISSING and f.name not in values]
     if missing:
       raise ValueError(f"model config: missing required field(s) {missing}")
+    options = values.get("scheme_options", ())
+    if isinstance(options, (dict, ml_collections.ConfigDict)):
+      options = options.to_dict() if isinstance(options, ml_collections.ConfigDict) else options
+      values["scheme_options"] = tuple(sorted(options.items()))
     spec = cls(**values)
     spec.validate()
     return spec
@@ -123,6 +130,10 @@ class ModelSpec:
     recursion.get_scheme(self.scheme).validate(self)
 
   @property
+  def options(self) -> dict[str, Any]:
+    return dict(self.scheme_options)
+
+  @property
   def prefix_len(self) -> int:
     """Tokens prepended for the puzzle embedding (official ceil-div rule when 0)."""
     if self.puzzle_emb_len:
@@ -168,6 +179,7 @@ def parse_field_value(raw: str, current: Any) -> Any:
 def model_config(**overrides) -> ml_collections.ConfigDict:
   values = {f.name: f.default for f in dataclasses.fields(ModelSpec)
             if f.default is not dataclasses.MISSING}
+  values["scheme_options"] = {}
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 

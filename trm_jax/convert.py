@@ -174,7 +174,7 @@ def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collec
     if key in OFFICIAL_IGNORED:
       continue
     key = OFFICIAL_RENAMES.get(key, key)
-    if key not in cfg or key in TRM_JAX_ONLY or key == "scheme":
+    if key not in cfg or key in TRM_JAX_ONLY or key in ("scheme", "scheme_options"):
       raise ValueError(f"official config field '{key}' has no trm_jax equivalent")
     cfg[key] = value
   ModelSpec.from_config(cfg)  # Validate now, naming the bad field.
@@ -190,13 +190,19 @@ def official_arch(model_config) -> dict[str, Any]:
   if spec.scheme not in classes:
     raise ValueError(f"model field scheme={spec.scheme!r}: the official code has "
                      f"{sorted(classes)} only")
+  scheme = model_lib.scheme_of(spec)
+  for name, value in spec.scheme_options:
+    if value != scheme.options[name][0]:
+      raise ValueError(f"model field scheme_options.{name}={value!r}: the official code only has "
+                       f"{scheme.options[name][0]!r}")
   for field, value in TRM_JAX_ONLY.items():
     if value is not None and getattr(spec, field) != value:
       raise ValueError(f"model field {field}={getattr(spec, field)!r}: the official model only "
                        f"has {value!r}")
   ours_to_official = {ours: official for official, ours in OFFICIAL_RENAMES.items()}
   arch = {ours_to_official.get(f.name, f.name): getattr(spec, f.name)
-          for f in dataclasses.fields(spec) if f.name not in TRM_JAX_ONLY and f.name != "scheme"}
+          for f in dataclasses.fields(spec)
+          if f.name not in TRM_JAX_ONLY and f.name not in ("scheme", "scheme_options")}
   arch["name"] = f"recursive_reasoning.trm@{classes[spec.scheme]}"
   arch["expansion"] = float(arch["expansion"])
   arch["H_layers"] = 0  # Required by the official config class, unused by TRM.

@@ -69,9 +69,22 @@ class Scheme:
   """Base class: TRM's modules and carry, no halting head semantics. See the module docstring."""
 
   name: str = ""
+  # The scheme's own settings: name -> allowed values, the first the default (for a published
+  # method, the official code's behaviour).
+  options: Mapping[str, tuple] = {}
+
+  def option(self, spec: ModelSpec, name: str):
+    return spec.options.get(name, self.options[name][0])
 
   def validate(self, spec: ModelSpec) -> None:
     """Raises ValueError naming a model-config field this scheme cannot run with."""
+    for name, value in spec.scheme_options:
+      if name not in self.options:
+        raise ValueError(f"model config field 'scheme_options.{name}': scheme '{self.name}' has "
+                         f"{'options ' + str(sorted(self.options)) if self.options else 'none'}")
+      if value not in self.options[name]:
+        raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be one "
+                         f"of {self.options[name]}")
 
   def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> nnx.Module:
     from trm_jax import nn

@@ -16,6 +16,16 @@ Against TRM (../shared/spec/POLICY_IMPROVEMENT.md):
   the input token (and are supervised with it) until revealed, then are ignored, as in the
   official code. Targets outside [0, vocab) are ignored. Loss: stablemax CE, mean over the
   step's supervised tokens, summed over rows.
+
+Options (`model.scheme_options`; the first value is the official code's):
+  input         "prediction": the previous argmax from step 2 on; "puzzle": always the puzzle
+                (the paper's pseudocode).
+  targets       "path": the input-to-labels path above; "mask": the paper's masking schedule,
+                the labels with a linearly decreasing share of the supervised cells masked,
+                masked cells ignored by the loss (step t reveals floor(t * n / N_sup) of the n
+                supervised cells, in one random order per sample; step N_sup: all of them).
+  loss_weights  "uniform"; "linear": step t's loss weighted 2t / (N_sup + 1) (increasing, mean 1
+                over the steps; the paper's text).
 """
 
 from __future__ import annotations
@@ -53,6 +63,8 @@ def linear_path(rng: jax.Array, x0: jax.Array, x1: jax.Array, num_frames: int) -
 
 class DIS(recursion.Scheme):
   name = "dis"
+  options = {"input": ("prediction", "puzzle"), "targets": ("path", "mask"),
+             "loss_weights": ("uniform", "linear")}
 
   def build(self, spec, rngs):
     return DISModel(spec, rngs=rngs)
@@ -65,15 +77,18 @@ class DIS(recursion.Scheme):
   def refresh(self, spec, carry, fresh, batch, rng):
     if rng is None:
       raise ValueError("DIS draws each new row's target path: refresh needs an rng")
-    path = linear_path(rng, batch["inputs"].astype(jnp.int32), batch["labels"].astype(jnp.int32),
-                       spec.halt_max_steps + 1)
+    labels = batch["labels"].astype(jnp.int32)
+    start = (batch["inputs"].astype(jnp.int32) if self.option(spec, "targets") == "path"
+             else jnp.full_like(labels, losses.IGNORE_LABEL_ID))  # "mask": unrevealed = ignored
+    path = linear_path(rng, start, labels, spec.halt_max_steps + 1)
     return dict(carry, path=jnp.where(fresh[:, None, None], path, carry["path"]))
 
   def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
     del rng, training
     model = model_lib.merge(spec, params)
     latents = model_lib.reset_latents(params, spec, carry)
-    inputs = jnp.where((t == 1)[:, None], data["inputs"].astype(jnp.int32), carry["prev_pred"])
+    puzzle = (t == 1) | (self.option(spec, "input") == "puzzle")
+    inputs = jnp.where(puzzle[:, None], data["inputs"].astype(jnp.int32), carry["prev_pred"])
     inputs = jnp.where(inputs == losses.IGNORE_LABEL_ID, 0, inputs)
     timestep = jnp.take(model.timestep_embed[...], jnp.clip(t, 0, spec.halt_max_steps), axis=0)
     x = model.embed(inputs, rows, timestep)
@@ -103,7 +118,10 @@ class DIS(recursion.Scheme):
     step_mask = targets != losses.IGNORE_LABEL_ID
     divisor = jnp.maximum(step_mask.sum(-1), 1)[:, None]
     token_loss = losses.TOKEN_LOSSES[spec.loss_type](readout.logits, targets, step_mask)
-    lm_loss = jnp.sum(token_loss / divisor)
+    row_loss = jnp.sum(token_loss / divisor, axis=-1)
+    if self.option(spec, "loss_weights") == "linear":
+      row_loss = row_loss * (2 * carry["steps"] / (spec.halt_max_steps + 1))
+    lm_loss = jnp.sum(row_loss)
     mask, correct, seq_correct, counts = losses.sequence_correctness(readout.logits, data["labels"])
     valid = halted & (counts > 0)
     _, _, target_correct, _ = losses.sequence_correctness(readout.logits, targets)
