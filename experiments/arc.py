@@ -5,9 +5,7 @@ r"""ARC-AGI (official recipe: attention 7M, n=4; paper 44.6% / 7.8% pass@2).
   --config experiments/arc.py:dis_compact  DIS on the ARC-AGI-1 data, d=256, 1 layer (0.8M; paper
                                            24.0% pass@2), the official DIS ARC script's recipe
   --config experiments/arc.py:dis_medium   DIS, d=512, 2 layers (7M; paper 40.0% pass@2)
-  --config experiments/arc.py:dis_compact  DIS on ARC-AGI-1 data, d=256, 1 layer (0.8M; paper
-                                           24.0% pass@2), the official DIS ARC script's recipe
-  --config experiments/arc.py:dis_medium   DIS, d=512, 2 layers (7M; paper 40.0% pass@2)
+  --config experiments/arc.py:hrm          HRM's official ARC-AGI-1 recipe (cfg_pretrain.yaml)
 The kaggle-format JSON (arc-agi_<subset>_challenges.json / _solutions.json) must be in
 --config.data.manual_dir. Append ,runlocal for a CPU check (few augmentations, tiny model).
 """
@@ -21,7 +19,7 @@ import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
 
 
-VARIANTS = ("arc1", "arc2", "dis_compact", "dis_medium")
+VARIANTS = ("arc1", "arc2", "dis_compact", "dis_medium", "hrm")
 
 
 def get_config(arg=None):
@@ -50,6 +48,9 @@ def get_config(arg=None):
     config.train = common.train_recipe(global_batch_size=512, epochs=200_000, eval_interval=5_000,
                                        optimizer="adamw", ema=False)
     config.eval.global_batch_size = 512
+  if variant == "hrm":  # sapientinc/HRM cfg_pretrain.yaml: the TRM recipe's values, no EMA
+    common.hrm(config.model)
+    config.train = common.hrm_train_recipe()
   config.mesh_shape = common.DEFAULT_MESH
   if local:  # every task, 4 augmentations instead of 1000
     config = common.runlocal(config, num_aug=4)

@@ -60,6 +60,24 @@ def dis(model: ml_collections.ConfigDict, n_sup: int) -> ml_collections.ConfigDi
   return model
 
 
+def hrm(model: ml_collections.ConfigDict, layers: int = 4) -> ml_collections.ConfigDict:
+  """HRM's recursion on a model config (sapientinc/HRM config/arch/hrm_v1.yaml): H and L levels
+  of `layers` blocks, H_cycles 2, L_cycles 2, the ceil-div prefix, Q-continue always trained."""
+  model.scheme = "hrm"
+  model.scheme_options = dict(h_layers=layers)
+  model.num_layers = layers
+  model.H_cycles = 2
+  model.L_cycles = 2
+  model.puzzle_emb_len = 0
+  model.no_ACT_continue = False
+  return model
+
+
+def hrm_train_recipe(**overrides) -> ml_collections.ConfigDict:
+  """sapientinc/HRM config/cfg_pretrain.yaml (no EMA), with the README command's overrides."""
+  return train_recipe(**{"ema": False, **overrides})
+
+
 # runlocal: at sequence lengths past this, attention's [B, heads, S, S] scores dominate a CPU
 # step (ARC / Maze: S = 900), so batch and heads shrink further.
 LONG_SEQ = 256

@@ -4,6 +4,8 @@ r"""Sudoku experiments.
   --config experiments/sudoku.py:att     official Sudoku-Extreme recipe, attention (paper: 74.7%)
   --config experiments/sudoku.py:smoke   CPU smoke run: generated 6x6 Sudoku, a few minutes
   --config experiments/sudoku.py:dis_smoke  the same run trained with DIS (T=1, n=2, N_sup 6)
+  --config experiments/sudoku.py:hrm        HRM's official Sudoku-Extreme recipe (27M, H/L 4+4)
+  --config experiments/sudoku.py:hrm_smoke  the smoke run with HRM's recursion (H/L levels of 2)
 Append ,runlocal to shrink any of them for a CPU check (same builder and file format, a small
 slice of the data, 20 steps). Sudoku-Extreme needs the official train.csv / test.csv in
 --config.data.manual_dir (`python -m trm_jax.data.generate sudoku --size 9` writes puzzles in
@@ -19,14 +21,14 @@ import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
 
 
-VARIANTS = ("mlp", "att", "smoke", "dis_smoke")
+VARIANTS = ("mlp", "att", "hrm", "smoke", "dis_smoke", "hrm_smoke")
 
 
 def get_config(arg=None):
   variant, local = common.parse_variant(arg, VARIANTS)
   variant = variant or "mlp"
   config = ml_collections.ConfigDict()
-  if variant in ("smoke", "dis_smoke"):
+  if variant in ("smoke", "dis_smoke", "hrm_smoke"):
     # 6x6 Sudoku generated on the fly; held-out test puzzles.
     config.model = model_configs.model_config(
         seq_len=36, vocab_size=8, hidden_size=64, num_heads=4, expansion=4.0, mlp_t=True,
@@ -44,6 +46,8 @@ def get_config(arg=None):
     config.eval = common.eval_recipe(global_batch_size=500)
     if variant == "dis_smoke":  # the same data, network and optimiser, trained with DIS
       common.dis(config.model, n_sup=6)
+    if variant == "hrm_smoke":  # the same, with HRM's two levels (2 blocks each, as TRM's net)
+      common.hrm(config.model, layers=2)
   else:
     preset = model_configs.sudoku_mlp_t if variant == "mlp" else model_configs.sudoku_attention
     config.model = preset()
@@ -56,8 +60,15 @@ def get_config(arg=None):
                                        puzzle_emb_lr=1e-4, weight_decay=1.0,
                                        puzzle_emb_weight_decay=1.0, ema=True)
     config.eval = common.eval_recipe()
+    if variant == "hrm":
+      # sapientinc/HRM README (8 GPUs): epochs=20000 eval_interval=2000 lr=1e-4
+      # puzzle_emb_lr=1e-4 weight_decay=1.0 puzzle_emb_weight_decay=1.0; batch 768; RoPE.
+      common.hrm(config.model)
+      config.train = common.hrm_train_recipe(epochs=20_000, eval_interval=2_000, lr=1e-4,
+                                             puzzle_emb_lr=1e-4, weight_decay=1.0,
+                                             puzzle_emb_weight_decay=1.0)
   config.mesh_shape = common.DEFAULT_MESH
-  if local and variant in ("smoke", "dis_smoke"):
+  if local and variant in ("smoke", "dis_smoke", "hrm_smoke"):
     config = common.runlocal(config)  # already generated, small data
   elif local:  # a slice of the official CSVs, as the full recipe reads them
     config = common.runlocal(config, subsample=256, num_aug=4, test_subsample=128)

@@ -26,6 +26,14 @@ def load_official(name: str):
   return cfg, state_dict, data
 
 
+def official_batch(data):
+  """The batch of an official-reference fixture as int32 arrays."""
+  import jax.numpy as jnp
+  return {"inputs": jnp.asarray(data["batch/inputs"], jnp.int32),
+          "labels": jnp.asarray(data["batch/labels"], jnp.int32),
+          "puzzle_identifiers": jnp.asarray(data["batch/puzzle_identifiers"], jnp.int32)}
+
+
 @pytest.fixture
 def shared_dir():
   if not SHARED.is_dir():

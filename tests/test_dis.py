@@ -15,15 +15,9 @@ from trm_jax import act, config, convert, losses, model, train
 from trm_jax.config import ModelSpec
 from trm_jax.schemes import dis
 
-from conftest import load_official
+from conftest import load_official, official_batch as _batch
 
 FIXTURE = "official_dis_att_rope_fp32.npz"
-
-
-def _batch(data):
-  return {"inputs": jnp.asarray(data["batch/inputs"], jnp.int32),
-          "labels": jnp.asarray(data["batch/labels"], jnp.int32),
-          "puzzle_identifiers": jnp.asarray(data["batch/puzzle_identifiers"], jnp.int32)}
 
 
 def test_official_dis_arch_converts_to_the_dis_scheme():

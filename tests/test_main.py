@@ -2,15 +2,15 @@
 
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from trm_jax import losses, main, recursion
-from trm_jax import model as model_lib
+from trm_jax import main
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 FIXTURE_ARC = pathlib.Path(__file__).parent / "fixtures" / "arc"
@@ -69,51 +69,43 @@ def test_eval_schedule_has_no_near_duplicate_at_the_end():
   assert [s for s in range(1, 26) if is_eval_step(s, 10, 25)] == [10, 20, 25]
 
 
-class _OneLatent(recursion.Scheme):
-  """A scheme written here against the contract alone: one latent refined n times per step
-  from the input embedding, plain softmax CE on the labels, fixed N_sup steps."""
-
-  name = "test_one_latent"
-
-  def initial_carry(self, spec, batch_size):
-    return {"y": jnp.zeros((batch_size, spec.total_len, spec.hidden_size), spec.jnp_compute_dtype)}
-
-  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
-    module = model_lib.merge(spec, params)
-    y = jnp.where(carry["reset"][:, None, None], params["y_init"].astype(carry["y"].dtype),
-                  carry["y"])
-    x = module.embed(data["inputs"], rows)
-    net = model_lib.net_fn(spec)
-    for _ in range(spec.L_cycles):
-      y = net(params["net"], y, x)
-    logits, q_halt, q_continue = module.heads(y)
-    return {"y": jax.lax.stop_gradient(y)}, recursion.Readout(logits, q_halt, q_continue)
-
-  def loss(self, spec, readout, targets, carry, data, halted):
-    mask, correct, exact, counts = losses.sequence_correctness(readout.logits, targets)
-    token = losses.softmax_cross_entropy(readout.logits, targets, mask)
-    loss = jnp.sum(token / jnp.maximum(counts, 1)[:, None])
-    valid = halted & (counts > 0)
-    return loss, {"count": valid.sum().astype(jnp.float32), "lm_loss": loss,
-                  "exact_accuracy": (valid & exact).sum().astype(jnp.float32)}
-
-  def forward_passes(self, spec):
-    return spec.L_cycles
+def _readme_scheme_example() -> str:
+  """The complete scheme example of README.md ("Writing a new recursion scheme"), verbatim."""
+  text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  section = text[text.index("## Writing a new recursion scheme"):]
+  blocks = section.split("```python\n")[1:]
+  example = next(b.split("```")[0] for b in blocks if "class OneLatent" in b)
+  return example
 
 
-def test_a_scheme_defined_in_a_test_trains_through_the_entry_point(tmp_path):
-  recursion.register(_OneLatent())
-  cfg = load_config("sudoku", "smoke,runlocal")
-  cfg.model.scheme = "test_one_latent"
-  cfg.data.generate.size = 4
-  cfg.data.builder_config.size = 4
-  cfg.data.builder_config.name = "generated_4x4"
-  cfg.data.generate.num_train = 64
-  cfg.data.generate.num_test = 16
-  result = main.run(cfg, str(tmp_path))
-  assert result["count"] == 16
-  assert result["forward_passes_per_example"] == 4 * 2  # N_sup * n
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+def test_the_readme_scheme_example_trains_through_the_cli(tmp_path):
+  """A user's scheme lives in their own module; the experiment config (a Python file) imports
+  it, which registers it, and `python -m trm_jax.main` trains, evaluates and checkpoints it."""
+  (tmp_path / "one_latent_scheme.py").write_text(_readme_scheme_example())
+  (tmp_path / "one_latent_config.py").write_text(textwrap.dedent(f"""
+      import sys
+      sys.path[:0] = [{str(tmp_path)!r}, {str(EXPERIMENTS)!r}]
+      import one_latent_scheme  # registers "one_latent"
+      import sudoku
+
+      def get_config(arg=None):
+        config = sudoku.get_config("smoke,runlocal")
+        config.model.scheme = "one_latent"
+        config.data.generate.size = config.data.builder_config.size = 4
+        config.data.builder_config.name = "generated_4x4"
+        config.data.generate.num_train, config.data.generate.num_test = 64, 16
+        config.train.max_steps, config.train.log_every_steps = 2, 1
+        return config
+      """))
+  workdir = tmp_path / "work"
+  proc = subprocess.run([sys.executable, "-m", "trm_jax.main", "--config",
+                         str(tmp_path / "one_latent_config.py"), "--workdir", str(workdir)],
+                        cwd=EXPERIMENTS.parent, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_lines = [l for l in lines if l["kind"] == "train"]
-  assert train_lines and all(np.isfinite(l["lm_loss"]) for l in train_lines)
-  assert (tmp_path / "checkpoints").is_dir()
+  assert len(train_lines) == 2 and all(np.isfinite(l["lm_loss"]) for l in train_lines)
+  evals = [l for l in lines if l["kind"] == "eval"]
+  assert evals and evals[-1]["forward_passes_per_example"] == 4 * 2  # N_sup * n
+  assert "2" in [p.name for p in (workdir / "checkpoints").iterdir()]

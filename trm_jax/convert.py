@@ -33,7 +33,8 @@ from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
 
 _STRIP_PREFIXES = ("_orig_mod.", "model.")
-_LAYER = re.compile(r"inner\.L_level\.layers\.(\d+)\.(.+)")
+_LAYER = re.compile(r"inner\.([LH])_level\.layers\.(\d+)\.(.+)")
+_LEVEL_NETS = {"L": "net", "H": "h_net"}  # official reasoning level -> our network (HRM: both)
 # Official module path inside a block -> (our sub-path, transpose?).
 _BLOCK_KEYS = {
     "self_attn.qkv_proj.weight": ("mixer/qkv/kernel", True),
@@ -60,9 +61,9 @@ def _our_path(official_key: str) -> tuple[str, bool]:
   if official_key in _TOP_KEYS:
     return _TOP_KEYS[official_key]
   match = _LAYER.fullmatch(official_key)
-  if match and match.group(2) in _BLOCK_KEYS:
-    sub, transpose = _BLOCK_KEYS[match.group(2)]
-    return f"net/layers/{match.group(1)}/{sub}", transpose
+  if match and match.group(3) in _BLOCK_KEYS:
+    sub, transpose = _BLOCK_KEYS[match.group(3)]
+    return f"{_LEVEL_NETS[match.group(1)]}/layers/{match.group(2)}/{sub}", transpose
   raise KeyError(official_key)
 
 
@@ -71,9 +72,10 @@ def _official_key(path: str) -> str:
   top = {ours: key for key, (ours, _) in _TOP_KEYS.items()}
   if path in top:
     return top[path]
-  _, _, index, sub = path.split("/", 3)
+  net, _, index, sub = path.split("/", 3)
   block = {ours: key for key, (ours, _) in _BLOCK_KEYS.items()}
-  return f"inner.L_level.layers.{index}.{block[sub]}"
+  level = {ours: level for level, ours in _LEVEL_NETS.items()}[net]
+  return f"inner.{level}_level.layers.{index}.{block[sub]}"
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -153,7 +155,15 @@ OFFICIAL_RENAMES = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
 OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss", "cf_uncond_prob", "cfg_guidance_w")
 # The official model class (the arch `name` after '@') -> trm_jax scheme.
 OFFICIAL_SCHEMES = {"TinyRecursiveReasoningModel_ACTV1": "trm",
-                    "TinyRecursiveReasoningModel_ACTV5": "dis"}
+                    "TinyRecursiveReasoningModel_ACTV5": "dis",
+                    "HierarchicalReasoningModel_ACTV1": "hrm"}
+OFFICIAL_MODULES = {"trm": "recursive_reasoning.trm", "dis": "recursive_reasoning.trm",
+                    "hrm": "recursive_reasoning.hrm"}
+# What a scheme's official config class implies where its arch dict is silent (HRM's has no
+# puzzle_emb_len: the ceil-div prefix; no no_ACT_continue: it always trains Q-continue), and
+# official arch fields that are a scheme's options.
+OFFICIAL_IMPLIED = {"hrm": {"puzzle_emb_len": 0, "no_ACT_continue": False}}
+OFFICIAL_OPTIONS = {"hrm": {"H_layers": "h_layers"}}
 # trm_jax model fields the official arch lacks, with the value the official model has (None:
 # performance only or set elsewhere, e.g. the loss type in the official loss head).
 TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None, "matmul": None}
@@ -170,8 +180,11 @@ def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collec
     raise ValueError(f"official config field 'name' = {arch['name']!r}: trm_jax reads "
                      f"{sorted(OFFICIAL_SCHEMES)}")
   cfg.scheme = OFFICIAL_SCHEMES[model_class]
+  cfg.update(OFFICIAL_IMPLIED.get(cfg.scheme, {}))
+  as_options = OFFICIAL_OPTIONS.get(cfg.scheme, {})
+  cfg.scheme_options = {ours: arch[key] for key, ours in as_options.items() if key in arch}
   for key, value in arch.items():
-    if key in OFFICIAL_IGNORED:
+    if key in OFFICIAL_IGNORED or key in as_options:
       continue
     key = OFFICIAL_RENAMES.get(key, key)
     if key not in cfg or key in TRM_JAX_ONLY or key in ("scheme", "scheme_options"):
@@ -191,8 +204,9 @@ def official_arch(model_config) -> dict[str, Any]:
     raise ValueError(f"model field scheme={spec.scheme!r}: the official code has "
                      f"{sorted(classes)} only")
   scheme = model_lib.scheme_of(spec)
+  in_arch = set(OFFICIAL_OPTIONS.get(spec.scheme, {}).values())  # options the arch spells out
   for name, value in spec.scheme_options:
-    if value != scheme.options[name][0]:
+    if name not in in_arch and value != scheme.options[name][0]:
       raise ValueError(f"model field scheme_options.{name}={value!r}: the official code only has "
                        f"{scheme.options[name][0]!r}")
   for field, value in TRM_JAX_ONLY.items():
@@ -203,9 +217,13 @@ def official_arch(model_config) -> dict[str, Any]:
   arch = {ours_to_official.get(f.name, f.name): getattr(spec, f.name)
           for f in dataclasses.fields(spec)
           if f.name not in TRM_JAX_ONLY and f.name not in ("scheme", "scheme_options")}
-  arch["name"] = f"recursive_reasoning.trm@{classes[spec.scheme]}"
+  arch["name"] = f"{OFFICIAL_MODULES[spec.scheme]}@{classes[spec.scheme]}"
   arch["expansion"] = float(arch["expansion"])
   arch["H_layers"] = 0  # Required by the official config class, unused by TRM.
+  for key, ours in OFFICIAL_OPTIONS.get(spec.scheme, {}).items():
+    arch[key] = scheme.option(spec, ours)
+  for key in OFFICIAL_IMPLIED.get(spec.scheme, {}):
+    arch.pop(key)
   return arch
 
 

@@ -41,7 +41,8 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 # Built-in schemes, imported on first lookup (they import the model modules, which import this).
-BUILTIN = {"trm": "trm_jax.schemes.trm", "dis": "trm_jax.schemes.dis"}
+BUILTIN = {"trm": "trm_jax.schemes.trm", "dis": "trm_jax.schemes.dis",
+           "hrm": "trm_jax.schemes.hrm"}
 
 
 class Latents(NamedTuple):
@@ -70,7 +71,7 @@ class Scheme:
 
   name: str = ""
   # The scheme's own settings: name -> allowed values, the first the default (for a published
-  # method, the official code's behaviour).
+  # method, the official code's behaviour); an int default admits any positive integer.
   options: Mapping[str, tuple] = {}
 
   def option(self, spec: ModelSpec, name: str):
@@ -82,7 +83,12 @@ class Scheme:
       if name not in self.options:
         raise ValueError(f"model config field 'scheme_options.{name}': scheme '{self.name}' has "
                          f"{'options ' + str(sorted(self.options)) if self.options else 'none'}")
-      if value not in self.options[name]:
+      default = self.options[name][0]
+      if isinstance(default, int) and not isinstance(default, bool):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+          raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be a "
+                           "positive integer")
+      elif value not in self.options[name]:
         raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be one "
                          f"of {self.options[name]}")
 
@@ -111,6 +117,10 @@ class Scheme:
 
   def loss(self, spec: ModelSpec, readout: Readout, targets: jax.Array, carry: Carry,
            data: Batch, halted: jax.Array) -> tuple[jax.Array, Metrics]:
+    """(summed loss, metrics summed over the batch). The training loop reads `count` (rows
+    that finished), `lm_loss` and `exact_accuracy`; `*loss` and `target_*` metrics are reduced
+    per row of the batch, the others per finished row, and a `steps` metric (supervision steps of
+    the finished rows) yields the measured forward passes per example."""
     raise NotImplementedError
 
   def halted(self, spec: ModelSpec, readout: Readout, t: jax.Array, rng: jax.Array | None, *,

@@ -36,15 +36,11 @@ class TRM(recursion.Scheme):
     model = model_lib.merge(spec, params)
     latents = model_lib.reset_latents(params, spec, carry)
     x = model.embed(data["inputs"], rows)
-    net = model_lib.net_fn(spec)
     trace = None
     if record:
-      if self.recur is not recursion.trm_recursion:
-        raise NotImplementedError(f"scheme '{self.name}' does not record per-update readouts")
-      latents, trace = recursion.trm_recursion(spec, net, params["net"], latents, x,
-                                               on_y=lambda y: model.heads(y)[0])
+      latents, trace = self.recurse(params, spec, latents, x, on_y=lambda y: model.heads(y)[0])
     else:
-      latents = self.recur(spec, net, params["net"], latents, x)
+      latents = self.recurse(params, spec, latents, x)
     logits, q_halt, q_continue = model.heads(latents.y)
     new_carry = dict(carry, y=jax.lax.stop_gradient(latents.y),
                      z=jax.lax.stop_gradient(latents.z))
@@ -58,6 +54,15 @@ class TRM(recursion.Scheme):
       extras["target_q_continue"] = jax.nn.sigmoid(jnp.where(
           t >= spec.halt_max_steps, after.q_halt, jnp.maximum(after.q_halt, after.q_continue)))
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
+
+  def recurse(self, params, spec, latents, x, *, on_y=None):
+    """The latent recursion of one step (with `on_y`: also the readouts after each y update)."""
+    net = model_lib.net_fn(spec)
+    if on_y is None:
+      return self.recur(spec, net, params["net"], latents, x)
+    if self.recur is not recursion.trm_recursion:
+      raise NotImplementedError(f"scheme '{self.name}' does not record per-update readouts")
+    return recursion.trm_recursion(spec, net, params["net"], latents, x, on_y=on_y)
 
   def loss(self, spec, readout, targets, carry, data, halted):
     return losses.act_loss(readout.logits, readout.q_halt, readout.q_continue, targets, halted,
