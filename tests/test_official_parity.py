@@ -23,6 +23,8 @@ FP32_CASES = {
     "official_att_rope_fp32.npz": ((2e-5, 2e-5, 2e-5), 2e-5),
     "official_att_learned_fp32.npz": ((2e-5, 2e-5, 3e-5), 2e-5),
     "official_mlpt_fp32.npz": ((5e-5, 2.5e-4, 1.5e-3), 2e-5),
+    # The single-z ablation (trm_singlez.py, scheme "trm_singlez"), attention + RoPE.
+    "official_singlez_fp32.npz": ((2e-5, 2e-5, 2e-5), 2e-5),
 }
 BF16_CASE = "official_att_rope_bf16.npz"
 # bf16: neither side is exact, and each rounding order (PyTorch's kernels, XLA's dot, the AMX

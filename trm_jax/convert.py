@@ -154,11 +154,13 @@ OFFICIAL_RENAMES = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
 # code's classifier-free-guidance fields are declared but never read by it).
 OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss", "cf_uncond_prob", "cfg_guidance_w")
 # The official model class (the arch `name` after '@') -> trm_jax scheme.
+# Single-z TRM's class has TRM's name in another module, so its key includes the module.
 OFFICIAL_SCHEMES = {"TinyRecursiveReasoningModel_ACTV1": "trm",
                     "TinyRecursiveReasoningModel_ACTV5": "dis",
-                    "HierarchicalReasoningModel_ACTV1": "hrm"}
+                    "HierarchicalReasoningModel_ACTV1": "hrm",
+                    "trm_singlez@TinyRecursiveReasoningModel_ACTV1": "trm_singlez"}
 OFFICIAL_MODULES = {"trm": "recursive_reasoning.trm", "dis": "recursive_reasoning.trm",
-                    "hrm": "recursive_reasoning.hrm"}
+                    "hrm": "recursive_reasoning.hrm", "trm_singlez": "recursive_reasoning"}
 # What a scheme's official config class implies where its arch dict is silent (HRM's has no
 # puzzle_emb_len: the ceil-div prefix; no no_ACT_continue: it always trains Q-continue), and
 # official arch fields that are a scheme's options.
@@ -175,11 +177,13 @@ def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collec
   The model class in `name` picks the scheme: TRM (ACTV1, also when no name is given) or DIS
   (ACTV5, the official DIS code)."""
   cfg = config_lib.model_config(seq_len=arch["seq_len"], vocab_size=arch["vocab_size"])
-  model_class = str(arch.get("name", "TinyRecursiveReasoningModel_ACTV1")).rsplit("@", 1)[-1]
-  if model_class not in OFFICIAL_SCHEMES:
+  name = str(arch.get("name", "TinyRecursiveReasoningModel_ACTV1"))
+  module, model_class = name.rsplit("@", 1) if "@" in name else ("", name)
+  module_class = f"{module.rsplit('.', 1)[-1]}@{model_class}"
+  if module_class not in OFFICIAL_SCHEMES and model_class not in OFFICIAL_SCHEMES:
     raise ValueError(f"official config field 'name' = {arch['name']!r}: trm_jax reads "
                      f"{sorted(OFFICIAL_SCHEMES)}")
-  cfg.scheme = OFFICIAL_SCHEMES[model_class]
+  cfg.scheme = OFFICIAL_SCHEMES.get(module_class, OFFICIAL_SCHEMES.get(model_class))
   cfg.update(OFFICIAL_IMPLIED.get(cfg.scheme, {}))
   as_options = OFFICIAL_OPTIONS.get(cfg.scheme, {})
   cfg.scheme_options = {ours: arch[key] for key, ours in as_options.items() if key in arch}
@@ -217,7 +221,8 @@ def official_arch(model_config) -> dict[str, Any]:
   arch = {ours_to_official.get(f.name, f.name): getattr(spec, f.name)
           for f in dataclasses.fields(spec)
           if f.name not in TRM_JAX_ONLY and f.name not in ("scheme", "scheme_options")}
-  arch["name"] = f"{OFFICIAL_MODULES[spec.scheme]}@{classes[spec.scheme]}"
+  module, _, model_class = classes[spec.scheme].rpartition("@")
+  arch["name"] = f"{OFFICIAL_MODULES[spec.scheme]}{'.' + module if module else ''}@{model_class}"
   arch["expansion"] = float(arch["expansion"])
   arch["H_layers"] = 0  # Required by the official config class, unused by TRM.
   for key, ours in OFFICIAL_OPTIONS.get(spec.scheme, {}).items():

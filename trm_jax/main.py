@@ -20,7 +20,6 @@ _HOST_MALLOC = host_memory.configure(os.environ.get("TRM_JAX_HOST_MALLOC", "auto
 
 import functools
 import json
-import math
 import pathlib
 import signal
 import time

@@ -42,7 +42,7 @@ Metrics = dict[str, jax.Array]
 
 # Built-in schemes, imported on first lookup (they import the model modules, which import this).
 BUILTIN = {"trm": "trm_jax.schemes.trm", "dis": "trm_jax.schemes.dis",
-           "hrm": "trm_jax.schemes.hrm"}
+           "hrm": "trm_jax.schemes.hrm", "trm_singlez": "trm_jax.schemes.trm_singlez"}
 
 
 class Latents(NamedTuple):

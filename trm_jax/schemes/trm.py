@@ -44,16 +44,20 @@ class TRM(recursion.Scheme):
     logits, q_halt, q_continue = model.heads(latents.y)
     new_carry = dict(carry, y=jax.lax.stop_gradient(latents.y),
                      z=jax.lax.stop_gradient(latents.z))
-    extras = {}
-    if training and not spec.no_ACT_continue and spec.halt_max_steps > 1:
-      # Bootstrapped target from one more (no-grad) step, as in the official code (PQN-style).
-      frozen_params, frozen_rows = jax.lax.stop_gradient((params, rows))
-      next_carry = dict(new_carry, reset=jnp.zeros_like(carry["reset"]))
-      _, after = self.step(frozen_params, frozen_rows, spec, next_carry, data, t + 1, None,
-                           training=False)
-      extras["target_q_continue"] = jax.nn.sigmoid(jnp.where(
-          t >= spec.halt_max_steps, after.q_halt, jnp.maximum(after.q_halt, after.q_continue)))
+    extras = self.q_continue_target(params, rows, spec, new_carry, data, t, training)
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
+
+  def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
+    """{'target_q_continue'} when the continue head is trained: the bootstrapped target from one
+    more (no-grad) step, as in the official code (PQN-style); else {}."""
+    if not training or spec.no_ACT_continue or spec.halt_max_steps <= 1:
+      return {}
+    frozen_params, frozen_rows = jax.lax.stop_gradient((params, rows))
+    next_carry = dict(new_carry, reset=jnp.zeros_like(new_carry["reset"]))
+    _, after = self.step(frozen_params, frozen_rows, spec, next_carry, data, t + 1, None,
+                         training=False)
+    return {"target_q_continue": jax.nn.sigmoid(jnp.where(
+        t >= spec.halt_max_steps, after.q_halt, jnp.maximum(after.q_halt, after.q_continue)))}
 
   def recurse(self, params, spec, latents, x, *, on_y=None):
     """The latent recursion of one step (with `on_y`: also the readouts after each y update)."""
