@@ -18,6 +18,10 @@ from trm_jax.config import ModelSpec
 from conftest import load_official, official_batch as _batch
 
 FIXTURE = "official_hrm_att_rope_fp32.npz"
+# Both the shared reference (RoPE) and one made here with learned positions (the 1-token prefix
+# then enters the position table): tests/fixtures/make_official_reference.py --only
+# official_hrm_learned_fp32.npz.
+FIXTURES = [FIXTURE, "official_hrm_learned_fp32.npz"]
 
 
 def test_official_hrm_arch_converts_to_the_hrm_scheme():
@@ -34,8 +38,9 @@ def test_official_hrm_arch_converts_to_the_hrm_scheme():
   assert convert.model_config_from_official(arch).to_dict() == cfg.to_dict()
 
 
-def test_eval_steps_match_official():
-  cfg, state_dict, data = load_official(FIXTURE)
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_eval_steps_match_official(fixture):
+  cfg, state_dict, data = load_official(fixture)
   params = convert.from_official_state_dict(state_dict, cfg)
   batch = _batch(data)
   carry = trm_jax.initial_carry(cfg, 4)
@@ -64,10 +69,11 @@ def _training_call(cfg, state_dict, data, batch=None):
   return loss, metrics, grads, row_grads
 
 
-def test_training_call_matches_official_loss_and_gradients():
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_training_call_matches_official_loss_and_gradients(fixture):
   """One official training call: LM loss, Q-halt and bootstrapped Q-continue losses, metrics,
   and every gradient (both levels, heads, embeddings, the batch's puzzle rows)."""
-  cfg, state_dict, data = load_official(FIXTURE)
+  cfg, state_dict, data = load_official(fixture)
   loss, metrics, grads, row_grads = _training_call(cfg, state_dict, data)
   assert float(loss) == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
   for key in data.files:
