@@ -34,6 +34,38 @@ def official_batch(data):
           "puzzle_identifiers": jnp.asarray(data["batch/puzzle_identifiers"], jnp.int32)}
 
 
+def official_training_call(cfg, state_dict, data, prepare=None):
+  """One training call through `train.supervision_loss` from a fresh ACT state on a fixture's
+  weights and batch: (loss, metrics, gradients by official key + 'puzzle_emb_local').
+  `prepare(state)` may edit the refreshed state first (DIS: the path the official call drew)."""
+  import jax
+  import jax.numpy as jnp
+  from trm_jax import act, convert, train
+  from trm_jax.config import ModelSpec
+  spec = ModelSpec.from_config(cfg)
+  params = convert.from_official_state_dict(state_dict, cfg)
+  batch = official_batch(data)
+  state = act.refresh(spec, act.initial_state(cfg, batch), batch, jax.random.key(0))
+  if prepare is not None:
+    prepare(state)
+  table = params.pop("puzzle_emb")
+  rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
+
+  def loss_fn(dense, rows):
+    loss, (_, metrics) = train.supervision_loss({**dense, "puzzle_emb": table}, rows, spec, state,
+                                                jax.random.key(1))
+    return loss, metrics
+
+  (loss, metrics), (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+      params, rows)
+  by_key = {"puzzle_emb_local": np.asarray(row_grads)}
+  for path, grad in convert._flatten(grads).items():
+    if not path.endswith("_init"):
+      key = convert._official_key(path)
+      by_key[key] = np.asarray(grad.T if convert._our_path(key)[1] else grad)
+  return float(loss), {k: float(v) for k, v in metrics.items()}, by_key
+
+
 @pytest.fixture
 def shared_dir():
   if not SHARED.is_dir():

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import trm_jax
-from trm_jax import act, config, convert, model, train
+from trm_jax import config, convert, model
 from trm_jax.config import ModelSpec
 
-from conftest import load_official, official_batch as _batch
+from conftest import load_official, official_batch as _batch, official_training_call
 
 FIXTURE = "official_hrm_att_rope_fp32.npz"
 # Both the shared reference (RoPE) and one made here with learned positions (the 1-token prefix
@@ -51,41 +51,17 @@ def test_eval_steps_match_official(fixture):
                                  err_msg=f"{key}, step {step}")
 
 
-def _training_call(cfg, state_dict, data, batch=None):
-  spec = ModelSpec.from_config(cfg)
-  params = convert.from_official_state_dict(state_dict, cfg)
-  batch = _batch(data) if batch is None else batch
-  state = act.refresh(spec, act.initial_state(cfg, batch), batch)
-  table = params.pop("puzzle_emb")
-  rows = jnp.take(table, state["data"]["puzzle_identifiers"], axis=0)
-
-  def loss_fn(dense, rows):
-    loss, (_, metrics) = train.supervision_loss({**dense, "puzzle_emb": table}, rows, spec, state,
-                                                jax.random.key(0))
-    return loss, metrics
-
-  (loss, metrics), (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
-      params, rows)
-  return loss, metrics, grads, row_grads
-
-
 @pytest.mark.parametrize("fixture", FIXTURES)
 def test_training_call_matches_official_loss_and_gradients(fixture):
   """One official training call: LM loss, Q-halt and bootstrapped Q-continue losses, metrics,
   and every gradient (both levels, heads, embeddings, the batch's puzzle rows)."""
   cfg, state_dict, data = load_official(fixture)
-  loss, metrics, grads, row_grads = _training_call(cfg, state_dict, data)
-  assert float(loss) == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
+  loss, metrics, ours = official_training_call(cfg, state_dict, data)
+  assert loss == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
   for key in data.files:
     if key.startswith("train/metric/"):
       name = key.removeprefix("train/metric/")
-      assert float(metrics[name]) == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), name
-  ours = {}
-  for path, grad in convert._flatten(grads).items():
-    if not path.endswith("_init"):
-      key = convert._official_key(path)
-      ours[key] = np.asarray(grad.T if convert._our_path(key)[1] else grad)
-  ours["puzzle_emb_local"] = np.asarray(row_grads)
+      assert metrics[name] == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), name
   reference = {k.removeprefix("grad/"): data[k] for k in data.files if k.startswith("grad/")}
   assert set(ours) == set(reference)
   for key, ref in reference.items():

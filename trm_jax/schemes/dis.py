@@ -30,14 +30,15 @@ Options (`model.scheme_options`; the first value is the official code's):
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from trm_jax import losses, nn, recursion
-from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
-from trm_jax.recursion import Readout
+from trm_jax.schemes.trm import TRM
 
 
 class DISModel(nn.TinyRecursiveModel):
@@ -61,8 +62,11 @@ def linear_path(rng: jax.Array, x0: jax.Array, x1: jax.Array, num_frames: int) -
   return jnp.where(mask, x1[:, None, :], x0[:, None, :]).astype(jnp.int32)
 
 
-class DIS(recursion.Scheme):
-  name = "dis"
+@dataclasses.dataclass(frozen=True)
+class DIS(TRM):
+  """TRM's step and recursion with DIS's input, carry, targets, loss and fixed halting."""
+
+  name: str = "dis"
   options = {"input": ("prediction", "puzzle"), "targets": ("path", "mask"),
              "loss_weights": ("uniform", "linear")}
 
@@ -83,27 +87,22 @@ class DIS(recursion.Scheme):
     path = linear_path(rng, start, labels, spec.halt_max_steps + 1)
     return dict(carry, path=jnp.where(fresh[:, None, None], path, carry["path"]))
 
-  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
-    del rng, training
-    model = model_lib.merge(spec, params)
-    latents = model_lib.reset_latents(params, spec, carry)
+  def embed(self, model, rows, spec, carry, data, t):
     puzzle = (t == 1) | (self.option(spec, "input") == "puzzle")
     inputs = jnp.where(puzzle[:, None], data["inputs"].astype(jnp.int32), carry["prev_pred"])
     inputs = jnp.where(inputs == losses.IGNORE_LABEL_ID, 0, inputs)
     timestep = jnp.take(model.timestep_embed[...], jnp.clip(t, 0, spec.halt_max_steps), axis=0)
-    x = model.embed(inputs, rows, timestep)
-    net = model_lib.net_fn(spec)
-    trace = None
-    if record:
-      latents, trace = recursion.trm_recursion(spec, net, params["net"], latents, x,
-                                               on_y=lambda y: model.heads(y)[0])
-    else:
-      latents = recursion.trm_recursion(spec, net, params["net"], latents, x)
-    logits, q_halt, q_continue = model.heads(latents.y)
-    new_carry = dict(carry, y=jax.lax.stop_gradient(latents.y),
-                     z=jax.lax.stop_gradient(latents.z),
-                     prev_pred=jnp.argmax(logits, axis=-1).astype(jnp.int32))
-    return new_carry, Readout(logits, q_halt, q_continue, trace)
+    return model.embed(inputs, rows, timestep)
+
+  def next_carry(self, carry, latents, logits):
+    return dict(super().next_carry(carry, latents, logits),
+                prev_pred=jnp.argmax(logits, axis=-1).astype(jnp.int32))
+
+  def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
+    return {}  # no Q loss
+
+  def halted(self, spec, readout, t, rng, *, training, adaptive=False):
+    return recursion.Scheme.halted(self, spec, readout, t, rng, training=training)
 
   def targets(self, spec, carry, data):
     """Frame t of each row's path (t = the step just taken), out-of-vocabulary -> ignored."""
@@ -135,9 +134,5 @@ class DIS(recursion.Scheme):
         "target_exact_accuracy": target_correct.sum(),
     }
     return lm_loss, {k: v.astype(jnp.float32) for k, v in metrics.items()}
-
-  def forward_passes(self, spec):
-    return spec.H_cycles * (spec.L_cycles + 1)
-
 
 recursion.register(DIS())

@@ -35,17 +35,24 @@ class TRM(recursion.Scheme):
     del rng  # the recursion is deterministic; halting draws its own randomness
     model = model_lib.merge(spec, params)
     latents = model_lib.reset_latents(params, spec, carry)
-    x = model.embed(data["inputs"], rows)
+    x = self.embed(model, rows, spec, carry, data, t)
     trace = None
     if record:
       latents, trace = self.recurse(params, spec, latents, x, on_y=lambda y: model.heads(y)[0])
     else:
       latents = self.recurse(params, spec, latents, x)
     logits, q_halt, q_continue = model.heads(latents.y)
-    new_carry = dict(carry, y=jax.lax.stop_gradient(latents.y),
-                     z=jax.lax.stop_gradient(latents.z))
+    new_carry = self.next_carry(carry, latents, logits)
     extras = self.q_continue_target(params, rows, spec, new_carry, data, t, training)
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
+
+  def embed(self, model, rows, spec, carry, data, t):
+    """The step's input embedding x (subclasses change what the step is conditioned on)."""
+    return model.embed(data["inputs"], rows)
+
+  def next_carry(self, carry, latents, logits):
+    """The detached carry after the step (subclasses add what they track per row)."""
+    return dict(carry, y=jax.lax.stop_gradient(latents.y), z=jax.lax.stop_gradient(latents.z))
 
   def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
     """{'target_q_continue'} when the continue head is trained: the bootstrapped target from one
