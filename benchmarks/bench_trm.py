@@ -243,7 +243,7 @@ def _model_flops(spec, fn, *args) -> int:
   """Matmul FLOPs of `fn(spec, *args)` traced with XLA's dot and no remat (trm_jax/flops.py)."""
   from trm_jax import flops
   return flops.matmul_flops(functools.partial(fn, spec=dataclasses.replace(
-      spec, matmul="xla", remat="none")), *args)
+      spec, matmul="xla", attention="xla", remat="none")), *args)
 
 
 def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repeats: int,

@@ -245,3 +245,25 @@ def test_kernel_is_never_consulted_off_a_single_cpu_device(monkeypatch, where):
     lowered = jax.jit(lambda p: model_lib.forward(p, spec, carry, inputs, None)[1]).lower(
         params).as_text()
     assert "trm_amx" not in lowered and "dot_general" in lowered
+
+
+def test_attention_dispatch_takes_xla_off_an_nvidia_gpu(monkeypatch):
+  from trm_jax.kernels import attention as ka
+  with pytest.raises(ValueError, match="attention implementation"):
+    ka.uses_cudnn("flash", jnp.bfloat16, 64)
+  with pytest.raises(ValueError, match="'attention'"):
+    config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
+                                                             attention="flash"))
+  # The rules, with the platform answered both ways.
+  monkeypatch.setattr(ka, "nvidia_gpu", lambda: True)
+  assert ka.uses_cudnn("auto", jnp.bfloat16, 64) and ka.uses_cudnn("cudnn", jnp.float16, 128)
+  assert not ka.uses_cudnn("xla", jnp.bfloat16, 64)
+  assert not ka.uses_cudnn("auto", jnp.float32, 64)  # cuDNN's fused kernel is bf16/fp16 only
+  assert not ka.uses_cudnn("auto", jnp.bfloat16, 12) and not ka.uses_cudnn("auto", jnp.bfloat16, 256)
+  monkeypatch.setattr(ka, "nvidia_gpu", lambda: False)
+  assert not ka.uses_cudnn("cudnn", jnp.bfloat16, 64)
+  q = jax.random.normal(jax.random.key(0), (2, 8, 2, 16), jnp.bfloat16)
+  lowered = jax.jit(lambda q: ka.attention(q, q, q, "cudnn")).lower(q).as_text()
+  assert "custom_call" not in lowered  # the XLA path: no cuDNN custom call
+  np.testing.assert_array_equal(jax.jit(lambda q: ka.attention(q, q, q, "cudnn"))(q),
+                                jax.jit(ka.xla_attention)(q, q, q))

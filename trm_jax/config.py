@@ -21,6 +21,7 @@ LOSS_TYPES = ("stablemax", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 MATMUL_IMPLS = ("auto", "xla", "amx")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,8 @@ class ModelSpec:
   loss_type: str = "stablemax"
   # Performance only (same numerics up to fp32 summation order): see trm_jax/kernels/matmul.py.
   matmul: str = "auto"
+  # Performance only: see trm_jax/kernels/attention.py (fused attention on NVIDIA GPUs).
+  attention: str = "auto"
 
   @classmethod
   def from_config(cls, config: "ml_collections.ConfigDict | ModelSpec | dict[str, Any]") -> "ModelSpec":
@@ -122,6 +125,8 @@ class ModelSpec:
       from trm_jax.kernels import amx, matmul as kernels_matmul
       if kernels_matmul.single_cpu_device() and not amx.available():
         fail("matmul", f"the AMX kernel is unavailable here: {amx.unavailable_reason()}")
+    if self.attention not in ATTENTION_IMPLS:
+      fail("attention", f"must be one of {ATTENTION_IMPLS}")
     if self.loss_type not in LOSS_TYPES:
       fail("loss_type", f"must be one of {LOSS_TYPES}")
     from trm_jax import recursion  # Local import: the registry imports this module.

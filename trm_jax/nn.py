@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from trm_jax.kernels import attention as kernels_attention
 from trm_jax.kernels import matmul as kernels_matmul
 from trm_jax.config import ModelSpec
 
@@ -111,28 +112,20 @@ class SwiGLU(nnx.Module):
     return self.down(kernels_matmul.swiglu(x, gate_up, self.gate_up.matmul))
 
 
-def dot_product_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array) -> jax.Array:
-  """Non-causal softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out.
-
-  Scores and their softmax in fp32, the probabilities rounded to the input dtype, the output
-  accumulated in fp32 and rounded once. Same math as `jax.nn.dot_product_attention`'s XLA path,
-  but its einsums put the heads before the positions, which XLA:CPU ran 2.5x slower (10 vs
-  4 ms for Sudoku at batch 32) and, for bf16, with extra roundings in the output contraction
-  (41% of outputs one bf16 ulp off the fp64 reference, here 0.02%).
-  """
-  scale = q_BTNH.shape[-1] ** -0.5
-  scores = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH, preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(scores * scale, axis=-1).astype(v_BSNH.dtype)
-  out = jnp.einsum("bnts,bsnh->btnh", probs, v_BSNH, preferred_element_type=jnp.float32)
-  return out.astype(v_BSNH.dtype)
+def dot_product_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
+                          impl: str = "xla") -> jax.Array:
+  """Non-causal softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out (see
+  trm_jax/kernels/attention.py for `impl`)."""
+  return kernels_attention.attention(q_BTNH, k_BSNH, v_BSNH, impl)
 
 
 class Attention(nnx.Module):
   """Non-causal multi-head self-attention with a fused qkv projection."""
 
   def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype,
-               matmul: str = "xla"):
+               matmul: str = "xla", attention: str = "xla"):
     self.num_heads = num_heads
+    self.attention = attention
     self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
     self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
 
@@ -142,7 +135,7 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(qkv, 3, axis=2)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    attended = dot_product_attention(q, k, v)
+    attended = dot_product_attention(q, k, v, self.attention)
     return self.out(attended.reshape(B, S, D))
 
 
@@ -158,7 +151,7 @@ class Block(nnx.Module):
                           matmul=spec.matmul)
     else:
       self.mixer = Attention(spec.hidden_size, spec.num_heads, rngs=rngs, param_dtype=pdt,
-                             matmul=spec.matmul)
+                             matmul=spec.matmul, attention=spec.attention)
     self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt,
                       matmul=spec.matmul)
 
