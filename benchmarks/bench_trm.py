@@ -5,7 +5,7 @@ For each (config, batch size, what) this measures, on the default JAX backend:
           then the median seconds per call over --repeats calls after --warmup calls. One call
           = one supervision step of every row + one optimiser update (AdamATan2, sparse
           sign-SGD on the puzzle table, EMA), as in the official trainer.
-  eval  - compile time and median seconds of one jitted `train.eval_batch` call, i.e. a full
+  eval  - compile time and median seconds of one jitted `inference.eval_batch` call, i.e. a full
           evaluation batch (all halt_max_steps supervision steps from fresh latents).
   memory - on GPU/TPU the device's `peak_bytes_in_use`; always the process peak RSS; and XLA's
           own estimate from `compiled.memory_analysis()` (temp + argument + output - aliased,
@@ -253,7 +253,7 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
   import jax.numpy as jnp
   import numpy as np
   from trm_jax import model as model_lib
-  from trm_jax import train
+  from trm_jax import inference, train
   from trm_jax.config import ModelSpec
 
   spec = ModelSpec.from_config(model_cfg)
@@ -279,8 +279,8 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
     if params is None:
       params = model_lib.init_params(spec, jax.random.key(SEED))
     jax.block_until_ready(params)
-    model_flops = _model_flops(spec, train.eval_batch, params, batch)
-    evaluate = jax.jit(functools.partial(train.eval_batch, spec=spec))
+    model_flops = _model_flops(spec, inference.eval_batch, params, batch)
+    evaluate = jax.jit(functools.partial(inference.eval_batch, spec=spec))
     start = time.perf_counter()
     compiled = evaluate.lower(params, batch).compile()
     compile_s = time.perf_counter() - start

@@ -27,7 +27,7 @@ side, batch size and what, so that peak RSS is that measurement's own):
       sparse sign-SGD and the EMA, all in one compiled program.
   eval batch - official: eval mode under `torch.inference_mode()`, a fresh
       `head.initial_carry(batch)`, then head calls until `all_finish` (= halt_max_steps calls in
-      eval mode), as the official `evaluate` loop does. trm_jax: one jitted `train.eval_batch`
+      eval mode), as the official `evaluate` loop does. trm_jax: one jitted `inference.eval_batch`
       (all halt_max_steps supervision steps in a `lax.scan`).
 
 Weights: the official model is built under `torch.manual_seed(--seed)` (official init), its

@@ -36,7 +36,8 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
 
 
 def eval_recipe(**overrides) -> ml_collections.ConfigDict:
-  values = dict(global_batch_size=768, adaptive_halt=False, max_batches=0)
+  values = dict(global_batch_size=768, max_batches=0, guidance_w=1.0, halt="fixed",
+                converge_k=1)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 

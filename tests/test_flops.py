@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from trm_jax import config, flops, train
+from trm_jax import config, flops, inference, train
 from trm_jax.config import ModelSpec
 from trm_jax.nn import swiglu_width
 
@@ -93,7 +93,7 @@ def test_trm_eval_and_train_step_flops_match_the_closed_form(mlp_t):
   batch = _batch(spec, B)
 
   params = jax.eval_shape(functools.partial(train.model_lib.init_params, cfg), jax.random.key(0))
-  evaluate = functools.partial(train.eval_batch, spec=spec)
+  evaluate = functools.partial(inference.eval_batch, spec=spec)
   assert flops.matmul_flops(evaluate, params, batch) == (
       B * spec.halt_max_steps * (H * (L + 1) * net + heads))
 

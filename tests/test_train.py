@@ -144,19 +144,6 @@ def test_training_reduces_the_loss_and_updates_only_seen_puzzle_rows():
                                 jax.tree.leaves(state["ema"]["net"])[0])
 
 
-def test_eval_batch_reports_every_step_and_adaptive_halting():
-  cfg = config.tiny()
-  spec = ModelSpec.from_config(cfg)
-  params = trm_jax.init_params(cfg, jax.random.key(0))
-  batch = _batch(spec, 8, 0)
-  out = train.eval_batch(params, batch, spec=spec)
-  chex.assert_shape([out["token_acc"], out["exact"]], (spec.halt_max_steps, 8))
-  np.testing.assert_array_equal(out["steps"], spec.halt_max_steps)
-  params["q_head"]["bias"] = jnp.array([5.0, -5.0])
-  adaptive = train.eval_batch(params, batch, spec=spec, adaptive=True)
-  np.testing.assert_array_equal(adaptive["steps"], 1)
-
-
 @pytest.mark.parametrize("section,field,value", [
     ("train", "lr", -1.0), ("train", "global_batch_size", 0), ("train", "beta2", 1.5),
     ("eval", "global_batch_size", 0), ("model", "pos_encodings", "alibi"),

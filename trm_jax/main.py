@@ -33,6 +33,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from trm_jax import checkpoint as checkpoint_lib
+from trm_jax import inference
 from trm_jax import model as model_lib
 from trm_jax import sharding as sharding_lib
 from trm_jax import train as train_lib
@@ -93,6 +94,7 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
     fail("train.max_steps", "must be a non-negative integer (0: train.epochs decides)")
   if cfg.train.eval_interval > cfg.train.epochs:
     fail("train.eval_interval", f"exceeds train.epochs={cfg.train.epochs}")
+  inference.Strategy.from_config(cfg.eval)
 
 
 def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
@@ -189,7 +191,8 @@ def is_eval_step(step: int, eval_every: int, total_steps: int) -> bool:
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
              arc_evaluator=None) -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
-  (ARC) pass@K over this evaluation's predictions only."""
+  (ARC) pass@K over this evaluation's predictions only. `evaluate_batch` is
+  `inference.eval_batch` with the run's strategy (config section `eval`) bound, jitted."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n_sup = spec.halt_max_steps
   token, exact, steps, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0
@@ -224,6 +227,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
       "exact_accuracy_per_step": (exact / max(count, 1)).tolist(),
       "steps": steps / max(count, 1),
       "forward_passes_per_example": passes * steps / max(count, 1),
+      "strategy": inference.Strategy.from_config(cfg.eval).describe(),
   }
   if arc_evaluator is not None:
     result.update(arc_evaluator.result())
@@ -239,7 +243,8 @@ def format_eval_table(result: dict[str, Any]) -> str:
   lines.append(f"test examples: {result['count']}")
   lines.append(f"exact_accuracy: {result['exact_accuracy']:.4f}")
   lines.append(f"supervision steps per example: {result['steps']:.2f}")
-  lines.append(f"forward passes per example: {result['forward_passes_per_example']:.1f}")
+  lines.append(f"forward passes per example: {result['forward_passes_per_example']:.1f}"
+               + (f" ({result['strategy']})" if "strategy" in result else ""))
   for name, value in result.items():
     if name.startswith("pass@"):
       lines.append(f"{name}: {value:.4f}")
@@ -273,7 +278,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   evaluate it, without training.
   """
   validate_experiment(cfg)
-  ModelSpec.from_config(cfg.model)  # shapes are filled in from the data later; fields checked now
+  # Shapes are filled in from the data later; fields (and the eval strategy) checked now.
+  inference.Strategy.from_config(cfg.eval).validate(ModelSpec.from_config(cfg.model))
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   if not cfg.data.data_dir:
@@ -293,6 +299,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
     data = datasets.prepare(cfg.data)
   model_cfg = model_config_for(cfg, data.metadata)
   spec = ModelSpec.from_config(model_cfg)
+  strategy = inference.Strategy.from_config(cfg.eval)
   resolved = cfg.to_dict()
   resolved["model"] = model_cfg.to_dict()
   if jax.process_index() == 0:
@@ -345,8 +352,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
                                          total_steps=total_steps),
                        in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
                        out_shardings=(state_shardings, None), donate_argnums=0)
-  evaluate_batch = jax.jit(functools.partial(train_lib.eval_batch, spec=spec,
-                                             adaptive=cfg.eval.adaptive_halt))
+  evaluate_batch = jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy))
   arc_evaluator = arc_evaluator_for(cfg)
   passes_per_step = model_lib.forward_passes_per_step(spec)
 

@@ -11,6 +11,11 @@ A scheme owns, under its own name:
   loss           the step's loss and metrics (sums over the batch)
   halted         its halting rule
   forward_passes network calls per supervision step
+  answer_logits  the readout of the carry's answer state before a step (the reference readout
+                 l_u of policy-improvement analysis and guided inference)
+  feed_back      what the carry takes from a step's committed logits (DIS: the argmax it feeds
+                 back as the next input; TRM: nothing), for inference that commits other logits
+                 (guidance)
 The ACT bookkeeping (act.py), the training loop (train.py, main.py), evaluation, checkpoints,
 sharding and conversion see only this contract; the generic carry keys `steps` (supervision steps
 taken by each row's current example) and `reset` (rows restarting at the next step) are kept by
@@ -73,6 +78,8 @@ class Scheme:
   # The scheme's own settings: name -> allowed values, the first the default (for a published
   # method, the official code's behaviour); an int default admits any positive integer.
   options: Mapping[str, tuple] = {}
+  # Whether `halted(..., adaptive=True)` reads a learned halting head (evaluation halt="q").
+  halting_head: bool = False
 
   def option(self, spec: ModelSpec, name: str):
     return spec.options.get(name, self.options[name][0])
@@ -131,6 +138,16 @@ class Scheme:
 
   def forward_passes(self, spec: ModelSpec) -> int:
     raise NotImplementedError
+
+  def answer_logits(self, params, rows, spec: ModelSpec, carry: Carry) -> jax.Array:
+    """fp32 logits [B, L, V] of the carry's answer state as the next step will start from it
+    (rows flagged `reset`: the initial state)."""
+    raise NotImplementedError
+
+  def feed_back(self, spec: ModelSpec, carry: Carry, logits: jax.Array) -> Carry:
+    """The carry after a step whose committed logits are `logits` (default: unchanged)."""
+    del spec, logits
+    return carry
 
 
 _SCHEMES: dict[str, Scheme] = {}

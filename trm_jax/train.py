@@ -1,4 +1,5 @@
-"""Deep-supervision training and evaluation steps, as pure functions of a plain train state.
+"""Deep-supervision training steps, as pure functions of a plain train state (evaluation:
+inference.py).
 
 Train state (a pytree; shardings and Orbax apply to it as is):
   step       - optimiser updates done (int32)
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from trm_jax import act, losses
+from trm_jax import act
 from trm_jax import model as model_lib
 from trm_jax import optim
 from trm_jax.config import ModelSpec
@@ -137,39 +138,3 @@ def eval_params(state: State) -> model_lib.Params:
   """The weights evaluation uses: the EMA when there is one."""
   return join_params(state.get("ema", state["trainable"]), state.get("puzzle_emb"),
                      state["constants"])
-
-
-def eval_batch(params: model_lib.Params, batch: Batch, *, spec: ModelSpec,
-               adaptive: bool = False) -> dict[str, jax.Array]:
-  """Run a batch from fresh latents for N_sup steps; per-step correctness and final outputs.
-
-  Returns per-row arrays: `token_acc` / `exact` [N_sup, B] after each step, `preds` [B, L] and
-  `q_halt` [B] at the halting step, `steps` [B] (supervision steps used: N_sup unless
-  `adaptive`, in which case a row stops, and keeps its prediction, when its Q head halts).
-  """
-  state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(0))
-  labels = batch["labels"]
-  rows = model_lib.puzzle_rows(params, batch["puzzle_identifiers"])
-  B = labels.shape[0]
-
-  def one_step(carry, _):
-    state, done, preds, q_halt, steps = carry
-    state, readout = act.advance(params, rows, spec, state, training=False,
-                                 adaptive_eval=adaptive)
-    new_preds = jnp.argmax(readout.logits, axis=-1).astype(jnp.int32)
-    preds = jnp.where(done[:, None], preds, new_preds)
-    q_halt = jnp.where(done, q_halt, readout.q_halt)
-    steps = jnp.where(done, steps, state["carry"]["steps"])
-    done = done | state["halted"]
-    mask = labels != losses.IGNORE_LABEL_ID
-    correct = (preds == labels) & mask
-    counts = jnp.maximum(mask.sum(-1), 1)
-    per_step = (correct.sum(-1) / counts, correct.sum(-1) == mask.sum(-1))
-    return (state, done, preds, q_halt, steps), per_step
-
-  init = (state, jnp.zeros((B,), bool), jnp.zeros(labels.shape, jnp.int32),
-          jnp.zeros((B,), jnp.float32), jnp.zeros((B,), jnp.int32))
-  (_, _, preds, q_halt, steps), (token_acc, exact) = jax.lax.scan(
-      one_step, init, None, length=spec.halt_max_steps)
-  return {"token_acc": token_acc, "exact": exact, "preds": preds, "q_halt": q_halt,
-          "steps": steps}

@@ -69,6 +69,7 @@ class DIS(TRM):
   name: str = "dis"
   options = {"input": ("prediction", "puzzle"), "targets": ("path", "mask"),
              "loss_weights": ("uniform", "linear")}
+  halting_head = False  # no Q loss: the Q head is untrained
 
   def build(self, spec, rngs):
     return DISModel(spec, rngs=rngs)
@@ -95,8 +96,11 @@ class DIS(TRM):
     return model.embed(inputs, rows, timestep)
 
   def next_carry(self, carry, latents, logits):
-    return dict(super().next_carry(carry, latents, logits),
-                prev_pred=jnp.argmax(logits, axis=-1).astype(jnp.int32))
+    return self.feed_back(None, super().next_carry(carry, latents, logits), logits)
+
+  def feed_back(self, spec, carry, logits):
+    """The argmax of the committed logits is the next step's token input."""
+    return dict(carry, prev_pred=jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
   def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
     return {}  # no Q loss

@@ -26,6 +26,7 @@ class TRM(recursion.Scheme):
   name: str = "trm"
   recur: recursion.RecurFn = recursion.trm_recursion
   passes: Callable[[ModelSpec], int] = lambda spec: spec.H_cycles * (spec.L_cycles + 1)
+  halting_head = True  # the Q head
 
   @property
   def recur_fn(self):
@@ -98,6 +99,11 @@ class TRM(recursion.Scheme):
 
   def forward_passes(self, spec):
     return self.passes(spec)
+
+  def answer_logits(self, params, rows, spec, carry):
+    del rows
+    y = model_lib.reset_latents(params, spec, carry).y
+    return model_lib.merge(spec, params).heads(y)[0]
 
 
 recursion.register(TRM())

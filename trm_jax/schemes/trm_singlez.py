@@ -53,9 +53,7 @@ class SingleZ(TRM):
   def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
     del rng
     model = model_lib.merge(spec, params)
-    cdt = spec.jnp_compute_dtype
-    z = jnp.where(carry["reset"][:, None, None], params["z_init"].astype(cdt)[None, None],
-                  carry["z"])
+    z = self.start(params, spec, carry)
     x = model.embed(data["inputs"], rows)
     net = model_lib.net_fn(spec)
     trace = []
@@ -74,6 +72,16 @@ class SingleZ(TRM):
     extras = self.q_continue_target(params, rows, spec, new_carry, data, t, training)
     trace = jnp.concatenate([*trace, logits[None]], axis=0) if record else None
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
+
+
+  def start(self, params, spec, carry):
+    """The carry's z, rows flagged `reset` at the initial latent."""
+    z_init = params["z_init"].astype(spec.jnp_compute_dtype)[None, None]
+    return jnp.where(carry["reset"][:, None, None], z_init, carry["z"])
+
+  def answer_logits(self, params, rows, spec, carry):
+    del rows
+    return model_lib.merge(spec, params).heads(self.start(params, spec, carry))[0]
 
 
 recursion.register(SingleZ())

@@ -1,0 +1,143 @@
+"""Inference strategies (trm_jax/inference.py), checked against loops over the public API."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trm_jax
+from trm_jax import config, inference
+from trm_jax.config import ModelSpec
+
+from experiments import common
+
+
+def _batch(spec, batch_size, seed):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(1, spec.vocab_size, (batch_size, spec.seq_len))
+  return {"inputs": jnp.asarray(x, jnp.int32),
+          "labels": jnp.asarray((x + 1) % spec.vocab_size, jnp.int32),
+          "puzzle_identifiers": jnp.asarray(rng.integers(0, spec.num_puzzle_identifiers,
+                                                         batch_size), jnp.int32)}
+
+
+def _model(scheme="trm", seed=0):
+  cfg = config.tiny()
+  if scheme == "dis":
+    cfg = common.dis(cfg, 4)
+  params = trm_jax.init_params(cfg, jax.random.key(seed))
+  # Larger output weights and puzzle rows than the init's: predictions that move between steps.
+  params["lm_head"]["kernel"] = 8 * params["lm_head"]["kernel"]
+  params["puzzle_emb"] = jax.random.normal(jax.random.key(seed + 1), params["puzzle_emb"].shape)
+  return cfg, ModelSpec.from_config(cfg), params
+
+
+def _initial_logits(params, spec):
+  """lm_head of y_init, by hand (no positions, no bias): the same for every position."""
+  row = np.asarray(params["y_init"], np.float64) @ np.asarray(params["lm_head"]["kernel"],
+                                                              np.float64)
+  return np.broadcast_to(row, (spec.seq_len, spec.vocab_size))
+
+
+def _public_steps(cfg, params, batch, n, *, w=1.0, feed_back=False):
+  """Per-step logits through trm_jax.supervision_step, committing l_u + w (l_c - l_u) by hand
+  (and, with `feed_back`, writing its argmax into the DIS carry's fed-back prediction)."""
+  carry = trm_jax.initial_carry(cfg, batch["inputs"].shape[0])
+  spec = ModelSpec.from_config(cfg)
+  l_u = np.broadcast_to(_initial_logits(params, spec), batch["inputs"].shape + (spec.vocab_size,))
+  committed = []
+  for _ in range(n):
+    carry, logits, _, _ = trm_jax.supervision_step(params, cfg, carry, batch)
+    l_c = np.asarray(logits, np.float64)
+    l_w = l_u + w * (l_c - l_u)
+    committed.append(l_w)
+    if feed_back:
+      carry = dict(carry, prev_pred=jnp.asarray(l_w.argmax(-1), jnp.int32))
+    l_u = l_c
+  return committed
+
+
+def test_every_step_reported_and_q_head_halting():
+  cfg, spec, params = _model()
+  batch = _batch(spec, 8, 0)
+  out = inference.eval_batch(params, batch, spec=spec)
+  chex.assert_shape([out["token_acc"], out["exact"]], (spec.halt_max_steps, 8))
+  np.testing.assert_array_equal(out["steps"], spec.halt_max_steps)
+  params["q_head"]["bias"] = jnp.array([5.0, -5.0])
+  halting = inference.eval_batch(params, batch, spec=spec,
+                                 strategy=inference.Strategy(halt="q"))
+  np.testing.assert_array_equal(halting["steps"], 1)
+
+
+def test_plain_inference_is_the_public_step_loop():
+  cfg, spec, params = _model()
+  batch = _batch(spec, 6, 1)
+  out = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(guidance_w=1.0))
+  last = _public_steps(cfg, params, batch, spec.halt_max_steps)[-1]
+  np.testing.assert_array_equal(out["preds"], last.argmax(-1))
+
+
+@pytest.mark.parametrize("scheme,w", [("trm", 2.0), ("trm", 0.5), ("dis", 2.0), ("dis", 0.0)])
+def test_guided_inference_commits_the_guided_logits(scheme, w):
+  cfg, spec, params = _model(scheme)
+  batch = _batch(spec, 6, 2)
+  committed = _public_steps(cfg, params, batch, spec.halt_max_steps, w=w,
+                            feed_back=scheme == "dis")
+  labels = np.asarray(batch["labels"])
+  out = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(guidance_w=w))
+  expected_preds = [c.argmax(-1) for c in committed]
+  np.testing.assert_array_equal(out["preds"], expected_preds[-1])
+  np.testing.assert_allclose(out["token_acc"],
+                             [(p == labels).mean(-1) for p in expected_preds], rtol=1e-6)
+  if w != 1.0:  # guidance changed something, or the test proves nothing
+    plain = _public_steps(cfg, params, batch, spec.halt_max_steps)
+    assert any((c.argmax(-1) != p.argmax(-1)).any() for c, p in zip(committed, plain))
+
+
+def test_convergence_halting_stops_rows_whose_prediction_stood_still():
+  cfg, spec, params = _model("dis")
+  # A near rank-1 output head: a position's argmax flips only with the sign of one projection of
+  # y, so some rows' predictions stand still between steps and others do not.
+  D, V = params["lm_head"]["kernel"].shape
+  u, v = jax.random.normal(jax.random.key(7), (D,)), jnp.arange(V, dtype=jnp.float32) - V / 2
+  params["lm_head"]["kernel"] = jnp.outer(u, v) + 0.05 * params["lm_head"]["kernel"]
+  batch = _batch(spec, 16, 3)
+  per_step = [c.argmax(-1) for c in _public_steps(cfg, params, batch, spec.halt_max_steps,
+                                                  feed_back=True)]
+  initial = _initial_logits(params, spec).argmax(-1)
+  passes = trm_jax.forward_passes_per_step(cfg)
+  for k in (1, 2):
+    expected_steps, expected_preds = [], []
+    for b in range(16):
+      history = [initial] + [p[b] for p in per_step]
+      stable, stop = 0, spec.halt_max_steps
+      for t in range(1, spec.halt_max_steps + 1):
+        stable = stable + 1 if (history[t] == history[t - 1]).all() else 0
+        if stable >= k:
+          stop = t
+          break
+      expected_steps.append(stop)
+      expected_preds.append(history[stop])
+    out = inference.eval_batch(params, batch, spec=spec,
+                               strategy=inference.Strategy(halt="converged", converge_k=k))
+    np.testing.assert_array_equal(out["steps"], expected_steps)
+    np.testing.assert_array_equal(out["preds"], expected_preds)
+    # Forward passes: the per-row sums, not the fixed budget.
+    assert int(np.sum(out["steps"])) * passes == passes * sum(expected_steps)
+    if k == 1:
+      assert min(expected_steps) < spec.halt_max_steps  # some row did stop early
+
+
+def test_strategy_config_is_checked_naming_the_field():
+  ok = common.eval_recipe()
+  assert inference.Strategy.from_config(ok) == inference.Strategy()
+  for field, value, match in (("halt", "oracle", "eval.halt"), ("converge_k", 0, "eval.converge_k"),
+                              ("guidance_w", float("nan"), "eval.guidance_w")):
+    bad = common.eval_recipe(**{field: value})
+    with pytest.raises(ValueError, match=match):
+      inference.Strategy.from_config(bad)
+  dis_spec = ModelSpec.from_config(common.dis(config.tiny(), 4))
+  with pytest.raises(ValueError, match="trains no halting head"):
+    inference.Strategy(halt="q").validate(dis_spec)
+  inference.Strategy(halt="converged").validate(dis_spec)
