@@ -13,6 +13,7 @@ _EXPORTS = {
     "forward_passes_per_step": ("trm_jax.model", "forward_passes_per_step"),
     "init_params": ("trm_jax.model", "init_params"),
     "initial_carry": ("trm_jax.model", "initial_carry"),
+    "load": ("trm_jax.runs", "load"),
     "supervision_step": ("trm_jax.model", "supervision_step"),
 }
 _SUBMODULES = ("config", "convert", "recursion")

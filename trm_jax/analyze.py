@@ -1,0 +1,249 @@
+r"""Policy-improvement analysis of a trained run: what each recursion step does, and what each
+inference strategy buys per forward pass.
+
+    python -m trm_jax.analyze --workdir /tmp/smoke [--split test] [--max_examples 1000]
+        [--guidance_ws 0.5,1,1.5,2,3] [--converge_ks 1,2] [--out DIR]
+
+The run's own config (config.json) and newest checkpoint are read (`trm_jax.load`); nothing is
+restated. Writes to --out (default <workdir>/analysis): analysis.txt (the tables printed),
+analysis.json (every number), trajectory.png (accuracy and advantage margin against forward
+passes, one point per answer-state update), last_useful.png (the distribution of the last
+forward pass that changed a prediction) and frontier.png (accuracy against forward passes per
+example for every inference strategy). Definitions: trm_jax/analysis.py, trm_jax/inference.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (or a checkpoint directory)")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+_SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "dataset split to analyse")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 1000, "examples analysed (0: all)")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "examples per batch (0: the run's "
+                                   "eval.global_batch_size)")
+_WS = flags.DEFINE_string("guidance_ws", "0.5,1,1.5,2,3", "guidance scales compared")
+_KS = flags.DEFINE_string("converge_ks", "1,2", "convergence-halting patiences compared")
+_MARGIN_W = flags.DEFINE_float("margin_w", 1.0, "guidance scale of the advantage margin's policy")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's)")
+_OUT = flags.DEFINE_string("out", None, "output directory (default <workdir>/analysis)")
+
+
+def _floats(text: str, flag: str) -> list[float]:
+  try:
+    return [float(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise app.UsageError(f"--{flag}={text!r}: expected comma-separated numbers") from None
+
+
+def strategies_for(spec, ws: list[float], ks: list[int]):
+  """The inference strategies compared: guidance scales at the full budget, Q-head halting
+  where the scheme has the head, convergence halting with each patience."""
+  from trm_jax import inference
+  from trm_jax import model as model_lib
+  out = [inference.Strategy(guidance_w=w) for w in ws]
+  if 1.0 not in ws:
+    out.insert(0, inference.Strategy())
+  if model_lib.scheme_of(spec).halting_head:
+    out.append(inference.Strategy(halt="q"))
+  out += [inference.Strategy(halt="converged", converge_k=k) for k in ks]
+  return out
+
+
+def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
+            ks: list[int], margin_w: float = 1.0) -> dict[str, Any]:
+  """The trajectory summary and the strategy table over the first `max_examples` of `source`."""
+  import jax
+  import numpy as np
+  from trm_jax import analysis, inference
+  from trm_jax import model as model_lib
+  from trm_jax.config import ModelSpec
+  from trm_jax.data import pipeline
+
+  spec = ModelSpec.from_config(run.model_config)
+  scheme = model_lib.scheme_of(spec)
+  passes_per_step = scheme.forward_passes(spec)
+  trace = jax.jit(functools.partial(analysis.trajectory, spec=spec, guidance_w=margin_w))
+  strategies = strategies_for(spec, ws, ks)
+  evaluators = [jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=s))
+                for s in strategies]
+  sums, last_useful, n = None, [], 0
+  results = [dict(exact=0.0, token=0.0, steps=0.0) for _ in strategies]
+  for batch in pipeline.eval_batches(source, global_batch_size=batch_size):
+    valid = batch.pop("valid")
+    if max_examples:
+      valid &= np.arange(len(valid)) + n < max_examples
+    if not valid.any():
+      break
+    stats = jax.device_get(trace(run.params, batch))
+    weighted = {k: (stats[k] * valid).sum(-1) for k in analysis.POINT_SUMS}
+    sums = weighted if sums is None else {k: sums[k] + weighted[k] for k in sums}
+    last_useful.append(analysis.last_useful_point(stats["changed"])[valid])
+    for result, evaluate in zip(results, evaluators):
+      out = jax.device_get(evaluate(run.params, batch))
+      halting = out["steps"] - 1
+      rows = np.arange(len(valid))
+      result["exact"] += float((out["exact"][halting, rows] * valid).sum())
+      result["token"] += float((out["token_acc"][halting, rows] * valid).sum())
+      result["steps"] += float((out["steps"] * valid).sum())
+    n += int(valid.sum())
+  if n == 0:
+    raise ValueError("no examples to analyse (empty split?)")
+  points_per_step = len(sums["tokens"]) // spec.halt_max_steps
+  summary = analysis.summarize(sums, np.concatenate(last_useful), n,
+                               passes_per_point=passes_per_step / points_per_step,
+                               points_per_step=points_per_step)
+  rows = []
+  for k in range(1, spec.halt_max_steps + 1):  # fixed budgets: plain inference stopped at step k
+    point = summary["points"][k * points_per_step - 1]
+    rows.append({"strategy": f"fixed {k} step{'s' if k > 1 else ''}", "halt": "fixed",
+                 "guidance_w": 1.0, "exact_accuracy": point["exact_accuracy"],
+                 "token_accuracy": point["token_accuracy"],
+                 "forward_passes_per_example": float(k * passes_per_step)})
+  for strategy, result in zip(strategies, results):
+    rows.append({"strategy": strategy.describe(), "halt": strategy.halt,
+                 "guidance_w": strategy.guidance_w, "converge_k": strategy.converge_k,
+                 "exact_accuracy": result["exact"] / n, "token_accuracy": result["token"] / n,
+                 "forward_passes_per_example": result["steps"] / n * passes_per_step})
+  summary.update(scheme=scheme.name, step=run.step, margin_w=margin_w, strategies=rows,
+                 passes_per_step=passes_per_step, points_per_step=points_per_step)
+  return summary
+
+
+def format_strategies(rows) -> str:
+  lines = ["| inference strategy | exact accuracy | token accuracy | forward passes / example |",
+           "|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['strategy']} | {r['exact_accuracy']:.4f} | {r['token_accuracy']:.4f} | "
+                 f"{r['forward_passes_per_example']:.1f} |")
+  return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib.Path]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  from trm_jax import analysis as analysis_lib
+
+  points = summary["points"]
+  passes = [p["forward_passes"] for p in points]
+  step_ends = [p["forward_passes"] for p in points
+               if p["point"] % summary["points_per_step"] == 0]
+  fig, (acc_ax, margin_ax) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+  acc_ax.plot(passes, [p["exact_accuracy"] for p in points], "o-", ms=3, label="exact accuracy")
+  acc_ax.plot(passes, [p["token_accuracy"] for p in points], "s-", ms=3, label="token accuracy")
+  acc_ax.plot(passes, [p["rows_changed"] for p in points], "^:", ms=3,
+              label="examples whose prediction changed")
+  acc_ax.set_ylabel("fraction")
+  acc_ax.set_ylim(-0.02, 1.02)
+  acc_ax.legend(loc="center right", fontsize=8)
+  acc_ax.set_title(title)
+  margin_ax.plot(passes, [p["margin"] for p in points], "o-", ms=3, color="C3",
+                 label=f"mean advantage margin (w={summary['margin_w']:g})")
+  margin_ax.axhline(0.0, color="k", lw=0.8)
+  margin_ax.set_ylabel("advantage margin (nats)")
+  margin_ax.set_xlabel("forward passes per example")
+  share = margin_ax.twinx()
+  share.plot(passes, [p["margin_positive"] for p in points], "^--", ms=3, color="C2",
+             label=f"tokens with margin > {analysis_lib.MARGIN_TOL:g}")
+  share.plot(passes, [p["margin_negative"] for p in points], "v--", ms=3, color="C4",
+             label=f"tokens with margin < -{analysis_lib.MARGIN_TOL:g}")
+  share.set_ylim(-0.02, 1.02)
+  share.set_ylabel("fraction of tokens")
+  lines = margin_ax.get_legend_handles_labels()
+  more = share.get_legend_handles_labels()
+  margin_ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
+  for ax in (acc_ax, margin_ax):
+    for x in step_ends:
+      ax.axvline(x, color="grey", lw=0.5, ls=":")
+  fig.tight_layout()
+  paths = [out / "trajectory.png"]
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  histogram = np.asarray(summary["last_useful_point_histogram"])
+  per_point = summary["forward_passes_per_example"] / max(len(points), 1)
+  fig, ax = plt.subplots(figsize=(8, 3.5))
+  ax.bar(np.arange(len(histogram)) * per_point, histogram / max(histogram.sum(), 1),
+         width=0.8 * per_point)
+  ax.set_xlabel("last forward pass that changed the prediction (0: none did)")
+  ax.set_ylabel("fraction of examples")
+  ax.set_title(f"{title}: dead compute {100 * summary['dead_fraction']:.1f}% of "
+               f"{summary['forward_passes_per_example']:g} passes")
+  fig.tight_layout()
+  paths.append(out / "last_useful.png")
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(8, 5))
+  budget = [r for r in summary["strategies"] if r["strategy"].startswith("fixed ")]
+  ax.plot([r["forward_passes_per_example"] for r in budget],
+          [r["exact_accuracy"] for r in budget], "o-", color="grey", lw=0.8, zorder=2,
+          label="plain inference, fixed budgets of 1..N_sup steps")
+  others = [r for r in summary["strategies"] if not r["strategy"].startswith("fixed ")]
+  markers = {"fixed": "D", "q": "s", "converged": "^"}
+  for i, r in enumerate(others):
+    ax.scatter(r["forward_passes_per_example"], r["exact_accuracy"], s=40, zorder=3,
+               marker=markers[r["halt"]], color=plt.cm.tab10(i % 10), label=r["strategy"])
+  ax.set_xlabel("forward passes per example")
+  ax.set_ylabel("exact accuracy")
+  ax.set_title(f"{title}: accuracy against compute per inference strategy")
+  ax.legend(loc="lower right", fontsize=7)
+  fig.tight_layout()
+  paths.append(out / "frontier.png")
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  import trm_jax
+  from trm_jax import analysis
+  from trm_jax.data import datasets
+
+  ws = _floats(_WS.value, "guidance_ws")
+  ks = [int(k) for k in _floats(_KS.value, "converge_ks")]
+  if any(k < 1 or k != int(k) for k in _floats(_KS.value, "converge_ks")):
+    raise app.UsageError("--converge_ks: positive integers")
+  run = trm_jax.load(_WORKDIR.value, _STEP.value)
+  data_cfg = run.config.data
+  if _DATA_DIR.value:
+    data_cfg.data_dir = _DATA_DIR.value
+  builder = datasets.builder_for(data_cfg)
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"dataset '{data_cfg.builder}/{builder.builder_config.name}' is not "
+                            f"built under {data_cfg.data_dir} (the run's data.data_dir); pass "
+                            "--data_dir")
+  source = builder.as_data_source()[_SPLIT.value]
+  batch_size = _BATCH_SIZE.value or run.config.eval.global_batch_size
+  start = time.time()
+  summary = analyze(run, source, max_examples=_MAX_EXAMPLES.value, batch_size=batch_size,
+                    ws=ws, ks=ks, margin_w=_MARGIN_W.value)
+  summary.update(workdir=str(run.workdir), split=_SPLIT.value, seconds=time.time() - start)
+  out = pathlib.Path(_OUT.value) if _OUT.value else run.workdir / "analysis"
+  out.mkdir(parents=True, exist_ok=True)
+  title = f"{summary['scheme']} step {run.step}, {_SPLIT.value}"
+  text = "\n\n".join([f"{title}: {summary['examples']} examples, "
+                      f"{summary['passes_per_step']} forward passes per supervision step",
+                      analysis.format_table(summary), format_strategies(summary["strategies"])])
+  (out / "analysis.txt").write_text(text + "\n")
+  (out / "analysis.json").write_text(json.dumps(summary, indent=1))
+  paths = plot(summary, out, title)
+  print(text)
+  print(f"\nwrote {out / 'analysis.txt'}, {out / 'analysis.json'}, "
+        + ", ".join(str(p.name) for p in paths))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main, argv=sys.argv)

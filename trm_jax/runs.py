@@ -1,0 +1,80 @@
+"""A training run's directory, read back: its resolved config and its evaluation weights.
+
+    run = trm_jax.load("/tmp/smoke")            # a workdir, its checkpoints/ or one step's dir
+    run.params, run.model_config, run.config, run.step
+
+Nothing of the training run is rebuilt (no optimiser, no data stream, no example batch): the
+config comes from the workdir's config.json (written by `trm_jax.main` before training starts),
+the weights from the newest complete checkpoint (or the step asked for), read from the
+checkpoint's own metadata onto this process's first device. `params` are what evaluation uses:
+the EMA weights when the run keeps an EMA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+from orbax.checkpoint import v1 as ocp
+
+from trm_jax import train as train_lib
+from trm_jax.config import ModelSpec
+
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict        # the resolved experiment config
+  model_config: ml_collections.ConfigDict  # with the dataset's shapes filled in
+  params: dict[str, Any]                   # evaluation weights
+  step: int                                # the checkpoint's training step
+  checkpoint: pathlib.Path
+
+
+def _locate(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, pathlib.Path]:
+  """(workdir, checkpoint step directory) for a workdir, a checkpoints dir or a step dir."""
+  path = path.expanduser().absolute()
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no such run directory or checkpoint")
+  if (path / "state").is_dir():  # a step directory
+    return path.parent.parent, path
+  checkpoints = path / "checkpoints" if (path / CONFIG_FILE).exists() else path
+  steps = sorted(int(p.name) for p in checkpoints.iterdir()
+                 if p.name.isdigit() and (p / "state").is_dir()) if checkpoints.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"{checkpoints}: no checkpoint (train first, or point at a run's "
+                            "workdir)")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"{checkpoints}: no checkpoint of step {step} (have {steps})")
+  chosen = checkpoints / str(step if step is not None else steps[-1])
+  return checkpoints.parent, chosen
+
+
+def load(path: str | pathlib.Path, step: int | None = None) -> Run:
+  """The run at `path` (workdir, its checkpoints directory, or one checkpoint's directory)."""
+  workdir, checkpoint = _locate(pathlib.Path(path), step)
+  config_path = workdir / CONFIG_FILE
+  if not config_path.exists():
+    raise FileNotFoundError(f"{config_path}: missing; a run directory written by "
+                            "`python -m trm_jax.main` has it")
+  try:
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+  model_config = ml_collections.ConfigDict(config.model.to_dict())
+  ModelSpec.from_config(model_config)  # validates, naming a bad field
+
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  metadata = ocp.metadata(checkpoint, checkpointable_name="state").metadata
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata)
+  state = ocp.load(checkpoint, abstract, checkpointable_name="state")
+  return Run(workdir=workdir, config=config, model_config=model_config,
+             params=train_lib.eval_params(state), step=int(checkpoint.name),
+             checkpoint=checkpoint)
