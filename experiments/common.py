@@ -37,7 +37,7 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
 
 def eval_recipe(**overrides) -> ml_collections.ConfigDict:
   values = dict(global_batch_size=768, max_batches=0, guidance_w=1.0, halt="fixed",
-                converge_k=1)
+                converge_k=1, max_steps=0)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -57,7 +57,8 @@ def dis(model: ml_collections.ConfigDict, n_sup: int) -> ml_collections.ConfigDi
   model.halt_max_steps = n_sup
   model.halt_exploration_prob = 0.0
   # The official code's behaviour, spelled out so each can be overridden from the command line.
-  model.scheme_options = dict(input="prediction", targets="path", loss_weights="uniform")
+  model.scheme_options = dict(input="prediction", targets="path", loss_weights="uniform",
+                              halting="none", cfg_dropout=0.0)
   return model
 
 

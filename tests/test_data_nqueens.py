@@ -120,3 +120,15 @@ def test_generate_is_seeded():
   np.testing.assert_array_equal(first[0], again[0])
   np.testing.assert_array_equal(first[1], again[1])
   assert not np.array_equal(first[1], other[1])
+
+
+def test_valid_completions_keep_the_given_queens():
+  a = _board([0, 4, 7, 5, 2, 6, 1, 3])
+  b = _board([0, 5, 7, 2, 6, 3, 1, 4])  # another solution sharing the first queen
+  assert nqueens.is_valid_solution(b, 8)
+  given = _board([0, None, None, None, None, None, None, None])  # only row 0's queen
+  other = _board([None, 4, None, None, None, None, None, None])  # a queen b lacks
+  inputs = np.stack([given, given, other, given])
+  preds = np.stack([a, b, b, _board([0, 4, 7, 5, 2, 6, 3, 1])])
+  np.testing.assert_array_equal(nqueens.valid_completions(inputs, preds, 8),
+                                [True, True, False, False])

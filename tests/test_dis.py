@@ -15,6 +15,8 @@ from trm_jax import act, config, convert, losses, model, train
 from trm_jax.config import ModelSpec
 from trm_jax.schemes import dis
 
+from experiments import common
+
 from conftest import load_official, official_batch as _batch, official_training_call
 
 FIXTURE = "official_dis_att_rope_fp32.npz"
@@ -255,3 +257,36 @@ def test_linear_loss_weights_scale_step_t_by_2t_over_n_plus_1():
     scaled = float(train.supervision_loss(params, rows, weighted, s, jax.random.key(1))[0])
     t = steps_taken + 1
     assert scaled == pytest.approx(plain * 2 * t / (spec.halt_max_steps + 1), rel=1e-6)
+
+
+def test_learned_halting_head_adds_trms_bce_and_halts_evaluation():
+  from trm_jax import inference
+  cfg = common.dis(config.tiny(), 4)
+  cfg.scheme_options = {"halting": "learned"}
+  spec = ModelSpec.from_config(cfg)
+  params = trm_jax.init_params(cfg, jax.random.key(0))
+  params["q_head"]["bias"] = jnp.array([0.7, 0.0])
+  rng = np.random.default_rng(0)
+  x = rng.integers(1, spec.vocab_size, (6, spec.seq_len))
+  batch = {"inputs": jnp.asarray(x, jnp.int32), "labels": jnp.asarray(x, jnp.int32),
+           "puzzle_identifiers": jnp.zeros((6,), jnp.int32)}  # labels = inputs: some rows exact
+  state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(1))
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  plain_spec = ModelSpec.from_config(common.dis(config.tiny(), 4))
+  loss, (_, metrics) = train.supervision_loss(params, rows, spec, state, jax.random.key(2))
+  plain, _ = train.supervision_loss(params, rows, plain_spec, state, jax.random.key(2))
+  # By hand from the public eval step (same first step, same weights).
+  _, logits, q_halt, _ = trm_jax.supervision_step(params, cfg, trm_jax.initial_carry(cfg, 6),
+                                                  batch)
+  labels = np.asarray(batch["labels"])
+  correct = (np.asarray(logits).argmax(-1) == labels).all(-1).astype(np.float64)
+  q = np.asarray(q_halt, np.float64)
+  bce = np.sum(np.maximum(q, 0) - q * correct + np.log1p(np.exp(-np.abs(q))))
+  np.testing.assert_allclose(float(loss - plain), 0.5 * bce, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["q_halt_loss"]), bce, rtol=1e-5)
+  # Evaluation with halt='q' stops every row at step 1 (q_halt = 0.7 + ... > 0 for this bias).
+  out = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(halt="q"))
+  np.testing.assert_array_equal(out["steps"], np.where(q > 0, 1, spec.halt_max_steps))
+  assert (q > 0).any()
+  with pytest.raises(ValueError, match="halting"):
+    convert.official_arch(cfg)

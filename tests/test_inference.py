@@ -141,3 +141,58 @@ def test_strategy_config_is_checked_naming_the_field():
   with pytest.raises(ValueError, match="trains no halting head"):
     inference.Strategy(halt="q").validate(dis_spec)
   inference.Strategy(halt="converged").validate(dis_spec)
+
+
+def test_cfg_guidance_mixes_conditioned_and_unconditioned_steps():
+  cfg, spec, params = _model("dis")
+  batch = _batch(spec, 6, 4)
+  w = 2.0
+  carry = trm_jax.initial_carry(cfg, 6)
+  expected = []
+  for _ in range(spec.halt_max_steps):
+    _, l_u, _, _ = trm_jax.supervision_step(params, cfg, dict(carry, uncond=jnp.ones(6, bool)),
+                                            batch)
+    carry, l_c, _, _ = trm_jax.supervision_step(params, cfg, carry, batch)
+    guided = np.asarray(l_u, np.float64) + w * (np.asarray(l_c, np.float64) - np.asarray(l_u))
+    carry = dict(carry, prev_pred=jnp.asarray(guided.argmax(-1), jnp.int32))
+    expected.append(guided.argmax(-1))
+  strategy = inference.Strategy(guidance="cfg", guidance_w=w)
+  strategy.validate(spec)
+  out = inference.eval_batch(params, batch, spec=spec, strategy=strategy)
+  np.testing.assert_array_equal(out["preds"], expected[-1])
+  plain = inference.eval_batch(params, batch, spec=spec)
+  assert (np.asarray(plain["preds"]) != expected[-1]).any()  # guidance changed something
+  assert strategy.passes_per_step(spec) == 2 * trm_jax.forward_passes_per_step(cfg)
+  with pytest.raises(ValueError, match="no unconditioned mode"):
+    strategy.validate(ModelSpec.from_config(config.tiny()))
+
+
+def test_an_unconditioned_dis_step_sees_no_puzzle():
+  from trm_jax import act, train
+  from trm_jax import model as model_lib
+  cfg, spec, params = _model("dis")
+  batch = _batch(spec, 4, 5)
+  state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(0))
+  rows = model_lib.puzzle_rows(params, batch["puzzle_identifiers"])
+  blank = dict(state, data=dict(state["data"], inputs=jnp.zeros_like(batch["inputs"])))
+  # Inference: the unconditioned mode is the step on a PAD input without puzzle rows.
+  _, dropped = model_lib.step(params, rows, spec, model_lib.scheme_of(spec).unconditioned(
+      spec, state["carry"]), state["data"], training=False)
+  _, by_hand = model_lib.step(params, jnp.zeros_like(rows), spec, state["carry"], blank["data"],
+                              training=False)
+  np.testing.assert_allclose(dropped.logits, by_hand.logits, rtol=1e-6, atol=1e-6)
+  # Training with cfg_dropout = 1 drops every row's conditioning (the targets stay the path's).
+  always = common.dis(config.tiny(), 4)
+  always.scheme_options.cfg_dropout = 1.0
+  always_spec = ModelSpec.from_config(always)
+  loss, _ = train.supervision_loss(params, rows, always_spec, state, jax.random.key(1))
+  expected, _ = train.supervision_loss(params, jnp.zeros_like(rows), spec, blank,
+                                       jax.random.key(1))
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)
+  never, _ = train.supervision_loss(params, rows, spec, state, jax.random.key(1))
+  assert abs(float(never) - float(loss)) > 1e-4
+  for bad in (1.5, -0.1, "half"):
+    values = always.to_dict()
+    values["scheme_options"] = dict(values["scheme_options"], cfg_dropout=bad)
+    with pytest.raises(ValueError, match="cfg_dropout"):
+      ModelSpec.from_config(values)

@@ -31,6 +31,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "examples per batch (0: the 
                                    "eval.global_batch_size)")
 _WS = flags.DEFINE_string("guidance_ws", "0.5,1,1.5,2,3", "guidance scales compared")
 _KS = flags.DEFINE_string("converge_ks", "1,2", "convergence-halting patiences compared")
+_CFG_WS = flags.DEFINE_string("cfg_ws", "", "classifier-free guidance scales compared (a model "
+                              "trained with conditioning dropout, e.g. DIS cfg_dropout > 0)")
 _MARGIN_W = flags.DEFINE_float("margin_w", 1.0, "guidance scale of the advantage margin's policy")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's)")
 _OUT = flags.DEFINE_string("out", None, "output directory (default <workdir>/analysis)")
@@ -43,23 +45,30 @@ def _floats(text: str, flag: str) -> list[float]:
     raise app.UsageError(f"--{flag}={text!r}: expected comma-separated numbers") from None
 
 
-def strategies_for(spec, ws: list[float], ks: list[int]):
-  """The inference strategies compared: guidance scales at the full budget, Q-head halting
-  where the scheme has the head, convergence halting with each patience."""
+def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = ()):
+  """The inference strategies compared: plain inference at every fixed budget of 1..N_sup
+  steps, guidance scales at the full budget (step guidance; classifier-free guidance at
+  `cfg_ws`), Q-head halting where the scheme has a trained head, convergence halting with each
+  patience."""
   from trm_jax import inference
   from trm_jax import model as model_lib
-  out = [inference.Strategy(guidance_w=w) for w in ws]
-  if 1.0 not in ws:
-    out.insert(0, inference.Strategy())
-  if model_lib.scheme_of(spec).halting_head:
+  n_sup = spec.halt_max_steps
+  out = [inference.Strategy(max_steps=k) for k in range(1, n_sup)] + [inference.Strategy()]
+  out += [inference.Strategy(guidance_w=w) for w in ws if w != 1.0]
+  out += [inference.Strategy(guidance="cfg", guidance_w=w) for w in cfg_ws]
+  if model_lib.scheme_of(spec).has_halting_head(spec):
     out.append(inference.Strategy(halt="q"))
   out += [inference.Strategy(halt="converged", converge_k=k) for k in ks]
   return out
 
 
 def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
-            ks: list[int], margin_w: float = 1.0) -> dict[str, Any]:
-  """The trajectory summary and the strategy table over the first `max_examples` of `source`."""
+            ks: list[int], margin_w: float = 1.0, scorers=None, cfg_ws: list[float] = ()
+            ) -> dict[str, Any]:
+  """The trajectory summary and the strategy table over the first `max_examples` of `source`.
+
+  `scorers`: name -> fn(batch, preds) -> [B] 0/1, extra per-example success measures of the
+  task (e.g. N-Queens valid completions) reported for every strategy."""
   import jax
   import numpy as np
   from trm_jax import analysis, inference
@@ -67,15 +76,19 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   from trm_jax.config import ModelSpec
   from trm_jax.data import pipeline
 
+  scorers = scorers or {}
   spec = ModelSpec.from_config(run.model_config)
   scheme = model_lib.scheme_of(spec)
   passes_per_step = scheme.forward_passes(spec)
   trace = jax.jit(functools.partial(analysis.trajectory, spec=spec, guidance_w=margin_w))
-  strategies = strategies_for(spec, ws, ks)
+  strategies = strategies_for(spec, ws, ks, cfg_ws)
+  for strategy in strategies:
+    strategy.validate(spec)
   evaluators = [jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=s))
                 for s in strategies]
   sums, last_useful, n = None, [], 0
-  results = [dict(exact=0.0, token=0.0, steps=0.0) for _ in strategies]
+  results = [dict(exact=0.0, token=0.0, steps=0.0, **{k: 0.0 for k in scorers})
+             for _ in strategies]
   for batch in pipeline.eval_batches(source, global_batch_size=batch_size):
     valid = batch.pop("valid")
     if max_examples:
@@ -93,6 +106,8 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
       result["exact"] += float((out["exact"][halting, rows] * valid).sum())
       result["token"] += float((out["token_acc"][halting, rows] * valid).sum())
       result["steps"] += float((out["steps"] * valid).sum())
+      for name, score in scorers.items():
+        result[name] += float((np.asarray(score(batch, out["preds"]), float) * valid).sum())
     n += int(valid.sum())
   if n == 0:
     raise ValueError("no examples to analyse (empty split?)")
@@ -101,28 +116,30 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
                                passes_per_point=passes_per_step / points_per_step,
                                points_per_step=points_per_step)
   rows = []
-  for k in range(1, spec.halt_max_steps + 1):  # fixed budgets: plain inference stopped at step k
-    point = summary["points"][k * points_per_step - 1]
-    rows.append({"strategy": f"fixed {k} step{'s' if k > 1 else ''}", "halt": "fixed",
-                 "guidance_w": 1.0, "exact_accuracy": point["exact_accuracy"],
-                 "token_accuracy": point["token_accuracy"],
-                 "forward_passes_per_example": float(k * passes_per_step)})
   for strategy, result in zip(strategies, results):
     rows.append({"strategy": strategy.describe(), "halt": strategy.halt,
                  "guidance_w": strategy.guidance_w, "converge_k": strategy.converge_k,
+                 "max_steps": strategy.steps(spec),
+                 "budget_only": strategy.halt == "fixed" and strategy.guidance_w == 1.0,
                  "exact_accuracy": result["exact"] / n, "token_accuracy": result["token"] / n,
-                 "forward_passes_per_example": result["steps"] / n * passes_per_step})
+                 "guidance": strategy.guidance,
+                 "forward_passes_per_example": result["steps"] / n * strategy.passes_per_step(
+                     spec),
+                 **{name: result[name] / n for name in scorers}})
   summary.update(scheme=scheme.name, step=run.step, margin_w=margin_w, strategies=rows,
-                 passes_per_step=passes_per_step, points_per_step=points_per_step)
+                 passes_per_step=passes_per_step, points_per_step=points_per_step,
+                 scorers=sorted(scorers))
   return summary
 
 
-def format_strategies(rows) -> str:
-  lines = ["| inference strategy | exact accuracy | token accuracy | forward passes / example |",
-           "|---|---|---|---|"]
+def format_strategies(rows, scorers=()) -> str:
+  extra = "".join(f" {name.replace('_', ' ')} |" for name in scorers)
+  lines = [f"| inference strategy | exact accuracy | token accuracy |{extra} "
+           "forward passes / example |", "|---" * (4 + len(scorers)) + "|"]
   for r in rows:
-    lines.append(f"| {r['strategy']} | {r['exact_accuracy']:.4f} | {r['token_accuracy']:.4f} | "
-                 f"{r['forward_passes_per_example']:.1f} |")
+    more = "".join(f" {r[name]:.4f} |" for name in scorers)
+    lines.append(f"| {r['strategy']} | {r['exact_accuracy']:.4f} | {r['token_accuracy']:.4f} |"
+                 f"{more} {r['forward_passes_per_example']:.1f} |")
   return "\n".join(lines)
 
 
@@ -184,11 +201,11 @@ def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(8, 5))
-  budget = [r for r in summary["strategies"] if r["strategy"].startswith("fixed ")]
+  budget = [r for r in summary["strategies"] if r["budget_only"]]
   ax.plot([r["forward_passes_per_example"] for r in budget],
           [r["exact_accuracy"] for r in budget], "o-", color="grey", lw=0.8, zorder=2,
           label="plain inference, fixed budgets of 1..N_sup steps")
-  others = [r for r in summary["strategies"] if not r["strategy"].startswith("fixed ")]
+  others = [r for r in summary["strategies"] if not r["budget_only"]]
   markers = {"fixed": "D", "q": "s", "converged": "^"}
   for i, r in enumerate(others):
     ax.scatter(r["forward_passes_per_example"], r["exact_accuracy"], s=40, zorder=3,
@@ -202,6 +219,17 @@ def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib
   fig.savefig(paths[-1], dpi=120)
   plt.close(fig)
   return paths
+
+
+def task_scorers(config, spec) -> dict:
+  """Per-example success measures of the run's task beyond exact match."""
+  if config.data.builder == "nqueens":
+    import math
+    from trm_jax.data import nqueens
+    n = math.isqrt(spec.seq_len)
+    return {"valid_completion": lambda batch, preds: nqueens.valid_completions(
+        batch["inputs"], preds, n)}
+  return {}
 
 
 def main(argv):
@@ -227,15 +255,19 @@ def main(argv):
   source = builder.as_data_source()[_SPLIT.value]
   batch_size = _BATCH_SIZE.value or run.config.eval.global_batch_size
   start = time.time()
+  from trm_jax.config import ModelSpec
+  scorers = task_scorers(run.config, ModelSpec.from_config(run.model_config))
   summary = analyze(run, source, max_examples=_MAX_EXAMPLES.value, batch_size=batch_size,
-                    ws=ws, ks=ks, margin_w=_MARGIN_W.value)
+                    ws=ws, ks=ks, margin_w=_MARGIN_W.value, scorers=scorers,
+                    cfg_ws=_floats(_CFG_WS.value, "cfg_ws"))
   summary.update(workdir=str(run.workdir), split=_SPLIT.value, seconds=time.time() - start)
   out = pathlib.Path(_OUT.value) if _OUT.value else run.workdir / "analysis"
   out.mkdir(parents=True, exist_ok=True)
   title = f"{summary['scheme']} step {run.step}, {_SPLIT.value}"
   text = "\n\n".join([f"{title}: {summary['examples']} examples, "
                       f"{summary['passes_per_step']} forward passes per supervision step",
-                      analysis.format_table(summary), format_strategies(summary["strategies"])])
+                      analysis.format_table(summary),
+                      format_strategies(summary["strategies"], summary["scorers"])])
   (out / "analysis.txt").write_text(text + "\n")
   (out / "analysis.json").write_text(json.dumps(summary, indent=1))
   paths = plot(summary, out, title)

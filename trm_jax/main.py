@@ -194,7 +194,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
   (ARC) pass@K over this evaluation's predictions only. `evaluate_batch` is
   `inference.eval_batch` with the run's strategy (config section `eval`) bound, jitted."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  n_sup = spec.halt_max_steps
+  n_sup = inference.Strategy.from_config(cfg.eval).steps(spec)
   token, exact, steps, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0
   final_exact = 0.0
   max_batches = cfg.eval.max_batches
@@ -219,7 +219,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
     if arc_evaluator is not None:
       arc_evaluator.add(out["preds"], out["q_halt"], extra["task_id"], extra["test_index"],
                         extra["dihedral"], extra["colors"], mask=valid)
-  passes = model_lib.forward_passes_per_step(spec)
+  passes = inference.Strategy.from_config(cfg.eval).passes_per_step(spec)
   result = {
       "count": count,
       "exact_accuracy": final_exact / max(count, 1),

@@ -16,6 +16,8 @@ A scheme owns, under its own name:
   feed_back      what the carry takes from a step's committed logits (DIS: the argmax it feeds
                  back as the next input; TRM: nothing), for inference that commits other logits
                  (guidance)
+  unconditioned  the carry with the step's conditioning dropped (DIS: no puzzle), for
+                 classifier-free guidance; None where the scheme has no such mode
 The ACT bookkeeping (act.py), the training loop (train.py, main.py), evaluation, checkpoints,
 sharding and conversion see only this contract; the generic carry keys `steps` (supervision steps
 taken by each row's current example) and `reset` (rows restarting at the next step) are kept by
@@ -76,10 +78,9 @@ class Scheme:
 
   name: str = ""
   # The scheme's own settings: name -> allowed values, the first the default (for a published
-  # method, the official code's behaviour); an int default admits any positive integer.
+  # method, the official code's behaviour); an int default admits any positive integer, a
+  # float default any number in [0, 1] (a probability).
   options: Mapping[str, tuple] = {}
-  # Whether `halted(..., adaptive=True)` reads a learned halting head (evaluation halt="q").
-  halting_head: bool = False
 
   def option(self, spec: ModelSpec, name: str):
     return spec.options.get(name, self.options[name][0])
@@ -91,7 +92,11 @@ class Scheme:
         raise ValueError(f"model config field 'scheme_options.{name}': scheme '{self.name}' has "
                          f"{'options ' + str(sorted(self.options)) if self.options else 'none'}")
       default = self.options[name][0]
-      if isinstance(default, int) and not isinstance(default, bool):
+      if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+          raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be a "
+                           "number in [0, 1]")
+      elif isinstance(default, int) and not isinstance(default, bool):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
           raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be a "
                            "positive integer")
@@ -139,6 +144,11 @@ class Scheme:
   def forward_passes(self, spec: ModelSpec) -> int:
     raise NotImplementedError
 
+  def has_halting_head(self, spec: ModelSpec) -> bool:
+    """Whether `halted(..., adaptive=True)` reads a trained halting head (evaluation halt='q')."""
+    del spec
+    return False
+
   def answer_logits(self, params, rows, spec: ModelSpec, carry: Carry) -> jax.Array:
     """fp32 logits [B, L, V] of the carry's answer state as the next step will start from it
     (rows flagged `reset`: the initial state)."""
@@ -148,6 +158,11 @@ class Scheme:
     """The carry after a step whose committed logits are `logits` (default: unchanged)."""
     del spec, logits
     return carry
+
+  def unconditioned(self, spec: ModelSpec, carry: Carry) -> Carry | None:
+    """The carry whose next step runs without its conditioning (None: no such mode)."""
+    del spec, carry
+    return None
 
 
 _SCHEMES: dict[str, Scheme] = {}

@@ -100,3 +100,13 @@ def is_valid_solution(board, n: int) -> bool:
   rows, cols = np.nonzero(queens)
   return (len(rows) == n and len(set(rows.tolist())) == n and len(set(cols.tolist())) == n
           and len(set((rows + cols).tolist())) == n and len(set((rows - cols).tolist())) == n)
+
+
+def valid_completions(inputs_NxL, preds_NxL, n: int) -> np.ndarray:
+  """[N] whether each predicted board is a solution that keeps every queen of its input: the
+  task's own success measure, where the official exact match against the one label the input
+  was cut from undercounts (partial boards have several completions)."""
+  inputs = np.asarray(inputs_NxL).reshape(-1, n * n)
+  preds = np.asarray(preds_NxL).reshape(-1, n * n)
+  keeps = np.all((inputs != QUEEN) | (preds == QUEEN), axis=-1)
+  return np.array([bool(k) and is_valid_solution(p, n) for k, p in zip(keeps, preds)])

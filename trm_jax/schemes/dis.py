@@ -26,6 +26,17 @@ Options (`model.scheme_options`; the first value is the official code's):
                 supervised cells, in one random order per sample; step N_sup: all of them).
   loss_weights  "uniform"; "linear": step t's loss weighted 2t / (N_sup + 1) (increasing, mean 1
                 over the steps; the paper's text).
+  cfg_dropout   p in [0, 1], default 0 (the official code declares `cf_uncond_prob` and never
+                uses it): in training each row's step is unconditioned with probability p, drawn
+                per row and step from the step's rng. Unconditioned = the token input is all PAD
+                (0) and the puzzle-embedding prefix is zero; the latents and the timestep
+                embedding stay. At inference, `eval.guidance = 'cfg'` runs every step twice from
+                the same carry, conditioned (l_c, whose latents carry on) and unconditioned
+                (l_u), and commits l_u + w (l_c - l_u) (trm_jax/inference.py).
+  halting       "none"; "learned": the Q head's halting logit is trained next to DIS with TRM's
+                BCE on "the step's prediction is the exact answer" (weight 0.5, no Q-learning,
+                no continue head); training still runs N_sup steps, and evaluation with
+                `eval.halt = 'q'` stops a row when its logit is positive.
 """
 
 from __future__ import annotations
@@ -68,8 +79,8 @@ class DIS(TRM):
 
   name: str = "dis"
   options = {"input": ("prediction", "puzzle"), "targets": ("path", "mask"),
-             "loss_weights": ("uniform", "linear")}
-  halting_head = False  # no Q loss: the Q head is untrained
+             "loss_weights": ("uniform", "linear"), "halting": ("none", "learned"),
+             "cfg_dropout": (0.0,)}
 
   def build(self, spec, rngs):
     return DISModel(spec, rngs=rngs)
@@ -77,7 +88,8 @@ class DIS(TRM):
   def initial_carry(self, spec, batch_size):
     return {**super().initial_carry(spec, batch_size),
             "prev_pred": jnp.zeros((batch_size, spec.seq_len), jnp.int32),
-            "path": jnp.zeros((batch_size, spec.halt_max_steps + 1, spec.seq_len), jnp.int32)}
+            "path": jnp.zeros((batch_size, spec.halt_max_steps + 1, spec.seq_len), jnp.int32),
+            "uncond": jnp.zeros((batch_size,), bool)}
 
   def refresh(self, spec, carry, fresh, batch, rng):
     if rng is None:
@@ -88,10 +100,25 @@ class DIS(TRM):
     path = linear_path(rng, start, labels, spec.halt_max_steps + 1)
     return dict(carry, path=jnp.where(fresh[:, None, None], path, carry["path"]))
 
+  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+    p = self.option(spec, "cfg_dropout")
+    if training and p > 0:  # classifier-free-guidance training: drop the conditioning
+      carry = dict(carry, uncond=jax.random.bernoulli(jax.random.fold_in(rng, 1), p, t.shape))
+    new_carry, readout = super().step(params, rows, spec, carry, data, t, rng,
+                                      training=training, record=record)
+    return dict(new_carry, uncond=jnp.zeros_like(carry["uncond"])), readout
+
+  def unconditioned(self, spec, carry):
+    return dict(carry, uncond=jnp.ones_like(carry["uncond"]))
+
   def embed(self, model, rows, spec, carry, data, t):
     puzzle = (t == 1) | (self.option(spec, "input") == "puzzle")
     inputs = jnp.where(puzzle[:, None], data["inputs"].astype(jnp.int32), carry["prev_pred"])
     inputs = jnp.where(inputs == losses.IGNORE_LABEL_ID, 0, inputs)
+    uncond = carry["uncond"]
+    inputs = jnp.where(uncond[:, None], 0, inputs)
+    if rows is not None:
+      rows = jnp.where(uncond[:, None], jnp.zeros_like(rows), rows)
     timestep = jnp.take(model.timestep_embed[...], jnp.clip(t, 0, spec.halt_max_steps), axis=0)
     return model.embed(inputs, rows, timestep)
 
@@ -105,8 +132,14 @@ class DIS(TRM):
   def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
     return {}  # no Q loss
 
+  def has_halting_head(self, spec):
+    return self.option(spec, "halting") == "learned"  # else the Q head is never trained
+
   def halted(self, spec, readout, t, rng, *, training, adaptive=False):
-    return recursion.Scheme.halted(self, spec, readout, t, rng, training=training)
+    halted = recursion.Scheme.halted(self, spec, readout, t, rng, training=training)
+    if adaptive and not training and self.has_halting_head(spec):
+      halted = halted | (readout.q_halt > 0)
+    return halted
 
   def targets(self, spec, carry, data):
     """Frame t of each row's path (t = the step just taken), out-of-vocabulary -> ignored."""
@@ -137,6 +170,12 @@ class DIS(TRM):
         "lm_loss": jax.lax.stop_gradient(lm_loss),
         "target_exact_accuracy": target_correct.sum(),
     }
-    return lm_loss, {k: v.astype(jnp.float32) for k, v in metrics.items()}
+    total = lm_loss
+    if self.has_halting_head(spec):
+      q_halt_loss = jnp.sum(losses.binary_cross_entropy_with_logits(readout.q_halt, seq_correct))
+      total = total + 0.5 * q_halt_loss
+      metrics["q_halt_loss"] = jax.lax.stop_gradient(q_halt_loss)
+      metrics["q_halt_accuracy"] = (valid & ((readout.q_halt >= 0) == seq_correct)).sum()
+    return total, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
 recursion.register(DIS())

@@ -26,7 +26,6 @@ class TRM(recursion.Scheme):
   name: str = "trm"
   recur: recursion.RecurFn = recursion.trm_recursion
   passes: Callable[[ModelSpec], int] = lambda spec: spec.H_cycles * (spec.L_cycles + 1)
-  halting_head = True  # the Q head
 
   @property
   def recur_fn(self):
@@ -99,6 +98,9 @@ class TRM(recursion.Scheme):
 
   def forward_passes(self, spec):
     return self.passes(spec)
+
+  def has_halting_head(self, spec):
+    return True  # the Q head
 
   def answer_logits(self, params, rows, spec, carry):
     del rows
