@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 METHODS = ("trm", "dis", "dis_halt", "dis_cfg")
 CFG_DROPOUT = 0.1  # the official DIS config's (unused) cf_uncond_prob
 CFG_WS = (1.0, 1.5, 2.0, 3.0)
+ROLLOUTS = ((8, 0.1), (8, 0.3))  # test-time scaling: (K, noise scale)
 TASKS = ("sudoku6", "nqueens8")
 
 
@@ -100,7 +101,8 @@ def analyze(task: str, method: str, workdir: pathlib.Path, max_examples: int) ->
   return analyze_lib.analyze(run, source, max_examples=max_examples,
                              batch_size=run.config.eval.global_batch_size,
                              ws=[0.5, 1.0, 1.5, 2.0, 3.0], ks=[1, 2], scorers=scorers,
-                             cfg_ws=CFG_WS if method == "dis_cfg" else ())
+                             cfg_ws=CFG_WS if method == "dis_cfg" else (),
+                             rollouts=ROLLOUTS)
 
 
 def plot(task: str, results: dict, path: pathlib.Path, metric: str) -> None:
@@ -117,19 +119,22 @@ def plot(task: str, results: dict, path: pathlib.Path, metric: str) -> None:
     for s in rows:
       if s["budget_only"]:
         continue
-      marker = {"fixed": "D", "q": "s", "converged": "^"}[s["halt"]]
+      marker = "*" if s["rollouts"] > 1 else {"fixed": "D", "q": "s", "converged": "^"}[s["halt"]]
       ax.scatter(s["forward_passes_per_example"], s[metric], marker=marker, color=color, s=30,
                  zorder=3)
       short = ("CFG " * (s["guidance"] == "cfg")) + (
           f"w={s['guidance_w']:g}" if s["halt"] == "fixed" else
           "Q" if s["halt"] == "q" else f"conv k={s['converge_k']}")
+      if s["rollouts"] > 1:
+        short = f"K={s['rollouts']} {s['strategy'].rsplit('pick ', 1)[-1].rstrip(')')}"
       ax.annotate(short, (s["forward_passes_per_example"], s[metric]), fontsize=6,
                   xytext=(3, 2), textcoords="offset points", color=color)
   ax.set_xscale("log")
   ax.set_xlabel("inference forward passes per example (log)")
   ax.set_ylabel(metric.replace("_", " "))
   ax.set_title(f"{task}: accuracy against inference compute "
-               "(lines: plain inference at 1..N_sup steps; D guidance, s Q halting, ^ convergence)",
+               "(lines: plain inference at 1..N_sup steps; D guidance, s Q halting, ^ convergence, "
+               "* K rollouts)",
                fontsize=8)
   ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()

@@ -36,8 +36,9 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
 
 
 def eval_recipe(**overrides) -> ml_collections.ConfigDict:
-  values = dict(global_batch_size=768, max_batches=0, guidance_w=1.0, halt="fixed",
-                converge_k=1, max_steps=0)
+  # Inference strategy fields: trm_jax/inference.py (defaults: plain inference, N_sup steps).
+  values = dict(global_batch_size=768, max_batches=0, guidance_w=1.0, guidance="step",
+                halt="fixed", converge_k=1, max_steps=0, rollouts=1, noise=0.0, pick="q", seed=0)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 

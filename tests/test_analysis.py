@@ -149,7 +149,8 @@ def test_analyze_command_on_a_tiny_trained_run(tmp_path):
   out = tmp_path / "out"
   result = subprocess.run(
       [sys.executable, "-m", "trm_jax.analyze", "--workdir", str(tmp_path), "--out", str(out),
-       "--max_examples", "10", "--batch_size", "8", "--guidance_ws", "1,2", "--converge_ks", "1"],
+       "--max_examples", "10", "--batch_size", "8", "--guidance_ws", "1,2", "--converge_ks", "1",
+       "--rollouts", "2,0.1"],
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "dead passes per example" in result.stdout and "| inference strategy |" in result.stdout
@@ -161,6 +162,11 @@ def test_analyze_command_on_a_tiny_trained_run(tmp_path):
       spec.L_cycles + 1)
   names = [r["strategy"] for r in summary["strategies"]]
   assert "w=2, fixed N_sup" in names and "w=1, Q-head halting, at most N_sup" in names
+  scaled = [r for r in summary["strategies"] if r["rollouts"] == 2]
+  assert {r["strategy"].rsplit("pick ", 1)[-1] for r in scaled} == {"vote)", "q)", "first_halt)"}
+  full_passes = spec.halt_max_steps * spec.H_cycles * (spec.L_cycles + 1)
+  assert next(r for r in scaled if "vote" in r["strategy"])["forward_passes_per_example"] == (
+      2 * full_passes)
   budgets = [r for r in summary["strategies"] if r["budget_only"]]
   assert [r["max_steps"] for r in budgets] == list(range(1, spec.halt_max_steps + 1))
   passes = spec.H_cycles * (spec.L_cycles + 1)

@@ -196,3 +196,39 @@ def test_an_unconditioned_dis_step_sees_no_puzzle():
     values["scheme_options"] = dict(values["scheme_options"], cfg_dropout=bad)
     with pytest.raises(ValueError, match="cfg_dropout"):
       ModelSpec.from_config(values)
+
+
+def test_pick_rollout_by_hand():
+  preds = jnp.array([[[1, 2], [3, 4], [1, 2]],
+                     [[5, 5], [6, 6], [7, 7]]])  # [B=2, K=3, L=2]
+  q = jnp.array([[0.1, 0.9, 0.2], [0.3, -1.0, 0.5]])
+  steps = jnp.array([[3, 2, 2], [4, 1, 4]])
+  np.testing.assert_array_equal(inference.pick_rollout(preds, q, steps, "q"), [1, 2])
+  np.testing.assert_array_equal(inference.pick_rollout(preds, q, steps, "vote"), [0, 0])
+  np.testing.assert_array_equal(inference.pick_rollout(preds, q, steps, "first_halt"), [1, 1])
+
+
+def test_rollouts_count_every_pass_and_noise_makes_them_differ():
+  cfg, spec, params = _model()
+  batch = _batch(spec, 4, 6)
+  plain = inference.eval_batch(params, batch, spec=spec)
+  same = inference.eval_batch(params, batch, spec=spec,
+                              strategy=inference.Strategy(rollouts=3, pick="vote"))
+  np.testing.assert_array_equal(same["preds"], plain["preds"])  # noise 0: identical rollouts
+  np.testing.assert_array_equal(same["cost_steps"], 3 * plain["steps"])
+  params["q_head"]["bias"] = jnp.array([-2.0, 0.0])
+  noisy = inference.Strategy(rollouts=4, noise=0.5, pick="first_halt", halt="q", seed=3)
+  noisy.validate(spec)
+  out = inference.eval_batch(params, batch, spec=spec, strategy=noisy)
+  # First to halt: all K rollouts stop with the first, so the cost is K x its steps.
+  np.testing.assert_array_equal(out["cost_steps"], 4 * out["steps"])
+  again = inference.eval_batch(params, batch, spec=spec, strategy=noisy)
+  np.testing.assert_array_equal(out["preds"], again["preds"])  # seeded
+  voted = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(
+      rollouts=4, noise=0.5, pick="vote", seed=3))
+  assert (np.asarray(voted["preds"]) != np.asarray(plain["preds"])).any()
+  with pytest.raises(ValueError, match="first_halt"):
+    inference.Strategy(rollouts=2, pick="first_halt").validate(spec)
+  with pytest.raises(ValueError, match="no halting head"):
+    inference.Strategy(rollouts=2, pick="q").validate(
+        ModelSpec.from_config(common.dis(config.tiny(), 4)))

@@ -109,3 +109,13 @@ def test_the_readme_scheme_example_trains_through_the_cli(tmp_path):
   evals = [l for l in lines if l["kind"] == "eval"]
   assert evals and evals[-1]["forward_passes_per_example"] == 4 * 2  # N_sup * n
   assert "2" in [p.name for p in (workdir / "checkpoints").iterdir()]
+  # The analysis runs on it too (the scheme records its readouts and gives answer_logits).
+  proc = subprocess.run([sys.executable, "-m", "trm_jax.analyze", "--workdir", str(workdir),
+                         "--imports", "one_latent_scheme", "--max_examples", "8",
+                         "--guidance_ws", "2", "--converge_ks", "1"],
+                        cwd=EXPERIMENTS.parent, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu",
+                             "PYTHONPATH": str(tmp_path)})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  summary = json.loads((workdir / "analysis" / "analysis.json").read_text())
+  assert len(summary["points"]) == 4 * 2  # N_sup * n readout points

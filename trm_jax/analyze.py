@@ -31,11 +31,15 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "examples per batch (0: the 
                                    "eval.global_batch_size)")
 _WS = flags.DEFINE_string("guidance_ws", "0.5,1,1.5,2,3", "guidance scales compared")
 _KS = flags.DEFINE_string("converge_ks", "1,2", "convergence-halting patiences compared")
+_ROLLOUTS = flags.DEFINE_string("rollouts", "", "test-time scaling: K,noise[,K,noise...] pairs "
+                                "compared, each with every pick rule the model allows")
 _CFG_WS = flags.DEFINE_string("cfg_ws", "", "classifier-free guidance scales compared (a model "
                               "trained with conditioning dropout, e.g. DIS cfg_dropout > 0)")
 _MARGIN_W = flags.DEFINE_float("margin_w", 1.0, "guidance scale of the advantage margin's policy")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's)")
 _OUT = flags.DEFINE_string("out", None, "output directory (default <workdir>/analysis)")
+_IMPORTS = flags.DEFINE_multi_string("imports", [], "modules to import first (ones that "
+                                     "register a scheme of your own)")
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -45,11 +49,20 @@ def _floats(text: str, flag: str) -> list[float]:
     raise app.UsageError(f"--{flag}={text!r}: expected comma-separated numbers") from None
 
 
-def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = ()):
+def _pairs(text: str) -> list[tuple[int, float]]:
+  values = _floats(text, "rollouts")
+  if len(values) % 2 or any(k < 2 or k != int(k) for k in values[::2]):
+    raise app.UsageError(f"--rollouts={text!r}: pairs K,noise with K >= 2")
+  return [(int(k), noise) for k, noise in zip(values[::2], values[1::2])]
+
+
+def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = (),
+                   rollouts: list[tuple[int, float]] = ()):
   """The inference strategies compared: plain inference at every fixed budget of 1..N_sup
   steps, guidance scales at the full budget (step guidance; classifier-free guidance at
   `cfg_ws`), Q-head halting where the scheme has a trained head, convergence halting with each
-  patience."""
+  patience, and test-time scaling with K rollouts at each (K, noise) of `rollouts`, picked by
+  vote and, with a halting head, by the head (at the full budget and first-to-halt)."""
   from trm_jax import inference
   from trm_jax import model as model_lib
   n_sup = spec.halt_max_steps
@@ -59,12 +72,18 @@ def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = (
   if model_lib.scheme_of(spec).has_halting_head(spec):
     out.append(inference.Strategy(halt="q"))
   out += [inference.Strategy(halt="converged", converge_k=k) for k in ks]
+  head = model_lib.scheme_of(spec).has_halting_head(spec)
+  for k, noise in rollouts:
+    out.append(inference.Strategy(rollouts=k, noise=noise, pick="vote"))
+    if head:
+      out.append(inference.Strategy(rollouts=k, noise=noise, pick="q"))
+      out.append(inference.Strategy(rollouts=k, noise=noise, pick="first_halt", halt="q"))
   return out
 
 
 def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
-            ks: list[int], margin_w: float = 1.0, scorers=None, cfg_ws: list[float] = ()
-            ) -> dict[str, Any]:
+            ks: list[int], margin_w: float = 1.0, scorers=None, cfg_ws: list[float] = (),
+            rollouts: list[tuple[int, float]] = ()) -> dict[str, Any]:
   """The trajectory summary and the strategy table over the first `max_examples` of `source`.
 
   `scorers`: name -> fn(batch, preds) -> [B] 0/1, extra per-example success measures of the
@@ -81,7 +100,7 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   scheme = model_lib.scheme_of(spec)
   passes_per_step = scheme.forward_passes(spec)
   trace = jax.jit(functools.partial(analysis.trajectory, spec=spec, guidance_w=margin_w))
-  strategies = strategies_for(spec, ws, ks, cfg_ws)
+  strategies = strategies_for(spec, ws, ks, cfg_ws, rollouts)
   for strategy in strategies:
     strategy.validate(spec)
   evaluators = [jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=s))
@@ -105,7 +124,7 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
       rows = np.arange(len(valid))
       result["exact"] += float((out["exact"][halting, rows] * valid).sum())
       result["token"] += float((out["token_acc"][halting, rows] * valid).sum())
-      result["steps"] += float((out["steps"] * valid).sum())
+      result["steps"] += float((out["cost_steps"] * valid).sum())
       for name, score in scorers.items():
         result[name] += float((np.asarray(score(batch, out["preds"]), float) * valid).sum())
     n += int(valid.sum())
@@ -120,7 +139,9 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
     rows.append({"strategy": strategy.describe(), "halt": strategy.halt,
                  "guidance_w": strategy.guidance_w, "converge_k": strategy.converge_k,
                  "max_steps": strategy.steps(spec),
-                 "budget_only": strategy.halt == "fixed" and strategy.guidance_w == 1.0,
+                 "budget_only": (strategy.halt == "fixed" and strategy.guidance_w == 1.0
+                                 and strategy.rollouts == 1 and strategy.guidance == "step"),
+                 "rollouts": strategy.rollouts,
                  "exact_accuracy": result["exact"] / n, "token_accuracy": result["token"] / n,
                  "guidance": strategy.guidance,
                  "forward_passes_per_example": result["steps"] / n * strategy.passes_per_step(
@@ -209,7 +230,8 @@ def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib
   markers = {"fixed": "D", "q": "s", "converged": "^"}
   for i, r in enumerate(others):
     ax.scatter(r["forward_passes_per_example"], r["exact_accuracy"], s=40, zorder=3,
-               marker=markers[r["halt"]], color=plt.cm.tab10(i % 10), label=r["strategy"])
+               marker="*" if r["rollouts"] > 1 else markers[r["halt"]],
+               color=plt.cm.tab20(i % 20), label=r["strategy"])
   ax.set_xlabel("forward passes per example")
   ax.set_ylabel("exact accuracy")
   ax.set_title(f"{title}: accuracy against compute per inference strategy")
@@ -235,9 +257,13 @@ def task_scorers(config, spec) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  import importlib
   import trm_jax
   from trm_jax import analysis
   from trm_jax.data import datasets
+
+  for module in _IMPORTS.value:
+    importlib.import_module(module)
 
   ws = _floats(_WS.value, "guidance_ws")
   ks = [int(k) for k in _floats(_KS.value, "converge_ks")]
@@ -259,7 +285,7 @@ def main(argv):
   scorers = task_scorers(run.config, ModelSpec.from_config(run.model_config))
   summary = analyze(run, source, max_examples=_MAX_EXAMPLES.value, batch_size=batch_size,
                     ws=ws, ks=ks, margin_w=_MARGIN_W.value, scorers=scorers,
-                    cfg_ws=_floats(_CFG_WS.value, "cfg_ws"))
+                    cfg_ws=_floats(_CFG_WS.value, "cfg_ws"), rollouts=_pairs(_ROLLOUTS.value))
   summary.update(workdir=str(run.workdir), split=_SPLIT.value, seconds=time.time() - start)
   out = pathlib.Path(_OUT.value) if _OUT.value else run.workdir / "analysis"
   out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
 """Inference strategies: how a trained model is run on a batch, with its forward passes counted.
 
-A `Strategy` (the experiment config's `eval` section: `guidance_w`, `guidance`, `halt`,
-`converge_k`, `max_steps`):
+A `Strategy` is the experiment config's `eval` section (besides its batch size and limit):
 
   guidance_w  guided inference (../shared/spec/POLICY_IMPROVEMENT.md): each supervision step
               commits `l_w = l_u + w (l_c - l_u)` with l_c the step's own readout. w = 1 is plain
@@ -20,8 +19,17 @@ A `Strategy` (the experiment config's `eval` section: `guidance_w`, `guidance`, 
                    refused for schemes without one, e.g. DIS);
               "converged": a row stops once its committed prediction has not changed for
                    `converge_k` consecutive steps (needs no head; any scheme).
+  rollouts    test-time scaling: K rollouts of every puzzle, each with Gaussian noise of scale
+  noise       `noise` added to every floating-point entry of the scheme's carry (its latents)
+  pick, seed  after each supervision step (so rollouts part from step 2 on; Probabilistic TRM,
+              arXiv 2605.19943), one answer picked per puzzle:
+                "q"          the rollout whose halting logit is highest at its last step;
+                "vote"       the prediction most rollouts agree on (ties: the lowest rollout);
+                "first_halt" the rollout that halts first on its halting head (halt='q'); all
+                             K stop there ("Speed is Confidence", arXiv 2601.19085).
+              Every rollout's passes are counted.
 A stopped row keeps the prediction of its halting step. Forward passes are counted per row:
-steps taken x the scheme's network calls per step.
+supervision steps taken (by all its rollouts) x network calls per step.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from trm_jax.config import ModelSpec
 
 HALT_RULES = ("fixed", "q", "converged")
 GUIDANCE = ("step", "cfg")
+PICKS = ("q", "vote", "first_halt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +56,18 @@ class Strategy:
   halt: str = "fixed"
   converge_k: int = 1
   max_steps: int = 0
+  rollouts: int = 1
+  noise: float = 0.0
+  pick: str = "q"
+  seed: int = 0
 
   @classmethod
   def from_config(cls, eval_cfg) -> "Strategy":
-    strategy = cls(guidance_w=float(eval_cfg.get("guidance_w", 1.0)),
-                   guidance=eval_cfg.get("guidance", "step"), halt=eval_cfg.get("halt", "fixed"), converge_k=eval_cfg.get("converge_k", 1),
-                   max_steps=eval_cfg.get("max_steps", 0))
+    defaults = cls()
+    values = {f.name: eval_cfg.get(f.name, getattr(defaults, f.name))
+              for f in dataclasses.fields(cls)}
+    strategy = cls(**dict(values, guidance_w=float(values["guidance_w"]),
+                          noise=float(values["noise"])))
     strategy.validate()
     return strategy
 
@@ -72,6 +87,20 @@ class Strategy:
     if not isinstance(m, int) or isinstance(m, bool) or m < 0:
       raise ValueError(f"config field 'eval.max_steps' = {m!r}: must be a non-negative integer "
                        "(0: N_sup)")
+    r = self.rollouts
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+      raise ValueError(f"config field 'eval.rollouts' = {r!r}: must be a positive integer")
+    if not self.noise >= 0:
+      raise ValueError(f"config field 'eval.noise' = {self.noise!r}: must be non-negative")
+    if self.pick not in PICKS:
+      raise ValueError(f"config field 'eval.pick' = {self.pick!r}: must be one of {PICKS}")
+    if r > 1 and self.pick == "first_halt" and self.halt != "q":
+      raise ValueError("config field 'eval.pick' = 'first_halt': needs eval.halt = 'q'")
+    if spec is not None and r > 1 and self.pick in ("q", "first_halt"):
+      scheme = model_lib.scheme_of(spec)
+      if not scheme.has_halting_head(spec):
+        raise ValueError(f"config field 'eval.pick' = {self.pick!r}: scheme '{scheme.name}' "
+                         "trains no halting head here; use 'vote'")
     if spec is not None and m > spec.halt_max_steps:
       raise ValueError(f"config field 'eval.max_steps' = {m}: exceeds the model's N_sup "
                        f"(halt_max_steps = {spec.halt_max_steps})")
@@ -102,7 +131,9 @@ class Strategy:
             "converged": f"halt when unchanged for {self.converge_k} step(s), at most "
                          f"{budget}"}[self.halt]
     guide = "CFG " if self.guidance == "cfg" else ""
-    return f"{guide}w={self.guidance_w:g}, {halt}"
+    scaled = (f", {self.rollouts} rollouts (noise {self.noise:g}, pick {self.pick})"
+              if self.rollouts > 1 else "")
+    return f"{guide}w={self.guidance_w:g}, {halt}{scaled}"
 
 
 def guided(l_u: jax.Array, l_c: jax.Array, w: float) -> jax.Array:
@@ -116,9 +147,44 @@ def eval_batch(params: model_lib.Params, batch: Mapping[str, jax.Array], *, spec
 
   Returns per-row arrays: `token_acc` / `exact` [budget, B] of the committed prediction after
   each step (a row that stopped keeps its prediction), `preds` [B, L] and `q_halt` [B] at the
-  halting step, `steps` [B] (supervision steps the row used; forward passes = steps x
+  halting step, `steps` [B] (supervision steps of the answer's rollout) and `cost_steps` [B]
+  (supervision steps of all its rollouts: forward passes = cost_steps x
   `strategy.passes_per_step`).
   """
+  K = strategy.rollouts
+  if K == 1:
+    out = _rollouts(params, batch, spec, strategy)
+    return dict(out, cost_steps=out["steps"])
+  B = batch["inputs"].shape[0]
+  tiled = {k: jnp.repeat(v, K, axis=0) for k, v in batch.items()}  # rows b*K .. b*K+K-1
+  out = _rollouts(params, tiled, spec, strategy)
+  per = lambda x: x.reshape((B, K) + x.shape[1:])
+  choice = pick_rollout(per(out["preds"]), per(out["q_halt"]), per(out["steps"]), strategy.pick)
+  take = lambda x: jnp.take_along_axis(per(x), choice.reshape((B, 1) + (1,) * (x.ndim - 1)),
+                                       axis=1)[:, 0]
+  steps = per(out["steps"])
+  cost = (K * steps.min(axis=1) if strategy.pick == "first_halt" else steps.sum(axis=1))
+  per_step = lambda x: jax.vmap(take)(x)  # [S, B*K] -> [S, B]
+  return {"token_acc": per_step(out["token_acc"]), "exact": per_step(out["exact"]),
+          "preds": take(out["preds"]), "q_halt": take(out["q_halt"]), "steps": take(out["steps"]),
+          "cost_steps": cost}
+
+
+def pick_rollout(preds: jax.Array, q_halt: jax.Array, steps: jax.Array, how: str) -> jax.Array:
+  """[B] the chosen rollout of each puzzle from preds [B, K, L], q_halt [B, K], steps [B, K]."""
+  if how == "q":
+    return jnp.argmax(q_halt, axis=1)
+  if how == "first_halt":  # fewest steps; among those, the most confident
+    first = steps == steps.min(axis=1, keepdims=True)
+    return jnp.argmax(jnp.where(first, q_halt, -jnp.inf), axis=1)
+  if how == "vote":
+    agree = jnp.all(preds[:, :, None, :] == preds[:, None, :, :], axis=-1).sum(-1)  # [B, K]
+    return jnp.argmax(agree, axis=1)
+  raise ValueError(f"pick {how!r}; choose one of {PICKS}")
+
+
+def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy) -> dict[str, jax.Array]:
+  """`eval_batch` for one rollout per row (noise in the latents when strategy.noise > 0)."""
   scheme = model_lib.scheme_of(spec)
   state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(0))
   labels = batch["labels"]
@@ -128,6 +194,14 @@ def eval_batch(params: model_lib.Params, batch: Mapping[str, jax.Array], *, spec
   counts = jnp.maximum(mask.sum(-1), 1)
   w = strategy.guidance_w
   cfg = strategy.guidance == "cfg"
+  noise_key = jax.random.key(strategy.seed)
+
+  def perturb(carry, step):
+    """Gaussian noise on every floating-point carry entry (the latents); per step and row."""
+    keys = jax.random.split(jax.random.fold_in(noise_key, step[0]), len(carry))
+    return {name: (value + strategy.noise * jax.random.normal(key, value.shape, value.dtype)
+                   if jnp.issubdtype(value.dtype, jnp.floating) else value)
+            for key, (name, value) in zip(keys, sorted(carry.items()))}
 
   def one_step(carry, _):
     state, l_u, done, preds, last, stable, q_halt, steps = carry
@@ -153,6 +227,8 @@ def eval_batch(params: model_lib.Params, batch: Mapping[str, jax.Array], *, spec
     correct = (preds == labels) & mask
     per_step = (correct.sum(-1) / counts, correct.sum(-1) == mask.sum(-1))
     l_u = readout.logits if l_u is not None and not cfg else None
+    if strategy.noise > 0:  # test-time scaling: perturb the latents the next step starts from
+      state = dict(state, carry=perturb(state["carry"], state["carry"]["steps"]))
     return (state, l_u, done, preds, new_preds, stable, q_halt, steps), per_step
 
   # The initial state's readout: the reference of step 1 under guidance, and the prediction a

@@ -195,7 +195,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
   `inference.eval_batch` with the run's strategy (config section `eval`) bound, jitted."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   n_sup = inference.Strategy.from_config(cfg.eval).steps(spec)
-  token, exact, steps, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0
+  token, exact, steps, cost, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0.0, 0
   final_exact = 0.0
   max_batches = cfg.eval.max_batches
   if arc_evaluator is not None:
@@ -215,6 +215,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
     halting_step = out["steps"] - 1
     final_exact += float((out["exact"][halting_step, np.arange(len(valid))] * valid).sum())
     steps += float((out["steps"] * valid).sum())
+    cost += float((out["cost_steps"] * valid).sum())  # every rollout's steps
     count += int(valid.sum())
     if arc_evaluator is not None:
       arc_evaluator.add(out["preds"], out["q_halt"], extra["task_id"], extra["test_index"],
@@ -226,7 +227,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
       "accuracy_per_step": (token / max(count, 1)).tolist(),
       "exact_accuracy_per_step": (exact / max(count, 1)).tolist(),
       "steps": steps / max(count, 1),
-      "forward_passes_per_example": passes * steps / max(count, 1),
+      "forward_passes_per_example": passes * cost / max(count, 1),
       "strategy": inference.Strategy.from_config(cfg.eval).describe(),
   }
   if arc_evaluator is not None:
