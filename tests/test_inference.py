@@ -22,10 +22,12 @@ def _batch(spec, batch_size, seed):
                                                          batch_size), jnp.int32)}
 
 
-def _model(scheme="trm", seed=0):
+def _model(scheme="trm", seed=0, **options):
   cfg = config.tiny()
   if scheme == "dis":
     cfg = common.dis(cfg, 4)
+    for name, value in options.items():
+      cfg.scheme_options[name] = value
   params = trm_jax.init_params(cfg, jax.random.key(seed))
   # Larger output weights and puzzle rows than the init's: predictions that move between steps.
   params["lm_head"]["kernel"] = 8 * params["lm_head"]["kernel"]
@@ -144,7 +146,7 @@ def test_strategy_config_is_checked_naming_the_field():
 
 
 def test_cfg_guidance_mixes_conditioned_and_unconditioned_steps():
-  cfg, spec, params = _model("dis")
+  cfg, spec, params = _model("dis", cfg_dropout=0.1)
   batch = _batch(spec, 6, 4)
   w = 2.0
   carry = trm_jax.initial_carry(cfg, 6)
@@ -163,14 +165,15 @@ def test_cfg_guidance_mixes_conditioned_and_unconditioned_steps():
   plain = inference.eval_batch(params, batch, spec=spec)
   assert (np.asarray(plain["preds"]) != expected[-1]).any()  # guidance changed something
   assert strategy.passes_per_step(spec) == 2 * trm_jax.forward_passes_per_step(cfg)
-  with pytest.raises(ValueError, match="no unconditioned mode"):
-    strategy.validate(ModelSpec.from_config(config.tiny()))
+  for untrained in (config.tiny(), common.dis(config.tiny(), 4)):  # TRM; DIS without dropout
+    with pytest.raises(ValueError, match="no trained unconditioned mode"):
+      strategy.validate(ModelSpec.from_config(untrained))
 
 
 def test_an_unconditioned_dis_step_sees_no_puzzle():
   from trm_jax import act, train
   from trm_jax import model as model_lib
-  cfg, spec, params = _model("dis")
+  cfg, spec, params = _model("dis", cfg_dropout=0.5)
   batch = _batch(spec, 4, 5)
   state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(0))
   rows = model_lib.puzzle_rows(params, batch["puzzle_identifiers"])
@@ -185,11 +188,12 @@ def test_an_unconditioned_dis_step_sees_no_puzzle():
   always = common.dis(config.tiny(), 4)
   always.scheme_options.cfg_dropout = 1.0
   always_spec = ModelSpec.from_config(always)
+  never_spec = ModelSpec.from_config(common.dis(config.tiny(), 4))
   loss, _ = train.supervision_loss(params, rows, always_spec, state, jax.random.key(1))
-  expected, _ = train.supervision_loss(params, jnp.zeros_like(rows), spec, blank,
+  expected, _ = train.supervision_loss(params, jnp.zeros_like(rows), never_spec, blank,
                                        jax.random.key(1))
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
-  never, _ = train.supervision_loss(params, rows, spec, state, jax.random.key(1))
+  never, _ = train.supervision_loss(params, rows, never_spec, state, jax.random.key(1))
   assert abs(float(never) - float(loss)) > 1e-4
   for bad in (1.5, -0.1, "half"):
     values = always.to_dict()
@@ -232,3 +236,15 @@ def test_rollouts_count_every_pass_and_noise_makes_them_differ():
   with pytest.raises(ValueError, match="no halting head"):
     inference.Strategy(rollouts=2, pick="q").validate(
         ModelSpec.from_config(common.dis(config.tiny(), 4)))
+
+
+def test_noisy_guided_rollouts_are_seeded_and_the_old_adaptive_flag_is_refused():
+  cfg, spec, params = _model()
+  batch = _batch(spec, 3, 7)
+  a = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(
+      rollouts=2, noise=0.3, pick="q", guidance_w=2.0, seed=1))
+  b = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(
+      rollouts=2, noise=0.3, pick="q", guidance_w=2.0, seed=1))
+  np.testing.assert_array_equal(a["preds"], b["preds"])
+  with pytest.raises(ValueError, match="eval.halt"):
+    inference.Strategy.from_config(common.eval_recipe(adaptive_halt=True))

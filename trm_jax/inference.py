@@ -63,6 +63,9 @@ class Strategy:
 
   @classmethod
   def from_config(cls, eval_cfg) -> "Strategy":
+    if eval_cfg.get("adaptive_halt"):
+      raise ValueError("config field 'eval.adaptive_halt' was replaced by 'eval.halt' "
+                       "('q': halt on the Q head)")
     defaults = cls()
     values = {f.name: eval_cfg.get(f.name, getattr(defaults, f.name))
               for f in dataclasses.fields(cls)}
@@ -108,7 +111,7 @@ class Strategy:
       scheme = model_lib.scheme_of(spec)
       if scheme.unconditioned(spec, model_lib.initial_carry(spec, 1)) is None:
         raise ValueError(f"config field 'eval.guidance' = 'cfg': scheme '{scheme.name}' has no "
-                         "unconditioned mode")
+                         "trained unconditioned mode here (DIS: scheme_options.cfg_dropout > 0)")
     if spec is not None and self.halt == "q":
       scheme = model_lib.scheme_of(spec)
       if not scheme.has_halting_head(spec):
@@ -229,6 +232,8 @@ def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy) -> dict[str, j
     l_u = readout.logits if l_u is not None and not cfg else None
     if strategy.noise > 0:  # test-time scaling: perturb the latents the next step starts from
       state = dict(state, carry=perturb(state["carry"], state["carry"]["steps"]))
+      if l_u is not None:  # the reference is the readout of the perturbed state
+        l_u = scheme.answer_logits(params, rows, spec, state["carry"])
     return (state, l_u, done, preds, new_preds, stable, q_halt, steps), per_step
 
   # The initial state's readout: the reference of step 1 under guidance, and the prediction a

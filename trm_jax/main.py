@@ -189,12 +189,13 @@ def is_eval_step(step: int, eval_every: int, total_steps: int) -> bool:
 
 
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
-             arc_evaluator=None) -> dict[str, Any]:
+             arc_evaluator=None, strategy: inference.Strategy = inference.Strategy()
+             ) -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
   (ARC) pass@K over this evaluation's predictions only. `evaluate_batch` is
-  `inference.eval_batch` with the run's strategy (config section `eval`) bound, jitted."""
+  `inference.eval_batch` with `strategy` (config section `eval`) bound, jitted."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  n_sup = inference.Strategy.from_config(cfg.eval).steps(spec)
+  n_sup = strategy.steps(spec)
   token, exact, steps, cost, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0.0, 0
   final_exact = 0.0
   max_batches = cfg.eval.max_batches
@@ -220,7 +221,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
     if arc_evaluator is not None:
       arc_evaluator.add(out["preds"], out["q_halt"], extra["task_id"], extra["test_index"],
                         extra["dihedral"], extra["colors"], mask=valid)
-  passes = inference.Strategy.from_config(cfg.eval).passes_per_step(spec)
+  passes = strategy.passes_per_step(spec)
   result = {
       "count": count,
       "exact_accuracy": final_exact / max(count, 1),
@@ -228,7 +229,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
       "exact_accuracy_per_step": (exact / max(count, 1)).tolist(),
       "steps": steps / max(count, 1),
       "forward_passes_per_example": passes * cost / max(count, 1),
-      "strategy": inference.Strategy.from_config(cfg.eval).describe(),
+      "strategy": strategy.describe(),
   }
   if arc_evaluator is not None:
     result.update(arc_evaluator.result())
@@ -303,7 +304,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   strategy = inference.Strategy.from_config(cfg.eval)
   resolved = cfg.to_dict()
   resolved["model"] = model_cfg.to_dict()
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and not eval_only:  # the run's config; evaluation leaves it be
     (workdir_path / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
   logging.info("data ready in %.1fs: %d train records (%d per epoch), %d test",
                time.time() - start, data.train_index.num_records, data.train_index.epoch_length,
@@ -359,7 +360,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
 
   if eval_only:
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
-                      arc_evaluator)
+                      arc_evaluator, strategy)
     print(f"evaluated checkpoint step {first_step - 1}")
     report_eval(result, workdir_path / f"eval_table_step{first_step - 1}.txt")
     return result
@@ -393,7 +394,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
       eval_metrics = None
       if is_eval_step(step, eval_every, total_steps):
         result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
-                          mesh, arc_evaluator)
+                          mesh, arc_evaluator, strategy)
         scalars = {k: v for k, v in result.items() if isinstance(v, float)}
         scalars.update({f"exact_accuracy_step{k + 1}": v
                         for k, v in enumerate(result["exact_accuracy_per_step"])})
@@ -415,7 +416,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   writer.close()
   if result is None:  # resumed after the last step: nothing left to train
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
-                      arc_evaluator)
+                      arc_evaluator, strategy)
   report_eval(result, workdir_path / "eval_table.txt")
   print(f"total time {time.time() - start:.0f}s")
   return result

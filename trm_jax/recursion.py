@@ -17,7 +17,8 @@ A scheme owns, under its own name:
                  back as the next input; TRM: nothing), for inference that commits other logits
                  (guidance)
   unconditioned  the carry with the step's conditioning dropped (DIS: no puzzle), for
-                 classifier-free guidance; None where the scheme has no such mode
+                 classifier-free guidance; None where the scheme has no (trained) such mode
+  has_halting_head  whether evaluation may halt on a trained head (halt='q')
 The ACT bookkeeping (act.py), the training loop (train.py, main.py), evaluation, checkpoints,
 sharding and conversion see only this contract; the generic carry keys `steps` (supervision steps
 taken by each row's current example) and `reset` (rows restarting at the next step) are kept by

@@ -103,12 +103,15 @@ class DIS(TRM):
   def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
     p = self.option(spec, "cfg_dropout")
     if training and p > 0:  # classifier-free-guidance training: drop the conditioning
-      carry = dict(carry, uncond=jax.random.bernoulli(jax.random.fold_in(rng, 1), p, t.shape))
+      # fold 2: train_step's refresh (which draws the paths) has fold 1 of the same step rng
+      carry = dict(carry, uncond=jax.random.bernoulli(jax.random.fold_in(rng, 2), p, t.shape))
     new_carry, readout = super().step(params, rows, spec, carry, data, t, rng,
                                       training=training, record=record)
     return dict(new_carry, uncond=jnp.zeros_like(carry["uncond"])), readout
 
   def unconditioned(self, spec, carry):
+    if self.option(spec, "cfg_dropout") == 0:  # never trained without its conditioning
+      return None
     return dict(carry, uncond=jnp.ones_like(carry["uncond"]))
 
   def embed(self, model, rows, spec, carry, data, t):

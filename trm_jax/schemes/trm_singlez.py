@@ -73,7 +73,6 @@ class SingleZ(TRM):
     trace = jnp.concatenate([*trace, logits[None]], axis=0) if record else None
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
 
-
   def start(self, params, spec, carry):
     """The carry's z, rows flagged `reset` at the initial latent."""
     z_init = params["z_init"].astype(spec.jnp_compute_dtype)[None, None]
