@@ -59,7 +59,7 @@ def dis(model: ml_collections.ConfigDict, n_sup: int) -> ml_collections.ConfigDi
   model.halt_exploration_prob = 0.0
   # The official code's behaviour, spelled out so each can be overridden from the command line.
   model.scheme_options = dict(input="prediction", targets="path", loss_weights="uniform",
-                              halting="none", cfg_dropout=0.0)
+                              halting="none", cfg_dropout=0.0, loss="official")
   return model
 
 

@@ -290,3 +290,31 @@ def test_learned_halting_head_adds_trms_bce_and_halts_evaluation():
   assert (q > 0).any()
   with pytest.raises(ValueError, match="halting"):
     convert.official_arch(cfg)
+
+
+def test_dual_loss_adds_the_reference_readout_against_the_previous_frame():
+  from trm_jax import act, train
+  cfg = common.dis(config.tiny(), 4)
+  cfg.scheme_options.loss = "dual"
+  spec = ModelSpec.from_config(cfg)
+  official_spec = ModelSpec.from_config(common.dis(config.tiny(), 4))
+  params = trm_jax.init_params(cfg, jax.random.key(3))
+  rng = np.random.default_rng(1)
+  x = rng.integers(1, spec.vocab_size, (5, spec.seq_len))
+  batch = {"inputs": jnp.asarray(x, jnp.int32),
+           "labels": jnp.asarray((x + 1) % spec.vocab_size, jnp.int32),
+           "puzzle_identifiers": jnp.zeros((5,), jnp.int32)}
+  state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(1))
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  dual, (_, metrics) = train.supervision_loss(params, rows, spec, state, jax.random.key(2))
+  plain, _ = train.supervision_loss(params, rows, official_spec, state, jax.random.key(2))
+  # By hand: step 1 starts from y_init, read by the output head; frame 0 of the path is the input.
+  logits = np.asarray(params["y_init"], np.float64) @ np.asarray(params["lm_head"]["kernel"],
+                                                                 np.float64)
+  s = np.where(logits >= 0, logits + 1, 1 / (1 - logits))  # stablemax
+  log_p = np.log(s / s.sum())
+  expected = sum(-log_p[x[b]].mean() for b in range(5))
+  np.testing.assert_allclose(float(dual - plain), expected, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["reference_loss"]), expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="loss"):
+    convert.official_arch(cfg)

@@ -26,6 +26,10 @@ Options (`model.scheme_options`; the first value is the official code's):
                 supervised cells, in one random order per sample; step N_sup: all of them).
   loss_weights  "uniform"; "linear": step t's loss weighted 2t / (N_sup + 1) (increasing, mean 1
                 over the steps; the paper's text).
+  loss          "official": CE(l_c, frame t); "dual": plus CE(l_u, frame t-1) with l_u the
+                readout of the state the step starts from (the authors' README, the dual form
+                of the paper's Eq. 9). The carry is detached between steps, so the added term
+                reaches only the output head (and y_init at step 1).
   cfg_dropout   p in [0, 1], default 0 (the official code declares `cf_uncond_prob` and never
                 uses it): in training each row's step is unconditioned with probability p, drawn
                 per row and step from the step's rng. Unconditioned = the token input is all PAD
@@ -80,7 +84,7 @@ class DIS(TRM):
   name: str = "dis"
   options = {"input": ("prediction", "puzzle"), "targets": ("path", "mask"),
              "loss_weights": ("uniform", "linear"), "halting": ("none", "learned"),
-             "cfg_dropout": (0.0,)}
+             "cfg_dropout": (0.0,), "loss": ("official", "dual")}
 
   def build(self, spec, rngs):
     return DISModel(spec, rngs=rngs)
@@ -107,6 +111,9 @@ class DIS(TRM):
       carry = dict(carry, uncond=jax.random.bernoulli(jax.random.fold_in(rng, 2), p, t.shape))
     new_carry, readout = super().step(params, rows, spec, carry, data, t, rng,
                                       training=training, record=record)
+    if training and self.option(spec, "loss") == "dual":
+      reference = self.answer_logits(params, rows, spec, carry)
+      readout = readout._replace(extras=dict(readout.extras, reference_logits=reference))
     return dict(new_carry, uncond=jnp.zeros_like(carry["uncond"])), readout
 
   def unconditioned(self, spec, carry):
@@ -146,18 +153,29 @@ class DIS(TRM):
 
   def targets(self, spec, carry, data):
     """Frame t of each row's path (t = the step just taken), out-of-vocabulary -> ignored."""
-    frame = jnp.clip(carry["steps"], 0, spec.halt_max_steps)
+    return self.frame(spec, carry, carry["steps"])
+
+  def frame(self, spec, carry, k):
+    """Frame k [B] of each row's path, out-of-vocabulary -> ignored."""
+    frame = jnp.clip(k, 0, spec.halt_max_steps)
     target = jnp.take_along_axis(carry["path"], frame[:, None, None], axis=1)[:, 0]
     valid = (target >= 0) & (target < spec.vocab_size)
     return jnp.where(valid, target, losses.IGNORE_LABEL_ID)
 
+  def step_loss(self, spec, logits, targets):
+    """Per row: the mean token loss over the row's supervised targets."""
+    mask = targets != losses.IGNORE_LABEL_ID
+    token_loss = losses.TOKEN_LOSSES[spec.loss_type](logits, targets, mask)
+    return jnp.sum(token_loss / jnp.maximum(mask.sum(-1), 1)[:, None], axis=-1)
+
   def loss(self, spec, readout, targets, carry, data, halted):
     """Official ACTLossHeadV4: the step-target CE; metrics against the final labels on rows that
     finished, plus `target_exact_accuracy` (every row, against its step target)."""
-    step_mask = targets != losses.IGNORE_LABEL_ID
-    divisor = jnp.maximum(step_mask.sum(-1), 1)[:, None]
-    token_loss = losses.TOKEN_LOSSES[spec.loss_type](readout.logits, targets, step_mask)
-    row_loss = jnp.sum(token_loss / divisor, axis=-1)
+    row_loss = self.step_loss(spec, readout.logits, targets)
+    reference = readout.extras.get("reference_logits")
+    if reference is not None:  # the dual loss: the step's start read against frame t-1
+      reference_loss = self.step_loss(spec, reference, self.frame(spec, carry, carry["steps"] - 1))
+      row_loss = row_loss + reference_loss
     if self.option(spec, "loss_weights") == "linear":
       row_loss = row_loss * (2 * carry["steps"] / (spec.halt_max_steps + 1))
     lm_loss = jnp.sum(row_loss)
@@ -173,6 +191,8 @@ class DIS(TRM):
         "lm_loss": jax.lax.stop_gradient(lm_loss),
         "target_exact_accuracy": target_correct.sum(),
     }
+    if reference is not None:
+      metrics["reference_loss"] = jax.lax.stop_gradient(jnp.sum(reference_loss))
     total = lm_loss
     if self.has_halting_head(spec):
       q_halt_loss = jnp.sum(losses.binary_cross_entropy_with_logits(readout.q_halt, seq_correct))
