@@ -75,9 +75,11 @@ def test_every_step_reported_and_q_head_halting():
 def test_plain_inference_is_the_public_step_loop():
   cfg, spec, params = _model()
   batch = _batch(spec, 6, 1)
-  out = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(guidance_w=1.0))
-  last = _public_steps(cfg, params, batch, spec.halt_max_steps)[-1]
-  np.testing.assert_array_equal(out["preds"], last.argmax(-1))
+  out = inference.eval_batch(params, batch, spec=spec, strategy=inference.Strategy(guidance_w=1.0),
+                             step_preds=True)
+  steps = _public_steps(cfg, params, batch, spec.halt_max_steps)
+  np.testing.assert_array_equal(out["preds"], steps[-1].argmax(-1))
+  np.testing.assert_array_equal(out["step_preds"], [s.argmax(-1) for s in steps])
 
 
 @pytest.mark.parametrize("scheme,w", [("trm", 2.0), ("trm", 0.5), ("dis", 2.0), ("dis", 0.0)])

@@ -58,15 +58,14 @@ def _pairs(text: str) -> list[tuple[int, float]]:
 
 def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = (),
                    rollouts: list[tuple[int, float]] = ()):
-  """The inference strategies compared: plain inference at every fixed budget of 1..N_sup
-  steps, guidance scales at the full budget (step guidance; classifier-free guidance at
+  """The inference strategies compared besides the fixed budgets (read off plain inference):
+  plain inference, guidance scales at the full budget (step guidance; classifier-free guidance at
   `cfg_ws`), Q-head halting where the scheme has a trained head, convergence halting with each
   patience, and test-time scaling with K rollouts at each (K, noise) of `rollouts`, picked by
   vote and, with a halting head, by the head (at the full budget and first-to-halt)."""
   from trm_jax import inference
   from trm_jax import model as model_lib
-  n_sup = spec.halt_max_steps
-  out = [inference.Strategy(max_steps=k) for k in range(1, n_sup)] + [inference.Strategy()]
+  out = [inference.Strategy()]
   out += [inference.Strategy(guidance_w=w) for w in ws if w != 1.0]
   out += [inference.Strategy(guidance="cfg", guidance_w=w) for w in cfg_ws]
   if model_lib.scheme_of(spec).has_halting_head(spec):
@@ -103,11 +102,17 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   strategies = strategies_for(spec, ws, ks, cfg_ws, rollouts)
   for strategy in strategies:
     strategy.validate(spec)
-  evaluators = [jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=s))
-                for s in strategies]
+  # Plain inference (the first strategy) also reports its prediction after every step: plain
+  # inference stopped after k steps is its first k steps, so every budget is read off one run.
+  evaluators = [jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=s,
+                                          step_preds=i == 0))
+                for i, s in enumerate(strategies)]
+  budgets = [inference.Strategy(max_steps=k) for k in range(1, spec.halt_max_steps)]
+  budgets.append(strategies[0])
+  empty = lambda: dict(exact=0.0, token=0.0, steps=0.0, **{k: 0.0 for k in scorers})
+  results = [empty() for _ in strategies[1:]]
+  budget_results = [empty() for _ in budgets]
   sums, last_useful, n = None, [], 0
-  results = [dict(exact=0.0, token=0.0, steps=0.0, **{k: 0.0 for k in scorers})
-             for _ in strategies]
   for batch in pipeline.eval_batches(source, global_batch_size=batch_size):
     valid = batch.pop("valid")
     if max_examples:
@@ -118,7 +123,15 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
     weighted = {k: (stats[k] * valid).sum(-1) for k in analysis.POINT_SUMS}
     sums = weighted if sums is None else {k: sums[k] + weighted[k] for k in sums}
     last_useful.append(analysis.last_useful_point(stats["changed"])[valid])
-    for result, evaluate in zip(results, evaluators):
+    plain = jax.device_get(evaluators[0](run.params, batch))
+    for k, result in enumerate(budget_results):
+      result["exact"] += float((plain["exact"][k] * valid).sum())
+      result["token"] += float((plain["token_acc"][k] * valid).sum())
+      result["steps"] += float((k + 1) * valid.sum())
+      for name, score in scorers.items():
+        result[name] += float((np.asarray(score(batch, plain["step_preds"][k]), float)
+                               * valid).sum())
+    for result, evaluate in zip(results, evaluators[1:]):
       out = jax.device_get(evaluate(run.params, batch))
       halting = out["steps"] - 1
       rows = np.arange(len(valid))
@@ -135,7 +148,7 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
                                passes_per_point=passes_per_step / points_per_step,
                                points_per_step=points_per_step)
   rows = []
-  for strategy, result in zip(strategies, results):
+  for strategy, result in zip(budgets + strategies[1:], budget_results + results):
     rows.append({"strategy": strategy.describe(), "halt": strategy.halt,
                  "guidance_w": strategy.guidance_w, "converge_k": strategy.converge_k,
                  "max_steps": strategy.steps(spec),

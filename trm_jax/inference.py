@@ -145,19 +145,23 @@ def guided(l_u: jax.Array, l_c: jax.Array, w: float) -> jax.Array:
 
 
 def eval_batch(params: model_lib.Params, batch: Mapping[str, jax.Array], *, spec: ModelSpec,
-               strategy: Strategy = Strategy()) -> dict[str, jax.Array]:
+               strategy: Strategy = Strategy(), step_preds: bool = False
+               ) -> dict[str, jax.Array]:
   """Run a batch from fresh latents for up to the strategy's budget of steps (N_sup by default).
 
   Returns per-row arrays: `token_acc` / `exact` [budget, B] of the committed prediction after
   each step (a row that stopped keeps its prediction), `preds` [B, L] and `q_halt` [B] at the
   halting step, `steps` [B] (supervision steps of the answer's rollout) and `cost_steps` [B]
   (supervision steps of all its rollouts: forward passes = cost_steps x
-  `strategy.passes_per_step`).
+  `strategy.passes_per_step`); with `step_preds` (one rollout only) also the committed
+  prediction after each step, [budget, B, L].
   """
   K = strategy.rollouts
   if K == 1:
-    out = _rollouts(params, batch, spec, strategy)
+    out = _rollouts(params, batch, spec, strategy, step_preds)
     return dict(out, cost_steps=out["steps"])
+  if step_preds:
+    raise ValueError("step_preds: one rollout only")
   B = batch["inputs"].shape[0]
   tiled = {k: jnp.repeat(v, K, axis=0) for k, v in batch.items()}  # rows b*K .. b*K+K-1
   out = _rollouts(params, tiled, spec, strategy)
@@ -186,7 +190,8 @@ def pick_rollout(preds: jax.Array, q_halt: jax.Array, steps: jax.Array, how: str
   raise ValueError(f"pick {how!r}; choose one of {PICKS}")
 
 
-def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy) -> dict[str, jax.Array]:
+def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy, step_preds: bool = False
+              ) -> dict[str, jax.Array]:
   """`eval_batch` for one rollout per row (noise in the latents when strategy.noise > 0)."""
   scheme = model_lib.scheme_of(spec)
   state = act.refresh(spec, act.initial_state(spec, batch), batch, jax.random.key(0))
@@ -228,7 +233,8 @@ def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy) -> dict[str, j
     steps = jnp.where(done, steps, state["carry"]["steps"])
     done = done | halted
     correct = (preds == labels) & mask
-    per_step = (correct.sum(-1) / counts, correct.sum(-1) == mask.sum(-1))
+    per_step = (correct.sum(-1) / counts, correct.sum(-1) == mask.sum(-1),
+                preds if step_preds else None)
     l_u = readout.logits if l_u is not None and not cfg else None
     if strategy.noise > 0:  # test-time scaling: perturb the latents the next step starts from
       state = dict(state, carry=perturb(state["carry"], state["carry"]["steps"]))
@@ -245,7 +251,10 @@ def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy) -> dict[str, j
   init = (state, l_0 if w != 1.0 and not cfg else None, jnp.zeros((B,), bool),
           jnp.zeros(labels.shape, jnp.int32), last, jnp.zeros((B,), jnp.int32),
           jnp.zeros((B,), jnp.float32), jnp.zeros((B,), jnp.int32))
-  (_, _, _, preds, _, _, q_halt, steps), (token_acc, exact) = jax.lax.scan(
+  (_, _, _, preds, _, _, q_halt, steps), (token_acc, exact, per_step_preds) = jax.lax.scan(
       one_step, init, None, length=strategy.steps(spec))
-  return {"token_acc": token_acc, "exact": exact, "preds": preds, "q_halt": q_halt,
-          "steps": steps}
+  out = {"token_acc": token_acc, "exact": exact, "preds": preds, "q_halt": q_halt,
+         "steps": steps}
+  if step_preds:
+    out["step_preds"] = per_step_preds
+  return out
