@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 METHODS = ("trm", "dis", "dis_halt", "dis_cfg")
 CFG_DROPOUT = 0.1  # the official DIS config's (unused) cf_uncond_prob
 CFG_WS = (1.0, 1.5, 2.0, 3.0)
-ROLLOUTS = ((8, 0.1), (8, 0.3))  # test-time scaling: (K, noise scale)
+ROLLOUTS = ((4, 0.3),)  # test-time scaling: (K, noise scale); K x the passes of each pick
 TASKS = ("sudoku6", "nqueens8")
 
 
