@@ -16,6 +16,17 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
 
+def random_batch(spec, batch_size: int, seed: int):
+  """A random batch for a model spec: tokens in [1, V), labels = tokens + 1 (mod V)."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+  x = rng.integers(1, spec.vocab_size, (batch_size, spec.seq_len))
+  return {"inputs": jnp.asarray(x, jnp.int32),
+          "labels": jnp.asarray((x + 1) % spec.vocab_size, jnp.int32),
+          "puzzle_identifiers": jnp.asarray(rng.integers(0, spec.num_puzzle_identifiers,
+                                                         batch_size), jnp.int32)}
+
+
 def load_official(name: str):
   """An official-reference fixture: (model config, state_dict, npz)."""
   from trm_jax import convert

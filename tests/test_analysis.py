@@ -16,7 +16,7 @@ from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
 
 from experiments import common
-from tests.test_main import load_config
+from tests.test_main import small_smoke_config
 
 
 def test_margin_matches_a_hand_computation():
@@ -138,12 +138,7 @@ def test_trajectory_matches_the_public_step_loop(scheme):
 
 
 def test_analyze_command_on_a_tiny_trained_run(tmp_path):
-  cfg = load_config("sudoku", "smoke,runlocal")
-  cfg.data.generate.size = 4
-  cfg.data.builder_config.size = 4
-  cfg.data.builder_config.name = "generated_4x4"
-  cfg.data.generate.num_train = 64
-  cfg.data.generate.num_test = 16
+  cfg = small_smoke_config()
   cfg.train.max_steps = 3
   main.run(cfg, str(tmp_path))
   out = tmp_path / "out"

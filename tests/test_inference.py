@@ -10,16 +10,9 @@ import trm_jax
 from trm_jax import config, inference
 from trm_jax.config import ModelSpec
 
+from conftest import random_batch as _batch
+
 from experiments import common
-
-
-def _batch(spec, batch_size, seed):
-  rng = np.random.default_rng(seed)
-  x = rng.integers(1, spec.vocab_size, (batch_size, spec.seq_len))
-  return {"inputs": jnp.asarray(x, jnp.int32),
-          "labels": jnp.asarray((x + 1) % spec.vocab_size, jnp.int32),
-          "puzzle_identifiers": jnp.asarray(rng.integers(0, spec.num_puzzle_identifiers,
-                                                         batch_size), jnp.int32)}
 
 
 def _model(scheme="trm", seed=0, **options):

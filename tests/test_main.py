@@ -23,13 +23,19 @@ def load_config(name: str, arg: str):
   return module.get_config(arg)
 
 
-def test_sudoku_smoke_pipeline_end_to_end(tmp_path, capsys):
+def small_smoke_config():
+  """The smoke experiment on 4x4 Sudoku (64 train / 16 test puzzles), ,runlocal-sized."""
   cfg = load_config("sudoku", "smoke,runlocal")
   cfg.data.generate.size = 4
   cfg.data.builder_config.size = 4
   cfg.data.builder_config.name = "generated_4x4"
   cfg.data.generate.num_train = 64
   cfg.data.generate.num_test = 16
+  return cfg
+
+
+def test_sudoku_smoke_pipeline_end_to_end(tmp_path, capsys):
+  cfg = small_smoke_config()
   result = main.run(cfg, str(tmp_path))
   assert 0.0 <= result["exact_accuracy"] <= 1.0 and result["count"] == 16
   assert result["forward_passes_per_example"] == 4 * 2 * 3  # N_sup * T * (n + 1)

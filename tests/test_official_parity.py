@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import trm_jax
-from trm_jax import act, convert, model, train
+from trm_jax import act, convert, train
 from trm_jax.config import ModelSpec
 
-from conftest import FIXTURES, load_official
+from conftest import load_official
 
 # fp32 fixtures: absolute tolerance on logits / Q logits per supervision step, and on the
 # relative gradient error. The mlp_t net amplifies rounding: perturbing its weights by 1e-7

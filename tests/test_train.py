@@ -1,7 +1,6 @@
 import functools
 import math
 
-import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,6 +10,8 @@ import pytest
 import trm_jax
 from trm_jax import act, config, main, optim, train
 from trm_jax.config import ModelSpec
+
+from conftest import random_batch as _batch
 
 
 def test_adam_atan2_matches_hand_computation():
@@ -64,15 +65,6 @@ def test_warmup_cosine_schedule():
                              [0.0, 0.5, 1.0, 0.1 + 0.9 * 0.5, 0.1], atol=1e-6)
   constant = optim.warmup_cosine(2.0, 4, 100, min_ratio=1.0)
   np.testing.assert_allclose([constant(1), constant(50), constant(100)], [0.5, 2.0, 2.0])
-
-
-def _batch(spec, batch_size, seed):
-  rng = np.random.default_rng(seed)
-  x = rng.integers(1, spec.vocab_size, (batch_size, spec.seq_len))
-  return {"inputs": jnp.asarray(x, jnp.int32),
-          "labels": jnp.asarray((x + 1) % spec.vocab_size, jnp.int32),
-          "puzzle_identifiers": jnp.asarray(rng.integers(0, spec.num_puzzle_identifiers,
-                                                         batch_size), jnp.int32)}
 
 
 def test_carry_replacement_keeps_running_rows():
