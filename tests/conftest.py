@@ -27,6 +27,24 @@ def random_batch(spec, batch_size: int, seed: int):
                                                          batch_size), jnp.int32)}
 
 
+def assert_matches_official_training(loss, metrics, grads, data, grad_rtol=2e-5,
+                                     same_keys=True):
+  """One training call against an official reference: total loss and every `train/metric/`
+  to 1e-5, every `grad/` within `grad_rtol` of its largest entry (and, with `same_keys`, no
+  gradient the reference lacks)."""
+  assert loss == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
+  for key in data.files:
+    if key.startswith("train/metric/"):
+      name = key.removeprefix("train/metric/")
+      assert metrics[name] == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), name
+  reference = {k.removeprefix("grad/"): data[k] for k in data.files if k.startswith("grad/")}
+  if same_keys:
+    assert set(grads) == set(reference)
+  for key, ref in reference.items():
+    err = np.abs(grads[key] - ref).max() / np.abs(ref).max()
+    assert err <= grad_rtol, f"{key}: relative error {err:.2e}"
+
+
 def load_official(name: str):
   """An official-reference fixture: (model config, state_dict, npz)."""
   from trm_jax import convert

@@ -17,7 +17,8 @@ from trm_jax.schemes import dis
 
 from experiments import common
 
-from conftest import load_official, official_batch as _batch, official_training_call
+from conftest import (assert_matches_official_training, load_official, official_batch as _batch,
+                      official_training_call)
 
 FIXTURE = "official_dis_att_rope_fp32.npz"
 
@@ -64,15 +65,8 @@ def test_training_call_matches_official_loss_and_gradients():
     state["carry"]["path"] = jnp.asarray(data["train/path"], jnp.int32)
 
   loss, metrics, ours = official_training_call(cfg, state_dict, data, official_path)
-  assert loss == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
-  for key in data.files:
-    if key.startswith("train/metric/"):
-      name = key.removeprefix("train/metric/")
-      assert metrics[name] == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), name
-  reference = {k.removeprefix("grad/"): data[k] for k in data.files if k.startswith("grad/")}
-  for key, ref in reference.items():
-    err = np.abs(ours[key] - ref).max() / np.abs(ref).max()
-    assert err <= 2e-5, f"{key}: relative error {err:.2e}"
+  # The official DIS head has no Q-head gradients; ours are checked to be zero below.
+  assert_matches_official_training(loss, metrics, ours, data, same_keys=False)
   # The official DIS head trains no Q head: its gradients are absent there and zero here.
   assert not np.any(ours["inner.q_head.weight"]) and not np.any(ours["inner.q_head.bias"])
 

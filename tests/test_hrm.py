@@ -15,7 +15,8 @@ import trm_jax
 from trm_jax import config, convert, model
 from trm_jax.config import ModelSpec
 
-from conftest import load_official, official_batch as _batch, official_training_call
+from conftest import (assert_matches_official_training, load_official, official_batch as _batch,
+                      official_training_call)
 
 FIXTURE = "official_hrm_att_rope_fp32.npz"
 # Both the shared reference (RoPE) and one made here with learned positions (the 1-token prefix
@@ -56,17 +57,7 @@ def test_training_call_matches_official_loss_and_gradients(fixture):
   """One official training call: LM loss, Q-halt and bootstrapped Q-continue losses, metrics,
   and every gradient (both levels, heads, embeddings, the batch's puzzle rows)."""
   cfg, state_dict, data = load_official(fixture)
-  loss, metrics, ours = official_training_call(cfg, state_dict, data)
-  assert loss == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
-  for key in data.files:
-    if key.startswith("train/metric/"):
-      name = key.removeprefix("train/metric/")
-      assert metrics[name] == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), name
-  reference = {k.removeprefix("grad/"): data[k] for k in data.files if k.startswith("grad/")}
-  assert set(ours) == set(reference)
-  for key, ref in reference.items():
-    err = np.abs(ours[key] - ref).max() / np.abs(ref).max()
-    assert err <= 2e-5, f"{key}: relative error {err:.2e}"
+  assert_matches_official_training(*official_training_call(cfg, state_dict, data), data)
 
 
 def test_gradients_are_zero_for_what_only_the_no_grad_updates_see():

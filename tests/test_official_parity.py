@@ -13,7 +13,7 @@ import trm_jax
 from trm_jax import act, convert, train
 from trm_jax.config import ModelSpec
 
-from conftest import load_official
+from conftest import assert_matches_official_training, load_official
 
 # fp32 fixtures: absolute tolerance on logits / Q logits per supervision step, and on the
 # relative gradient error. The mlp_t net amplifies rounding: perturbing its weights by 1e-7
@@ -153,17 +153,7 @@ def _reference_grads(data):
 @pytest.mark.parametrize("name,_,grad_rtol", _cases())
 def test_training_loss_metrics_and_gradients_match(name, _, grad_rtol):
   cfg, state_dict, data = load_official(name)
-  loss, metrics, grads = _training_call(cfg, state_dict, data)
-  assert loss == pytest.approx(float(data["train/total_loss"]), rel=1e-5)
-  for key in data.files:
-    if key.startswith("train/metric/"):
-      metric = key.removeprefix("train/metric/")
-      assert metrics[metric] == pytest.approx(float(data[key]), rel=1e-5, abs=1e-6), metric
-  reference = _reference_grads(data)
-  assert set(grads) == set(reference)
-  for key, ref in reference.items():
-    err = np.abs(grads[key] - ref).max() / np.abs(ref).max()
-    assert err <= grad_rtol, f"{key}: relative error {err:.2e}"
+  assert_matches_official_training(*_training_call(cfg, state_dict, data), data, grad_rtol)
 
 
 @pytest.mark.parametrize("matmul", _matmul_paths())
