@@ -1,10 +1,13 @@
-"""The AMX kernels (trm_jax/kernels) against float64 NumPy references, and the dispatch rules.
+"""The CPU GEMM kernels (trm_jax/kernels, AMX and AVX512-BF16 builds) against float64 NumPy
+references, and the dispatch rules.
 
-Kernel tests skip, with the reason, on machines without AMX-BF16 or a C++ compiler; the model
-then runs XLA's dot (covered by every other test).
+Each kernel test runs once per ISA and skips, with the reason, on machines without that ISA or a
+C++ compiler (an AMD Zen 4 runs the avx512 cases, a Sapphire Rapids both); the model then runs
+XLA's dot (covered by every other test).
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,21 +16,22 @@ import numpy as np
 import pytest
 
 from trm_jax import config as config_lib
-from trm_jax.kernels import amx
+from trm_jax.kernels import cpu_gemm
 from trm_jax.kernels import matmul as km
 
-needs_amx = pytest.mark.skipif(not amx.available(),
-                               reason=f"AMX kernel unavailable: {amx.unavailable_reason()}")
+ISA = pytest.mark.parametrize("isa", [
+    pytest.param(isa, marks=pytest.mark.skipif(
+        not cpu_gemm.available(isa),
+        reason=f"{isa} kernel unavailable: {cpu_gemm.unavailable_reason(isa)}"))
+    for isa in cpu_gemm.ISAS])
 
 
-def test_kernels_build_wherever_the_cpu_and_a_compiler_allow():
-  """A skip above must mean "no AMX here", never "the source no longer compiles"."""
-  import platform
-  if platform.system() != "Linux" or platform.machine() != "x86_64":
-    pytest.skip("AMX kernels are Linux x86-64 only")
-  if any(f not in amx.cpu_flags() for f in amx._REQUIRED_CPU_FLAGS) or amx._compiler() is None:
-    pytest.skip(f"no AMX-BF16 CPU or C++ compiler here: {amx.unavailable_reason()}")
-  reason = amx.unavailable_reason()
+@pytest.mark.parametrize("isa", cpu_gemm.ISAS)
+def test_kernels_build_wherever_the_cpu_and_a_compiler_allow(isa):
+  """A skip above must mean "no such CPU here", never "the source no longer compiles"."""
+  if cpu_gemm.missing_support(isa) is not None:
+    pytest.skip(f"no {isa} build here: {cpu_gemm.missing_support(isa)}")
+  reason = cpu_gemm.unavailable_reason(isa)
   assert reason is None or "arch_prctl" in reason, reason
 
 
@@ -46,24 +50,24 @@ def round_bf16(x):
   return f64(jnp.asarray(np.asarray(x, np.float32), jnp.bfloat16))
 
 
-@needs_amx
+@ISA
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("shape", [(64, 96, 64), (37, 70, 45), (1, 1, 1), (97, 4100, 33),
                                    (200, 97, 1024), (130, 2100, 70), (40, 2050, 300),
                                    (45, 96, 40), (8, 0, 8)])
-def test_gemm_matches_float64(shape, trans_a, trans_b):
+def test_gemm_matches_float64(shape, trans_a, trans_b, isa):
   M, K, N = shape
   rng = np.random.default_rng(M * 7 + K)
   a = bf16(rng, (K, M) if trans_a else (M, K))
   b = bf16(rng, (N, K) if trans_b else (K, N))
   ref = (f64(a).T if trans_a else f64(a)) @ (f64(b).T if trans_b else f64(b))
   scale = np.abs(ref).max() + 1e-30
-  out32 = f64(jax.jit(lambda a, b: amx.gemm(a, b, trans_a=trans_a, trans_b=trans_b,
-                                            out_dtype=jnp.float32))(a, b))
+  out32 = f64(jax.jit(lambda a, b: cpu_gemm.gemm(a, b, isa=isa, trans_a=trans_a, trans_b=trans_b,
+                                                 out_dtype=jnp.float32))(a, b))
   assert out32.shape == (M, N)
   np.testing.assert_allclose(out32, ref, atol=1e-5 * scale, rtol=0)  # fp32 accumulation only
-  out16 = f64(jax.jit(lambda a, b: amx.gemm(a, b, trans_a=trans_a, trans_b=trans_b))(a, b))
+  out16 = f64(jax.jit(lambda a, b: cpu_gemm.gemm(a, b, isa=isa, trans_a=trans_a, trans_b=trans_b))(a, b))
   # bf16 output = the fp32 result rounded once (to nearest even, like XLA's convert).
   np.testing.assert_array_equal(out16, round_bf16(out32))
 
@@ -76,19 +80,19 @@ def swiglu_reference(x, w):
   return round_bf16(act * u), gu
 
 
-@needs_amx
+@ISA
 @pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512), (33, 512, 1536)])
-def test_swiglu_forward_matches_reference(M, K, I):
+def test_swiglu_forward_matches_reference(M, K, I, isa):
   rng = np.random.default_rng(M + K + I)
   x, w = bf16(rng, (M, K)), bf16(rng, (K, 2 * I), K**-0.5)
   h_ref, gu_ref = swiglu_reference(x, w)
-  h, gu = jax.jit(lambda x, w: amx.swiglu(x, w, with_gu=True))(x, w)
+  h, gu = jax.jit(lambda x, w: cpu_gemm.swiglu(x, w, isa=isa, with_gu=True))(x, w)
   # g and u are plain GEMM outputs; fp32 summation order may flip the last bf16 bit rarely.
   np.testing.assert_allclose(f64(gu), gu_ref, rtol=BF16_ULP, atol=1e-6)
   assert np.mean(f64(gu) != gu_ref) < 1e-3
   # A flipped last bit of g or u can carry through the two later roundings.
   np.testing.assert_allclose(f64(h), h_ref, rtol=3 * BF16_ULP, atol=1e-3 * np.abs(h_ref).max())
-  h_only = jax.jit(lambda x, w: amx.swiglu(x, w, with_gu=False))(x, w)
+  h_only = jax.jit(lambda x, w: cpu_gemm.swiglu(x, w, isa=isa, with_gu=False))(x, w)
   np.testing.assert_array_equal(f64(h_only), f64(h))
 
 
@@ -114,26 +118,26 @@ def _silu_reference(g):
     return to_bf16(g * s), to_bf16(s * (1 + g * (1 - s)))
 
 
-@needs_amx
-def test_swiglu_activation_is_exact_for_every_bf16_gate_value():
+@ISA
+def test_swiglu_activation_is_exact_for_every_bf16_gate_value(isa):
   g, g64 = _every_bf16()
   act_ref, dsilu_ref = _silu_reference(g64)
   # Backward kernel, fed g directly: with dh = u = 1 it returns [bf16(dsilu(g)), bf16(silu(g))].
   ones = jnp.ones((256, 256), jnp.bfloat16)
-  dgu = jax.jit(amx.swiglu_bwd)(ones, jnp.concatenate([g, ones], axis=1))
+  dgu = jax.jit(functools.partial(cpu_gemm.swiglu_bwd, isa=isa))(ones, jnp.concatenate([g, ones], axis=1))
   np.testing.assert_array_equal(f64(dgu[:, :256]), dsilu_ref)
   np.testing.assert_array_equal(f64(dgu[:, 256:]), act_ref)
   # Forward kernel: x = I makes the GEMM's g exactly W's gate half (u = 1), so h = bf16(silu(g)).
   # Infinities and NaNs stay out of W: 0 * inf in the other rows' sums would be NaN.
   finite = np.isfinite(g64)
   w = jnp.concatenate([jnp.where(finite, g, 0), ones], axis=1)
-  h = jax.jit(lambda x, w: amx.swiglu(x, w, with_gu=False))(jnp.eye(256, dtype=jnp.bfloat16), w)
+  h = jax.jit(lambda x, w: cpu_gemm.swiglu(x, w, isa=isa, with_gu=False))(jnp.eye(256, dtype=jnp.bfloat16), w)
   np.testing.assert_array_equal(f64(h)[finite], act_ref[finite])
 
 
-@needs_amx
+@ISA
 @pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512)])
-def test_swiglu_and_matmul_gradients_match_float64(M, K, I):
+def test_swiglu_and_matmul_gradients_match_float64(M, K, I, isa):
   rng = np.random.default_rng(M * K)
   x, w = bf16(rng, (M, K)), bf16(rng, (K, 2 * I), K**-0.5)
   w2 = bf16(rng, (I, K), I**-0.5)
@@ -145,7 +149,7 @@ def test_swiglu_and_matmul_gradients_match_float64(M, K, I):
   def loss(x, w, w2, impl):
     return jnp.sum(layer(x, w, w2, impl).astype(jnp.float32) * ct)
 
-  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(x, w, w2, "amx")
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)(x, w, w2, isa)
   # Independent reference: the same layer by hand in float64 with hand-written derivatives.
   X, W, W2 = f64(x), f64(w), f64(w2)
   g, u = np.split(X @ W, 2, axis=-1)
@@ -159,8 +163,8 @@ def test_swiglu_and_matmul_gradients_match_float64(M, K, I):
     assert err < 0.03, (name, err)  # a few bf16 roundings along the chain, nothing more
 
 
-@needs_amx
-def test_model_logits_amx_close_to_xla():
+@ISA
+def test_model_logits_kernel_close_to_xla(isa):
   spec = config_lib.ModelSpec.from_config(config_lib.model_config(
       seq_len=16, vocab_size=11, hidden_size=64, num_heads=4, puzzle_emb_ndim=0, H_cycles=2,
       L_cycles=2, mlp_t=True, pos_encodings="none"))
@@ -168,28 +172,37 @@ def test_model_logits_amx_close_to_xla():
   params = model_lib.init_params(spec, jax.random.key(0))
   inputs = jnp.asarray(np.random.default_rng(0).integers(1, 11, (8, 16)), jnp.int32)
   outs = {}
-  for impl in ("amx", "xla"):
+  for impl in (isa, "xla"):
     s = dataclasses.replace(spec, matmul=impl)
     carry = model_lib.initial_carry(s, 8)
     outs[impl] = np.asarray(jax.jit(lambda p: model_lib.forward(p, s, carry, inputs, None)[1])(
         params))
   # Same math; the two differ by fp32 summation order and the SwiGLU rounding points only.
-  assert np.abs(outs["amx"] - outs["xla"]).max() < 0.1 * np.abs(outs["xla"]).max()
-  assert (outs["amx"].argmax(-1) == outs["xla"].argmax(-1)).mean() > 0.95
+  assert np.abs(outs[isa] - outs["xla"]).max() < 0.1 * np.abs(outs["xla"]).max()
+  assert (outs[isa].argmax(-1) == outs["xla"].argmax(-1)).mean() > 0.95
 
 
 def test_dispatch_rules(monkeypatch):
-  assert not km.uses_amx("xla", jnp.bfloat16)
-  assert not km.uses_amx("auto", jnp.float32)
-  assert not km.uses_amx("amx", jnp.float32)
+  assert km.kernel_isa("xla", jnp.bfloat16) is None
+  assert km.kernel_isa("auto", jnp.float32) is None
+  assert km.kernel_isa("amx", jnp.float32) is None and km.kernel_isa("avx512", jnp.float32) is None
   with pytest.raises(ValueError, match="matmul implementation"):
-    km.uses_amx("mkl", jnp.bfloat16)
-  monkeypatch.setattr(amx, "available", lambda: False)
-  monkeypatch.setattr(amx, "unavailable_reason", lambda: "no AMX here")
-  assert not km.uses_amx("auto", jnp.bfloat16)
+    km.kernel_isa("mkl", jnp.bfloat16)
+  # auto prefers AMX, then AVX512-BF16, then XLA's dot.
+  works = {"amx", "avx512"}
+  monkeypatch.setattr(cpu_gemm, "available", lambda isa: isa in works)
+  monkeypatch.setattr(cpu_gemm, "unavailable_reason", lambda isa: None if isa in works else "no")
+  assert km.kernel_isa("auto", jnp.bfloat16) == "amx"
+  assert km.kernel_isa("avx512", jnp.bfloat16) == "avx512"
+  works.discard("amx")
+  assert km.kernel_isa("auto", jnp.bfloat16) == "avx512"
+  with pytest.raises(RuntimeError, match="matmul='amx' but its kernel is unavailable: no"):
+    km.kernel_isa("amx", jnp.bfloat16)
+  works.clear()
+  assert km.kernel_isa("auto", jnp.bfloat16) is None
   x = jnp.ones((4, 32), jnp.bfloat16)
   lowered = jax.jit(lambda x: km.matmul(x, x.T, "auto")).lower(x).as_text()
-  assert "trm_amx" not in lowered  # auto fell back to XLA's dot: no custom call
+  assert "trm_" not in lowered  # auto fell back to XLA's dot: no custom call
   np.testing.assert_array_equal(jax.jit(lambda x: km.matmul(x, x.T, "auto"))(x),
                                 np.full((4, 4), 32.0))
 
@@ -198,9 +211,9 @@ def test_config_rejects_bad_or_unavailable_matmul(monkeypatch):
   with pytest.raises(ValueError, match="'matmul'"):
     config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
                                                              matmul="mkl"))
-  monkeypatch.setattr(amx, "available", lambda: False)
-  monkeypatch.setattr(amx, "unavailable_reason", lambda: "this CPU lacks amx_bf16")
-  with pytest.raises(ValueError, match="lacks amx_bf16"):
+  monkeypatch.setattr(cpu_gemm, "available", lambda isa: False)
+  monkeypatch.setattr(cpu_gemm, "unavailable_reason", lambda isa: "this CPU lacks amx_bf16")
+  with pytest.raises(ValueError, match="amx kernel is unavailable here: this CPU lacks amx_bf16"):
     config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
                                                              matmul="amx"))
   cfg = ml_collections.ConfigDict(config_lib.model_config(seq_len=4, vocab_size=4))
@@ -215,27 +228,28 @@ def test_build_failure_raises_with_compiler_message(monkeypatch, tmp_path):
   fake.write_text("#!/bin/sh\necho 'fake-cxx: cannot compile' >&2\nexit 1\n")
   fake.chmod(0o755)
   with pytest.raises(RuntimeError, match="cannot compile"):
-    amx.build(str(fake))
+    cpu_gemm.build("avx512", str(fake))
   assert not list(tmp_path.glob("*.so"))
 
 
 @pytest.mark.parametrize("where", ["gpu_backend", "multi_device"])
 def test_kernel_is_never_consulted_off_a_single_cpu_device(monkeypatch, where):
-  """On a GPU/TPU host (often an AMX CPU) or a multi-device mesh, neither 'auto' nor 'amx'
-  builds, loads or calls the kernel: the bf16 model lowers to XLA's dot alone."""
+  """On a GPU/TPU host (often an AMX CPU) or a multi-device mesh, no matmul choice builds, loads
+  or calls a kernel: the bf16 model lowers to XLA's dot alone."""
   if where == "gpu_backend":
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   else:
     monkeypatch.setattr(jax, "device_count", lambda *a: 8)
 
   def consulted(*args):
-    raise AssertionError("the AMX kernel was consulted")
+    raise AssertionError("a CPU kernel was consulted")
 
-  monkeypatch.setattr(amx, "available", consulted)
-  monkeypatch.setattr(amx, "unavailable_reason", consulted)
-  assert not km.uses_amx("auto", jnp.bfloat16) and not km.uses_amx("amx", jnp.bfloat16)
+  monkeypatch.setattr(cpu_gemm, "available", consulted)
+  monkeypatch.setattr(cpu_gemm, "unavailable_reason", consulted)
+  monkeypatch.setattr(cpu_gemm, "best", consulted)
   from trm_jax import model as model_lib
-  for impl in ("auto", "amx"):
+  for impl in ("auto", *cpu_gemm.ISAS):
+    assert km.kernel_isa(impl, jnp.bfloat16) is None
     spec = config_lib.ModelSpec.from_config(config_lib.model_config(
         seq_len=16, vocab_size=11, hidden_size=64, num_heads=4, puzzle_emb_ndim=0, H_cycles=1,
         L_cycles=1, mlp_t=True, pos_encodings="none", compute_dtype="bfloat16", matmul=impl))
@@ -244,7 +258,7 @@ def test_kernel_is_never_consulted_off_a_single_cpu_device(monkeypatch, where):
     inputs = jnp.ones((2, 16), jnp.int32)
     lowered = jax.jit(lambda p: model_lib.forward(p, spec, carry, inputs, None)[1]).lower(
         params).as_text()
-    assert "trm_amx" not in lowered and "dot_general" in lowered
+    assert "trm_" not in lowered and "dot_general" in lowered
 
 
 def test_attention_dispatch_takes_xla_off_an_nvidia_gpu(monkeypatch):

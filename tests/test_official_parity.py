@@ -72,11 +72,12 @@ def test_eval_steps_match(name, atols, _):
 
 
 def _matmul_paths():
-  """bf16 runs on XLA's dot everywhere and on the AMX kernel where this machine has it."""
-  from trm_jax.kernels import amx
-  reason = amx.unavailable_reason()
-  return ["xla", pytest.param("amx", marks=pytest.mark.skipif(
-      reason is not None, reason=f"AMX path unavailable here: {reason}"))]
+  """bf16 runs on XLA's dot everywhere and on each CPU kernel this machine has."""
+  from trm_jax.kernels import cpu_gemm
+  return ["xla", *(pytest.param(isa, marks=pytest.mark.skipif(
+      not cpu_gemm.available(isa),
+      reason=f"{isa} path unavailable here: {cpu_gemm.unavailable_reason(isa)}"))
+      for isa in cpu_gemm.ISAS)]
 
 
 def _bf16_case(matmul: str, name: str = BF16_CASE):

@@ -20,7 +20,7 @@ POS_ENCODINGS = ("rope", "learned", "none")
 LOSS_TYPES = ("stablemax", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
-MATMUL_IMPLS = ("auto", "xla", "amx")
+MATMUL_IMPLS = ("auto", "xla", "amx", "avx512")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
@@ -120,11 +120,12 @@ class ModelSpec:
       fail("remat", f"must be one of {REMAT_POLICIES}")
     if self.matmul not in MATMUL_IMPLS:
       fail("matmul", f"must be one of {MATMUL_IMPLS}")
-    if self.matmul == "amx":
+    if self.matmul in ("amx", "avx512"):
       # Local imports: builds the kernel on first use, and only where it would run.
-      from trm_jax.kernels import amx, matmul as kernels_matmul
-      if kernels_matmul.single_cpu_device() and not amx.available():
-        fail("matmul", f"the AMX kernel is unavailable here: {amx.unavailable_reason()}")
+      from trm_jax.kernels import cpu_gemm, matmul as kernels_matmul
+      if kernels_matmul.single_cpu_device() and not cpu_gemm.available(self.matmul):
+        fail("matmul", f"the {self.matmul} kernel is unavailable here: "
+                       f"{cpu_gemm.unavailable_reason(self.matmul)}")
     if self.attention not in ATTENTION_IMPLS:
       fail("attention", f"must be one of {ATTENTION_IMPLS}")
     if self.loss_type not in LOSS_TYPES:

@@ -1,4 +1,8 @@
-// bf16 GEMM on Intel AMX (tile registers, TDPBF16PS) as an XLA FFI custom call.
+// bf16 GEMM for x86-64 CPUs as an XLA FFI custom call, built for one of two instruction sets:
+//
+//   TRM_GEMM_AMX=1  Intel AMX (tile registers, TDPBF16PS): Sapphire Rapids and later.
+//   TRM_GEMM_AMX=0  AVX512-BF16 (VDPBF16PS on zmm registers): AMD Zen 4/5, Cooper Lake, and
+//                   any AMX CPU (they all have it).
 //
 //   out[M, N] = A[M, K] @ B[K, N],  A, B bf16; fp32 accumulation; out bf16 (round to nearest
 //   even, as XLA's convert) or fp32.  A may be given transposed ([K, M] in memory) and so may
@@ -6,12 +10,14 @@
 //   packing step costs nothing extra.
 //
 // Why this exists: XLA:CPU lowers bf16 dots to AVX-512 kernels (about 0.4 TFLOP/s on two
-// Sapphire Rapids cores) and never to AMX, which PyTorch's oneDNN uses (about 2.5 TFLOP/s).
-// See BUILD_NOTES.md, "CPU speed".
+// Sapphire Rapids cores) and never to AMX, which PyTorch's oneDNN uses (about 2.5 TFLOP/s); on a
+// CPU without AMX, oneDNN's VDPBF16PS kernels still beat XLA's dot, twice over for the weight
+// gradients (A transposed). See BUILD_NOTES.md, "CPU speed" and "CPUs without AMX".
 //
-// Three FFI targets share the GEMM: trm_amx_matmul (above), trm_amx_swiglu (the SwiGLU gate/up
-// projection with silu(g) * u applied in the epilogue, so [M, 2I] never round-trips through
-// memory in the forward) and trm_amx_swiglu_bwd (that activation's backward in one pass).
+// Three FFI targets share the GEMM: trm_<isa>_matmul (above), trm_<isa>_swiglu (the SwiGLU
+// gate/up projection with silu(g) * u applied in the epilogue, so [M, 2I] never round-trips
+// through memory in the forward) and trm_<isa>_swiglu_bwd (that activation's backward in one
+// pass). Both builds export the same symbols; cpu_gemm.py registers them under the ISA's names.
 //
 // Weight gradients (A and B both K-major, K long, small output) take a streaming variant that
 // packs one K chunk at a time into L2 (GemmKMajorStream).
@@ -19,13 +25,20 @@
 // Layout (Gemm). B is packed once per call into VNNI tiles: tile (nt, kb) holds k = kb*32 .. +32
 // and n = nt*16 .. +16 as 16 rows (k pairs) x 16 columns x 2 bf16, zero padded. A is read in
 // place with a row stride when it is row-major with K % 32 == 0, else packed into 16 x 32
-// tiles. GemmKMajorStream packs both, the same tiles, one K chunk at a time.
-// The micro-kernel computes a 32 x 32 block of `out` with four accumulator tiles
-// (tiles 0-3), two A tiles (4, 5) and two B tiles (6, 7).
+// tiles. GemmKMajorStream packs both, the same tiles, one K chunk at a time. The layout is the
+// AMX tile layout, and it is also what VDPBF16PS wants: a B tile row is one zmm register of 16
+// column pairs, and an A row's k pair is one 32-bit broadcast.
+// The micro-kernel (Block) computes a 32 x 32 block of `out`: with AMX in four accumulator tiles
+// (tiles 0-3), two A tiles (4, 5) and two B tiles (6, 7); with AVX512-BF16 in groups of 8 rows
+// (16 zmm accumulators, two B registers, one A broadcast).
 //
 // Threads: work is split into items pulled from an atomic counter by the calling thread and
 // by helpers scheduled on XLA's intra-op thread pool. The caller never waits for an item no one
 // has started, so this cannot deadlock however busy the pool is.
+
+#ifndef TRM_GEMM_AMX
+#error "build with -DTRM_GEMM_AMX=1 (AMX) or -DTRM_GEMM_AMX=0 (AVX512-BF16)"
+#endif
 
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -53,6 +66,7 @@ constexpr int64_t kTileElems = 16 * 32;  // one 1 KiB tile of bf16
 constexpr int64_t kBlock = 32;           // rows / columns of `out` per micro-kernel call
 constexpr int64_t kKChunk = 16;          // K blocks (512 k) per chunk of a long contraction
 
+#if TRM_GEMM_AMX
 struct alignas(64) TileConfig {
   uint8_t palette_id;
   uint8_t start_row;
@@ -74,6 +88,15 @@ void ConfigureTiles() {
   // left unconfigured, SIGILL on the first tile instruction). This operand is all 64 bytes.
   asm volatile("ldtilecfg %0" : : "m"(cfg));
 }
+
+// Tile state for the lifetime of a work item: configured on entry, released on exit.
+struct TileScope {
+  TileScope() { ConfigureTiles(); }
+  ~TileScope() { _tile_release(); }
+};
+#else
+struct TileScope {};  // AVX512-BF16 keeps no state between instructions
+#endif
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -414,6 +437,7 @@ T* Scratch(size_t n) {
 // the sum over `nkb` K blocks of A (upper / lower 16 rows from a0 / a1: row stride `a_stride`
 // bytes, `a_step` elements between K blocks) times B (packed tiles b0 / b1, `b_step` elements
 // between K blocks). Accumulators in tiles 0-3, A in 4-5, B in 6-7.
+#if TRM_GEMM_AMX
 inline void Block(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int64_t a_step,
                   const uint16_t* b0, const uint16_t* b1, int64_t b_step, int64_t nkb,
                   const float* init, float* dst) {
@@ -443,6 +467,56 @@ inline void Block(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int6
   _tile_stored(2, dst + 16 * kBlock, kBlock * 4);
   _tile_stored(3, dst + 16 * kBlock + 16, kBlock * 4);
 }
+#else
+// Rows [r0, r0 + 8) of the block for K blocks [kb_lo, kb_hi): 16 zmm accumulators (8 rows x 32
+// columns) loaded from `from` (zero if null), stored to `dst`. Per k pair: two B rows (one per
+// column tile) and one 32-bit broadcast of the row's pair of A, 16 VDPBF16PS.
+inline void Rows8(const char* a, int64_t a_stride, const uint16_t* b0, const uint16_t* b1,
+                  const float* from, float* dst) {
+  __m512 c[8][2];
+  for (int r = 0; r < 8; ++r) {
+    c[r][0] = from == nullptr ? _mm512_setzero_ps() : _mm512_load_ps(from + r * kBlock);
+    c[r][1] = from == nullptr ? _mm512_setzero_ps() : _mm512_load_ps(from + r * kBlock + 16);
+  }
+  for (int j = 0; j < 16; ++j) {
+    const __m512bh w0 = (__m512bh)_mm512_load_si512(b0 + j * 32);
+    const __m512bh w1 = (__m512bh)_mm512_load_si512(b1 + j * 32);
+    for (int r = 0; r < 8; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * a_stride + j * 4, 4);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+      c[r][0] = _mm512_dpbf16_ps(c[r][0], x, w0);
+      c[r][1] = _mm512_dpbf16_ps(c[r][1], x, w1);
+    }
+  }
+  for (int r = 0; r < 8; ++r) {
+    _mm512_store_ps(dst + r * kBlock, c[r][0]);
+    _mm512_store_ps(dst + r * kBlock + 16, c[r][1]);
+  }
+}
+
+// Same contract as the AMX Block. K blocks outermost: the two B tiles of a K block (2 KiB) stay
+// in L1 while the four row groups use them; the partial sums go through `dst` (4 KiB, L1).
+inline void Block(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int64_t a_step,
+                  const uint16_t* b0, const uint16_t* b1, int64_t b_step, int64_t nkb,
+                  const float* init, float* dst) {
+  if (nkb == 0) {  // an empty sum: dst = init (or zero)
+    for (int64_t i = 0; i < kBlock * kBlock; i += 16)
+      _mm512_store_ps(dst + i, init == nullptr ? _mm512_setzero_ps() : _mm512_load_ps(init + i));
+    return;
+  }
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const float* from = kb == 0 ? init : dst;
+    for (int g = 0; g < 4; ++g) {
+      const uint16_t* a = (g < 2 ? a0 : a1) + kb * a_step;
+      const char* rows = reinterpret_cast<const char*>(a) + (g % 2) * 8 * a_stride;
+      const int64_t off = g * 8 * kBlock;
+      Rows8(rows, a_stride, b0 + kb * b_step, b1 + kb * b_step,
+            from == nullptr ? nullptr : from + off, dst + off);
+    }
+  }
+}
+#endif
 
 // Weight-gradient shape: A given as [K, M] and B as [K, N] (both K-major), K long, out small.
 // Packing all of both first (as Gemm does) writes and re-reads them through memory, and that
@@ -464,7 +538,7 @@ void GemmKMajorStream(ffi::ThreadPool& pool, const Problem& p, const Epilogue& e
     uint16_t* bp = Scratch<uint16_t, 4>(b_tiles * kKChunk * kTileElems);
     float* acc = Scratch<float, 5>((mb_hi - mb_lo) * (s_hi - s_lo) * kBlock * kBlock);
     alignas(64) float c[kBlock * kBlock];
-    ConfigureTiles();
+    [[maybe_unused]] TileScope tiles;
     for (int64_t kb0 = 0; kb0 < p.KB; kb0 += kKChunk) {
       const int64_t kb1 = std::min(p.KB, kb0 + kKChunk), nkb = kb1 - kb0;
       const bool first = kb0 == 0, last = kb1 == p.KB;
@@ -485,7 +559,6 @@ void GemmKMajorStream(ffi::ThreadPool& pool, const Problem& p, const Epilogue& e
         }
       }
     }
-    _tile_release();
   });
 }
 
@@ -510,7 +583,7 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
 
   // A in place (row stride K) for whole 32-row blocks of a row-major A with K % 32 == 0;
   // otherwise (and for the last partial block) from packed tiles.
-  const bool direct = !p.trans_a && p.K % 32 == 0;
+  const bool direct = TRM_GEMM_AMX && !p.trans_a && p.K % 32 == 0;
   const int64_t MB = CeilDiv(p.M, kBlock);
   const int64_t first_packed = direct ? p.M / kBlock : 0;  // blocks before it are read in place
   uint16_t* ap = Scratch<uint16_t, 1>((MB - first_packed) * 2 * p.KB * kTileElems);
@@ -537,7 +610,7 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
     float* acc = kc < p.KB ? Scratch<float, 2>((mb_hi - mb_lo) * (s_hi - s_lo) * kBlock * kBlock)
                            : nullptr;
     alignas(64) float c[kBlock * kBlock];
-    ConfigureTiles();
+    [[maybe_unused]] TileScope tiles;
     for (int64_t kb0 = 0; kb0 < p.KB; kb0 += kc) {
       const int64_t kb1 = std::min(p.KB, kb0 + kc);
       const bool first = kb0 == 0, last = kb1 == p.KB;
@@ -567,7 +640,6 @@ void Gemm(ffi::ThreadPool& pool, const Problem& p, const Epilogue& epilogue) {
         }
       }
     }
-    _tile_release();
   });
 }
 
@@ -577,7 +649,7 @@ std::optional<ffi::Error> MakeProblem(const ffi::Buffer<ffi::BF16>& a,
                                       bool trans_b, Problem& p) {
   auto ad = a.dimensions(), bd = b.dimensions();
   if (ad.size() != 2 || bd.size() != 2)
-    return ffi::Error::InvalidArgument("trm_amx: operands must be rank 2");
+    return ffi::Error::InvalidArgument("trm_cpu_gemm: operands must be rank 2");
   p.a = static_cast<const uint16_t*>(a.untyped_data());
   p.b = static_cast<const uint16_t*>(b.untyped_data());
   p.trans_a = trans_a;
@@ -586,7 +658,7 @@ std::optional<ffi::Error> MakeProblem(const ffi::Buffer<ffi::BF16>& a,
   p.K = trans_a ? ad[0] : ad[1];
   p.N = trans_b ? bd[0] : bd[1];
   if ((trans_b ? bd[1] : bd[0]) != p.K)
-    return ffi::Error::InvalidArgument("trm_amx: contraction sizes differ");
+    return ffi::Error::InvalidArgument("trm_cpu_gemm: contraction sizes differ");
   p.KB = CeilDiv(p.K, 32);
   p.Np = CeilDiv(p.N, kBlock) * kBlock;
   return std::nullopt;
@@ -606,7 +678,7 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffe
   if (auto err = MakeProblem(a, b, trans_a, trans_b, p)) return *err;
   auto od = out->dimensions();
   if (od.size() != 2 || od[0] != p.M || od[1] != p.N)
-    return ffi::Error::InvalidArgument("trm_amx_matmul: output shape is not [M, N]");
+    return ffi::Error::InvalidArgument("trm_cpu_gemm matmul: output shape is not [M, N]");
   if (p.M == 0 || p.N == 0) return ffi::Error::Success();
   void* data = out->untyped_data();
   if (p.K == 0) {  // an empty sum (e.g. the weight gradient of an empty batch)
@@ -621,7 +693,7 @@ ffi::Error MatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> a, ffi::Buffe
       PlainGemm(pool, p, StorePlain<float>{static_cast<float*>(data), p.M, p.N});
       return ffi::Error::Success();
     default:
-      return ffi::Error::InvalidArgument("trm_amx_matmul: output must be bf16 or f32");
+      return ffi::Error::InvalidArgument("trm_cpu_gemm matmul: output must be bf16 or f32");
   }
 }
 
@@ -633,12 +705,12 @@ ffi::Error SwiGLUImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffe
   if (auto err = MakeProblem(x, w, false, false, p)) return *err;
   const int64_t I = p.N / 2;
   if (p.N % 32 != 0)
-    return ffi::Error::InvalidArgument("trm_amx_swiglu: 2I must be a multiple of 32");
+    return ffi::Error::InvalidArgument("trm_cpu_gemm swiglu: 2I must be a multiple of 32");
   auto hd = h->dimensions(), gd = gu->dimensions();
   if (hd.size() != 2 || hd[0] != p.M || hd[1] != I)
-    return ffi::Error::InvalidArgument("trm_amx_swiglu: h must be [M, I]");
+    return ffi::Error::InvalidArgument("trm_cpu_gemm swiglu: h must be [M, I]");
   if (with_gu && (gd.size() != 2 || gd[0] != p.M || gd[1] != 2 * I))
-    return ffi::Error::InvalidArgument("trm_amx_swiglu: gu must be [M, 2I]");
+    return ffi::Error::InvalidArgument("trm_cpu_gemm swiglu: gu must be [M, 2I]");
   if (p.M == 0) return ffi::Error::Success();
   if (p.K == 0) {  // g = u = 0, so h = silu(0) * 0 = 0
     std::memset(h->untyped_data(), 0, h->size_bytes());
@@ -659,7 +731,7 @@ ffi::Error SwiGLUBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dh,
   if (d.size() != 2 || gd.size() != 2 || od.size() != 2 || d[1] % 16 != 0 ||
       gd[0] != d[0] || gd[1] != 2 * d[1] || od[0] != d[0] || od[1] != 2 * d[1])
     return ffi::Error::InvalidArgument(
-        "trm_amx_swiglu_bwd: want dh [M, I], gu and d_gu [M, 2I], I % 16 == 0");
+        "trm_cpu_gemm swiglu_bwd: want dh [M, I], gu and d_gu [M, 2I], I % 16 == 0");
   const int64_t M = d[0], I = d[1];
   if (M == 0 || I == 0) return ffi::Error::Success();
   const uint16_t* pdh = static_cast<const uint16_t*>(dh.untyped_data());
@@ -686,7 +758,7 @@ ffi::Error SwiGLUBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> dh,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxMatmul, MatmulImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmMatmul, MatmulImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
@@ -695,7 +767,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxMatmul, MatmulImpl,
                                   .Attr<bool>("trans_a")
                                   .Attr<bool>("trans_b"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxSwiGLU, SwiGLUImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmSwiGLU, SwiGLUImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
@@ -704,13 +776,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxSwiGLU, SwiGLUImpl,
                                   .Ret<ffi::Buffer<ffi::BF16>>()
                                   .Attr<bool>("with_gu"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmAmxSwiGLUBwd, SwiGLUBwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TrmSwiGLUBwd, SwiGLUBwdImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::BF16>>());
 
+#if TRM_GEMM_AMX
 // Asks Linux for permission to use the AMX tile data state in this process (needed once per
 // process before any tile instruction). Returns 0 on success.
 extern "C" __attribute__((visibility("default"))) int trm_amx_request_permission() {
@@ -718,3 +791,4 @@ extern "C" __attribute__((visibility("default"))) int trm_amx_request_permission
   constexpr long kXfeatureXtiledata = 18;
   return static_cast<int>(syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata));
 }
+#endif
