@@ -5,6 +5,7 @@ here (and, for ARC, against evaluation's own vote over the run's test split), no
 solve module's own helpers.
 """
 
+import dataclasses
 import io
 import json
 import math
@@ -91,17 +92,22 @@ def _blocks(stdout):
   return blocks
 
 
-def _reference(run, inputs, identifiers=None):
-  """`inference.eval_batch` with the run's strategy on encoded inputs [N, L]."""
+def _reference(run, inputs, identifiers=None, halt=None):
+  """`inference.eval_batch` with the run's strategy (halting rule `halt`) on encoded inputs."""
   spec = ModelSpec.from_config(run.model_config)
   inputs = np.asarray(inputs, np.int32)
   batch = {"inputs": inputs, "labels": np.full_like(inputs, -100),
            "puzzle_identifiers": np.zeros(len(inputs), np.int32) if identifiers is None
            else np.asarray(identifiers, np.int32)}
   out = inference.eval_batch(run.params, batch, spec=spec,
-                             strategy=inference.Strategy.from_config(run.config.eval),
+                             strategy=_strategy(run, halt),
                              step_preds=True)
   return jax.device_get(out)
+
+
+def _strategy(run, halt=None):
+  strategy = inference.Strategy.from_config(run.config.eval)
+  return dataclasses.replace(strategy, halt=halt) if halt else strategy
 
 
 def _sigmoid(x):
@@ -159,23 +165,30 @@ def test_sudoku_errors_name_each_problem_and_csv_is_read(sudoku_run):
   assert list(_blocks(out)) == ["puzzles.txt, line 2", "puzzles.txt, line 3"]
 
 
-def test_sudoku_trace_has_one_entry_per_supervision_step(sudoku_run):
+HALT_DESCRIPTIONS = {"fixed": "fixed N_sup", "q": "Q-head halting"}  # Strategy.describe()
+
+
+@pytest.mark.parametrize("halt", ["fixed", "q"])
+def test_sudoku_trace_has_one_entry_per_supervision_step(sudoku_run, halt):
   q = _test_questions(sudoku_run, 1)
-  code, out, _ = _solve(sudoku_run, q[0] + "\n", trace=True)
-  assert code == 0
+  code, out, _ = _solve(sudoku_run, q[0] + "\n", trace=True, halt=halt)
+  assert code == 0 and HALT_DESCRIPTIONS[halt] in out.splitlines()[0]
   header, grid, trace = _blocks(out)["puzzles.txt, line 1"]
-  reference = _reference(sudoku_run, [_sudoku_tokens(q[0])])
+  reference = _reference(sudoku_run, [_sudoku_tokens(q[0])], halt=halt)
   steps = int(reference["steps"][0])
-  assert [t for t, _ in trace] == [f"step {k} of 4: " + t.split(": ", 1)[1]
-                                   for k, (t, _) in enumerate(trace, start=1)]
-  assert len(trace) == steps
+  assert header.startswith(f"halted at supervision step {steps} of 4,")
+  assert [t.split(":")[0] for t, _ in trace] == [f"step {k} of 4" for k in range(1, steps + 1)]
   previous = np.asarray(_sudoku_tokens(q[0]))
   for k, (title, rows) in enumerate(trace):
-    tokens = np.asarray(_sudoku_grid_tokens(rows))
-    np.testing.assert_array_equal(tokens, reference["step_preds"][k, 0])
-    assert title.endswith(f": {int((tokens != previous).sum())} cells changed")
-    previous = tokens
-  assert _sudoku_grid_tokens(trace[-1][1]) == _sudoku_grid_tokens(grid)
+    expected = reference["step_preds"][k, 0]
+    changed = int((expected != previous).sum())
+    assert title.endswith(f": {changed} cells changed")
+    if changed:  # a step that changed nothing prints no grid
+      np.testing.assert_array_equal(_sudoku_grid_tokens(rows), expected)
+    else:
+      assert rows == []
+    previous = expected
+  np.testing.assert_array_equal(_sudoku_grid_tokens(grid), previous)
 
 
 def test_command_line_exit_status_and_stdin(sudoku_run, tmp_path):
@@ -298,8 +311,11 @@ def test_arc_single_task_named_by_its_file(arc_run):
   assert f"task {task_id}, test input 0 (" in out
   code, _, err = _solve(arc_run, json.dumps(challenges[task_id]), solve.STDIN)
   assert code == 1 and "needs its id (--task_id)" in err
-  code, out, err = _solve(arc_run, json.dumps(challenges[task_id]), solve.STDIN, task_id=task_id)
+  changed = json.loads(json.dumps(challenges[task_id]))
+  changed["test"][0]["input"][0][0] = (changed["test"][0]["input"][0][0] + 1) % 10
+  code, out, err = _solve(arc_run, json.dumps(changed), solve.STDIN, task_id=task_id)
   assert code == 0 and f"task {task_id}, test input 0 (" in out
+  assert f"warning: task {task_id!r} test input 0 is not the one in the run's dataset" in err
 
 
 def test_arc_malformed_json_names_the_line():

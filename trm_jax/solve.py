@@ -1,7 +1,8 @@
 r"""Solve puzzles with a trained run: read them in the task's own format, print each solution.
 
     python -m trm_jax.solve --workdir W [--input FILE|-] [--trace] [--submission OUT.json]
-        [--checkpoint_step N] [--batch_size B] [--task_id ID] [--data_dir DIR]
+        [--checkpoint_step N] [--halt fixed|q|converged] [--batch_size B] [--task_id ID]
+        [--data_dir DIR]
 
 The run's config.json and checkpoint are read (`trm_jax.load`); the run's dataset builder
 (config.data.builder) decides the input format and the grid size its sequence length allows:
@@ -20,14 +21,16 @@ The run's config.json and checkpoint are read (`trm_jax.load`); the run's datase
           arc_eval.py); the two best candidates are the attempts.
 Puzzles are batched (--batch_size, default the run's eval.global_batch_size; the last batch is
 padded) and run with the run's own inference strategy (config section `eval`: guidance, halting
-rule, budget, rollouts; trm_jax/inference.py).
+rule, budget, rollouts; trm_jax/inference.py); --halt replaces its halting rule ('q': each
+puzzle stops when the Q head says so, for schemes with a trained head).
 
 Output (stdout), per puzzle: where it was read (line, or task and test input), the supervision
 step it halted at (the strategy's halting rule: fixed budget, Q-head halting, or convergence),
 its confidence, and the solution grid (Sudoku: digits with box rules, '.' a cell left blank;
 maze: the question's characters with 'o' on the path; ARC: one digit per cell; '?' marks a PAD
-token). With --trace, the prediction after every supervision step up to the halting step, with
-the number of cells it changed (step 1: against the input).
+token). With --trace, one entry per supervision step up to the halting step: the number of
+cells the step changed (step 1: against the input) and, when it changed any, its prediction
+(ARC: of the unaugmented input; --trace needs a strategy of one rollout).
 Confidence: sigmoid of the halting head's logit at the halting step; TRM's Q head is trained to
 predict that the whole answer is correct. For ARC, the mean of that over the augmented
 predictions that voted for the attempt (the evaluator's ranking key, after the vote count).
@@ -69,7 +72,7 @@ import sys
 from typing import Any, Iterable, Iterator, TextIO
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -83,6 +86,8 @@ def _define_flags() -> None:
                     "with the cells it changed")
   flags.DEFINE_string("submission", None, "ARC: write the kaggle submission JSON (pass@2 "
                       "attempts) here")
+  flags.DEFINE_enum("halt", None, ["fixed", "q", "converged"], "halting rule (default: the "
+                    "run's eval.halt): 'q' stops each puzzle when the Q head says so")
   flags.DEFINE_integer("checkpoint_step", None, "checkpoint step (default: the newest)")
   flags.DEFINE_integer("batch_size", 0, "puzzles per batch (0: the run's "
                        "eval.global_batch_size)")
@@ -118,7 +123,7 @@ def _evaluator(spec, strategy, trace: bool):
 class Solver:
   """A run's evaluation weights under its own inference strategy, in padded batches."""
 
-  def __init__(self, run, *, batch_size: int = 0, trace: bool = False):
+  def __init__(self, run, *, batch_size: int = 0, trace: bool = False, halt: str | None = None):
     from trm_jax import inference
     from trm_jax import model as model_lib
     from trm_jax.config import ModelSpec
@@ -126,6 +131,8 @@ class Solver:
     self.run = run
     self.spec = ModelSpec.from_config(run.model_config)
     self.strategy = inference.Strategy.from_config(run.config.eval)
+    if halt:
+      self.strategy = dataclasses.replace(self.strategy, halt=halt)
     self.strategy.validate(self.spec)
     if trace and self.strategy.rollouts > 1:
       raise ValueError(f"--trace follows one rollout; the run's eval strategy takes "
@@ -290,12 +297,15 @@ def _block(lines: list[str], indent: str = "  ") -> str:
 
 
 def _trace_lines(row: dict[str, Any], start: np.ndarray, budget: int, render) -> list[str]:
-  """Each step's prediction up to the halting step, with the cells it changed."""
+  """Each step's prediction up to the halting step (when it changed), with the cells it
+  changed."""
   lines, previous = [], start
   for k in range(row["steps"]):
     prediction = row["step_preds"][k]
-    lines.append(f"step {k + 1} of {budget}: {int((prediction != previous).sum())} cells changed")
-    lines += ["  " + line for line in render(prediction)]
+    changed = int((prediction != previous).sum())
+    lines.append(f"step {k + 1} of {budget}: {changed} cells changed")
+    if changed:
+      lines += ["  " + line for line in render(prediction)]
     previous = prediction
   return lines
 
@@ -443,8 +453,9 @@ def _print_arc_input(solver: Solver, evaluator, task, i: int, outs: list[dict], 
 
 
 def solve_text(run, text: str, name: str, *, trace: bool = False, submission: str | None = None,
-               batch_size: int = 0, task_id: str | None = None, data_dir: str | None = None,
-               out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+               batch_size: int = 0, halt: str | None = None, task_id: str | None = None,
+               data_dir: str | None = None, out: TextIO = sys.stdout,
+               err: TextIO = sys.stderr) -> int:
   """Solves the puzzles in `text` (read from `name`) and prints them; the exit status."""
   from trm_jax.config import ModelSpec
   builder = run.config.data.builder
@@ -466,7 +477,7 @@ def solve_text(run, text: str, name: str, *, trace: bool = False, submission: st
     puzzles, errors = read_maze(text, name, side)
     render = functools.partial(maze_rows, side=side)
 
-  solver = Solver(run, batch_size=batch_size, trace=trace)
+  solver = Solver(run, batch_size=batch_size, trace=trace, halt=halt)
   print(solver.describe(), file=out)
   if builder == "arc":
     evaluator = None
@@ -493,6 +504,8 @@ def main(argv):
   import importlib
   import trm_jax
 
+  if not FLAGS["verbosity"].present:  # libraries' INFO lines (Orbax) would bury the error lines
+    logging.set_verbosity(logging.WARNING)
   for module in FLAGS.imports:
     importlib.import_module(module)
   try:
@@ -503,13 +516,23 @@ def main(argv):
       path = pathlib.Path(FLAGS.input)
       text, name = path.read_text(encoding="utf-8"), str(path)
     return solve_text(run, text, name, trace=FLAGS.trace, submission=FLAGS.submission,
-                      batch_size=FLAGS.batch_size, task_id=FLAGS.task_id,
+                      batch_size=FLAGS.batch_size, halt=FLAGS.halt, task_id=FLAGS.task_id,
                       data_dir=FLAGS.data_dir)
   except (OSError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with exit status 2 (not 1, which means invalid puzzles) for bad flags."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as error:
+    print(f"FATAL Flags parsing error: {error}\nPass --help to see help on flags.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, argv=sys.argv)
+  app.run(main, argv=sys.argv, flags_parser=_parse_flags)
