@@ -182,7 +182,7 @@ def test_sudoku_trace_has_one_entry_per_supervision_step(sudoku_run, halt):
   for k, (title, rows) in enumerate(trace):
     expected = reference["step_preds"][k, 0]
     changed = int((expected != previous).sum())
-    assert title.endswith(f": {changed} cells changed")
+    assert title.endswith(f": {changed} cell{'s' * (changed != 1)} changed")
     if changed:  # a step that changed nothing prints no grid
       np.testing.assert_array_equal(_sudoku_grid_tokens(rows), expected)
     else:

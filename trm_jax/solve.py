@@ -198,6 +198,21 @@ def maze_side(spec) -> int:
   return side
 
 
+def _read_rows(rows, name: str, encode) -> tuple[list[Puzzle], list[str]]:
+  """Puzzles and error lines from (line, question, problem) rows; `encode(question)` gives the
+  tokens or raises ValueError saying what is wrong."""
+  puzzles, errors = [], []
+  for line, question, problem in rows:
+    where = f"{name}, line {line}"
+    try:
+      if problem:
+        raise ValueError(problem)
+      puzzles.append(Puzzle(where, encode(question)))
+    except ValueError as error:
+      errors.append(f"{where}: {error}")
+  return puzzles, errors
+
+
 def read_sudoku(text: str, name: str, size: int) -> tuple[list[Puzzle], list[str]]:
   """Puzzles and error lines of a file of Sudoku lines (or the official CSV)."""
   from trm_jax.data import sudoku
@@ -207,31 +222,14 @@ def read_sudoku(text: str, name: str, size: int) -> tuple[list[Puzzle], list[str
   else:
     rows = ((n, line.strip(), None) for n, line in enumerate(lines, start=1)
             if line.strip() and not line.lstrip().startswith("#"))
-  puzzles, errors = [], []
-  for line, question, problem in rows:
-    where = f"{name}, line {line}"
-    try:
-      if problem:
-        raise ValueError(problem)
-      puzzles.append(Puzzle(where, sudoku.to_tokens(sudoku.parse_question(question, size))))
-    except ValueError as error:
-      errors.append(f"{where}: {error}")
-  return puzzles, errors
+  return _read_rows(rows, name, lambda q: sudoku.to_tokens(sudoku.parse_question(q, size)))
 
 
 def read_maze(text: str, name: str, side: int) -> tuple[list[Puzzle], list[str]]:
   """Puzzles and error lines of an official maze CSV."""
   from trm_jax.data import maze, sudoku
-  puzzles, errors = [], []
-  for line, question, problem in sudoku.question_rows(text.splitlines(keepends=True)):
-    where = f"{name}, line {line}"
-    try:
-      if problem:
-        raise ValueError(problem)
-      puzzles.append(Puzzle(where, maze.to_tokens(maze.parse_question(question, side))))
-    except ValueError as error:
-      errors.append(f"{where}: {error}")
-  return puzzles, errors
+  return _read_rows(sudoku.question_rows(text.splitlines(keepends=True)), name,
+                    lambda q: maze.to_tokens(maze.parse_question(q, side)))
 
 
 def read_arc(text: str, name: str, task_id: str | None) -> tuple[dict[str, Any], list[str]]:
@@ -303,7 +301,7 @@ def _trace_lines(row: dict[str, Any], start: np.ndarray, budget: int, render) ->
   for k in range(row["steps"]):
     prediction = row["step_preds"][k]
     changed = int((prediction != previous).sum())
-    lines.append(f"step {k + 1} of {budget}: {changed} cells changed")
+    lines.append(f"step {k + 1} of {budget}: {changed} cell{'s' * (changed != 1)} changed")
     if changed:
       lines += ["  " + line for line in render(prediction)]
     previous = prediction
@@ -374,7 +372,7 @@ def _text(value) -> str:
 def open_arc_test_set(run, data_dir: str | None) -> ArcTestSet:
   from trm_jax.data import datasets
   from trm_jax.data.pipeline import PuzzleIndex
-  data_cfg = run.config.data
+  data_cfg = run.config.data.copy_and_resolve_references()
   if data_dir:
     data_cfg.data_dir = data_dir
   builder = datasets.builder_for(data_cfg)
@@ -418,11 +416,11 @@ def solve_arc(solver: Solver, tasks: dict[str, Any], test_set: ArcTestSet, out: 
   results = solver.solve(rows, len(plan))
   for (task_id, i), group in itertools.groupby(zip(plan, results), key=lambda x: x[0][:2]):
     group = list(group)
-    augmentations = [p[2] for p, _ in group]
+    used = [p[2] for p, _ in group]
     outs = [r for _, r in group]
     evaluator.add(np.stack([r["preds"] for r in outs]), np.asarray([r["q_halt"] for r in outs]),
-                  [task_id] * len(outs), [i] * len(outs),
-                  [a.dihedral for a in augmentations], np.stack([a.colors for a in augmentations]))
+                  [task_id] * len(outs), [i] * len(outs), [a.dihedral for a in used],
+                  np.stack([a.colors for a in used]))
     _print_arc_input(solver, evaluator, known[task_id], i, outs, out)
   return evaluator, errors
 
