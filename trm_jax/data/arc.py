@@ -118,6 +118,20 @@ def _pair_list(raw: dict, key: str, where: str) -> list:
   return pairs
 
 
+def task_from_json(task_id: str, raw, where: str) -> ArcTask:
+  """One kaggle-format task object (`{"train": [pairs], "test": [pairs]}`), test outputs where
+  its test pairs have them (else None). ValueError naming `where`, the pair and the field."""
+  if not isinstance(raw, dict):
+    raise ValueError(f"{where}: a task must be an object with 'train' and 'test'")
+  train = [ArcPair(_pair_field(p, "input", f"{where}, train pair {i}"),
+                   _pair_field(p, "output", f"{where}, train pair {i}"))
+           for i, p in enumerate(_pair_list(raw, "train", where))]
+  test = [ArcPair(_pair_field(p, "input", f"{where}, test pair {i}"),
+                  _pair_field(p, "output", f"{where}, test pair {i}") if "output" in p else None)
+          for i, p in enumerate(_pair_list(raw, "test", where))]
+  return ArcTask(task_id, train, test, tuple(k for k in raw if k in ("train", "test")))
+
+
 def load_tasks(challenges_path: PathLike,
                solutions_path: PathLike | None = None) -> dict[str, ArcTask]:
   """Tasks of one kaggle `*_challenges.json`, test outputs from `*_solutions.json` if given.
@@ -140,14 +154,7 @@ def load_tasks(challenges_path: PathLike,
 
   tasks = {}
   for task_id, raw in challenges.items():
-    where = f"{challenges_path}: task {task_id!r}"
-    if not isinstance(raw, dict):
-      raise ValueError(f"{where}: a task must be an object with 'train' and 'test'")
-    train = [ArcPair(_pair_field(p, "input", f"{where}, train pair {i}"),
-                     _pair_field(p, "output", f"{where}, train pair {i}"))
-             for i, p in enumerate(_pair_list(raw, "train", where))]
-    test_raw = _pair_list(raw, "test", where)
-    inputs = [_pair_field(p, "input", f"{where}, test pair {i}") for i, p in enumerate(test_raw)]
+    task = task_from_json(task_id, raw, f"{challenges_path}: task {task_id!r}")
     if solutions is not None:
       sol_where = f"{solutions_path}: task {task_id!r}"
       if task_id not in solutions:
@@ -155,15 +162,13 @@ def load_tasks(challenges_path: PathLike,
       grids = solutions[task_id]
       if not isinstance(grids, list):
         raise ValueError(f"{sol_where}: expected a list of output grids")
-      if len(grids) != len(inputs):
-        raise ValueError(f"{sol_where}: {len(grids)} solution grids for {len(inputs)} test inputs")
+      if len(grids) != len(task.test):
+        raise ValueError(f"{sol_where}: {len(grids)} solution grids for {len(task.test)} test "
+                         "inputs")
       outputs = [_parse_grid(g, f"{sol_where}, test pair {i} output") for i, g in enumerate(grids)]
-    else:
-      outputs = [_pair_field(p, "output", f"{where}, test pair {i}") if "output" in p else None
-                 for i, p in enumerate(test_raw)]
-    order = tuple(k for k in raw if k in ("train", "test"))
-    tasks[task_id] = ArcTask(task_id, train, [ArcPair(i, o) for i, o in zip(inputs, outputs)],
-                             order)
+      task = dataclasses.replace(task, test=[ArcPair(p.input, o) for p, o in zip(task.test,
+                                                                                  outputs)])
+    tasks[task_id] = task
   return tasks
 
 

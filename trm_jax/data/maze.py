@@ -95,6 +95,22 @@ def read_csv(path: sudoku.PathLike) -> MazeSet:
   return MazeSet(questions, answers, sudoku.parse_ratings(rows), side, rows.sources)
 
 
+def parse_question(text: str, side: int) -> np.ndarray:
+  """One maze written as the CSV's question column: side*side characters of '# SG', row by row,
+  exactly one S and one G. Codes uint8 [side*side]; ValueError saying what is wrong."""
+  if len(text) != side * side:
+    raise ValueError(f"{len(text)} characters, expected {side * side} (a {side}x{side} maze)")
+  allowed = CHARSET.replace(CHARSET[PATH], "")
+  bad = next((j for j, char in enumerate(text) if char not in allowed), None)
+  if bad is not None:
+    raise ValueError(f"the character {text[bad]!r} at row {bad // side + 1}, column "
+                     f"{bad % side + 1} is not one of {allowed!r}")
+  for code in (START, GOAL):
+    if text.count(CHARSET[code]) != 1:
+      raise ValueError(f"{text.count(CHARSET[code])} {CHARSET[code]!r} cells, expected one")
+  return np.array([CHARSET.index(char) for char in text], np.uint8)
+
+
 def write_csv(path: sudoku.PathLike, maze_set: MazeSet) -> None:
   """Writes the official format; `read_csv` reads it back unchanged."""
   sudoku.write_csv_rows(path, maze_set.sources, sudoku.decode_chars(maze_set.questions, CHARSET),

@@ -18,7 +18,7 @@ import math
 import os
 import pathlib
 import random
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -77,6 +77,24 @@ def read_csv_rows(path: PathLike) -> CsvRows:
   if not lines:
     raise ValueError(f"{path}: no puzzles after the header")
   return CsvRows(path, *columns, lines)
+
+
+def question_rows(lines: Iterable[str]) -> Iterator[tuple[int, str | None, str | None]]:
+  """(line, question, problem) for each row of a puzzle CSV's lines: the question column, or
+  what is wrong with the row (the header, the column count) and None. For readers that go on
+  past a bad row; `read_csv_rows` stops at the first."""
+  reader = csv.reader(lines)
+  header = next(reader, None)
+  if header is None or tuple(h.strip().lstrip("\ufeff") for h in header) != CSV_HEADER:
+    yield 1, None, f"expected the header {','.join(CSV_HEADER)}, got {','.join(header or [])!r}"
+  for row in reader:
+    if not row:
+      continue
+    if len(row) != len(CSV_HEADER):
+      yield reader.line_num, None, (f"expected {len(CSV_HEADER)} columns "
+                                    f"({','.join(CSV_HEADER)}), got {len(row)}")
+    else:
+      yield reader.line_num, row[CSV_HEADER.index("question")], None
 
 
 def check_lengths(rows: CsvRows, strings: Sequence[str], column: str, length: int) -> None:
@@ -204,6 +222,25 @@ def read_csv(path: PathLike) -> SudokuSet:
   return SudokuSet(questions, answers, parse_ratings(rows), size, rows.sources)
 
 
+def parse_question(text: str, size: int) -> np.ndarray:
+  """One puzzle written as the CSV's question column: size*size characters, digits 1..size and
+  '.' or '0' for blanks, row by row. Cell values uint8 [size*size] (0 blank); ValueError saying
+  what is wrong (wrong length, a character outside the digits, a digit given twice in a unit)."""
+  _check_size(size)
+  if len(text) != size * size:
+    raise ValueError(f"{len(text)} characters, expected {size * size} (a {size}x{size} grid)")
+  table = {".": 0, "0": 0, **{str(d): d for d in range(1, size + 1)}}
+  bad = next((j for j, char in enumerate(text) if char not in table), None)
+  if bad is not None:
+    raise ValueError(f"the character {text[bad]!r} at position {bad + 1} is not a digit "
+                     f"1..{size} or a blank ('.' or '0')")
+  cells = np.array([table[char] for char in text], np.uint8)
+  repeated = _repeated_digit(cells, size)
+  if repeated:
+    raise ValueError(f"the givens clash: {repeated}")
+  return cells
+
+
 def write_csv(path: PathLike, sudoku_set: SudokuSet) -> None:
   """Writes the official format ('.' blanks); `read_csv` reads it back unchanged."""
   charset = BLANK_CHAR + "".join(str(d) for d in range(1, sudoku_set.size + 1))
@@ -241,15 +278,21 @@ def is_valid_solution(grid, size: int) -> bool:
   return grid.size == size * size and bool(_valid_solutions(grid.reshape(1, -1), size)[0])
 
 
-def _violation(grid_L: np.ndarray, size: int) -> str:
-  """A readable reason why a complete grid is not a solution."""
+def _repeated_digit(grid_L: np.ndarray, size: int) -> str | None:
+  """Where a digit occurs twice in one unit (blanks aside), or None."""
   grid = grid_L.reshape(size, size)
   for kind, units in zip(("row", "column", "box"), (grid, grid.T, _boxes(grid[None], size)[0])):
     for index, unit in enumerate(units):
-      values, counts = np.unique(unit, return_counts=True)
+      values, counts = np.unique(unit[unit > 0], return_counts=True)
       if (counts > 1).any():
         return f"{kind} {index + 1} repeats the digit {values[counts > 1][0]}"
-  return f"it is not a complete grid of digits 1..{size}"
+  return None
+
+
+def _violation(grid_L: np.ndarray, size: int) -> str:
+  """A readable reason why a complete grid is not a solution."""
+  return (_repeated_digit(grid_L, size)
+          or f"it is not a complete grid of digits 1..{size}")
 
 
 # ----------------------------------------------------------------------------------------------
