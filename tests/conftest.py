@@ -27,6 +27,31 @@ def random_batch(spec, batch_size: int, seed: int):
                                                          batch_size), jnp.int32)}
 
 
+# bf16: neither side is exact, and each rounding order (PyTorch's kernels, XLA's dot, the CPU
+# kernels) lands elsewhere. Both are compared to the fp32 result with the same weights; ours may
+# deviate from it by at most this factor times what the official bf16 code deviates
+# (BUILD_NOTES.md, "bf16 parity bounds").
+BF16_FACTOR = 2.0
+
+
+def bf16_matmul_paths():
+  """bf16 runs on XLA's dot everywhere and on each CPU kernel this machine has."""
+  from trm_jax.kernels import cpu_gemm
+  return ["xla", *(pytest.param(isa, marks=pytest.mark.skipif(
+      not cpu_gemm.available(isa),
+      reason=f"{isa} path unavailable here: {cpu_gemm.unavailable_reason(isa)}"))
+      for isa in cpu_gemm.ISAS)]
+
+
+def within_official_noise(ours, official, fp32, what, check_max=True):
+  """Max and mean deviation from the fp32 result at most BF16_FACTOR x the official bf16's."""
+  ours_err, official_err = np.abs(ours - fp32), np.abs(official - fp32)
+  assert not check_max or ours_err.max() <= BF16_FACTOR * official_err.max(), (
+      f"{what}: max {ours_err.max():.3g} vs official {official_err.max():.3g}")
+  assert ours_err.mean() <= BF16_FACTOR * official_err.mean(), (
+      f"{what}: mean {ours_err.mean():.3g} vs official {official_err.mean():.3g}")
+
+
 def assert_matches_official_training(loss, metrics, grads, data, grad_rtol=2e-5,
                                      same_keys=True):
   """One training call against an official reference: total loss and every `train/metric/`

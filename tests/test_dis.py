@@ -3,6 +3,8 @@
 `fixtures/official_dis_att_rope_fp32.npz` is `dis_att_rope_tiny.npz` of the shared official
 references: `TinyRecursiveReasoningModel_ACTV5` + `ACTLossHeadV4` of
 machinestein/Deep-Improvement-Supervision @ 032f116, PyTorch 2.13 CPU, fp32 (random weights).
+`fixtures/official_dis_att_rope_bf16.npz` is the same configuration in bf16 (other weights),
+written by `fixtures/make_official_reference.py` from that code.
 """
 
 import jax
@@ -17,10 +19,12 @@ from trm_jax.schemes import dis
 
 from experiments import common
 
-from conftest import (assert_matches_official_training, load_official, official_batch as _batch,
-                      official_training_call)
+from conftest import (BF16_FACTOR, assert_matches_official_training, bf16_matmul_paths,
+                      load_official, official_batch as _batch, official_training_call,
+                      within_official_noise)
 
 FIXTURE = "official_dis_att_rope_fp32.npz"
+BF16_FIXTURE = "official_dis_att_rope_bf16.npz"
 
 
 def test_official_dis_arch_converts_to_the_dis_scheme():
@@ -69,6 +73,74 @@ def test_training_call_matches_official_loss_and_gradients():
   assert_matches_official_training(loss, metrics, ours, data, same_keys=False)
   # The official DIS head trains no Q head: its gradients are absent there and zero here.
   assert not np.any(ours["inner.q_head.weight"]) and not np.any(ours["inner.q_head.bias"])
+
+
+def _bf16_case(matmul):
+  """(bf16 config on the `matmul` path, the same in fp32, state_dict, fixture)."""
+  cfg, state_dict, data = load_official(BF16_FIXTURE)
+  assert cfg.scheme == "dis" and cfg.compute_dtype == "bfloat16"
+  cfg.matmul = matmul
+  fp32_cfg = cfg.copy_and_resolve_references()
+  fp32_cfg.compute_dtype = "float32"
+  return cfg, fp32_cfg, state_dict, data
+
+
+def _steps_on_official_inputs(cfg, state_dict, data):
+  """The six eval steps through the public API, each fed the official run's token input (its
+  previous argmax), so that bf16 rounding compares step by step instead of compounding through
+  a flipped argmax."""
+  params = convert.from_official_state_dict(state_dict, cfg)
+  batch = _batch(data)
+  carry = trm_jax.initial_carry(cfg, 4)
+  logits_per_step = []
+  for step in range(6):
+    if step:
+      carry = dict(carry, prev_pred=jnp.asarray(data[f"step{step - 1}/preds"], jnp.int32))
+    carry, logits, _, _ = trm_jax.supervision_step(params, cfg, carry, batch)
+    logits_per_step.append(np.asarray(logits, np.float64))
+  return logits_per_step
+
+
+@pytest.mark.parametrize("matmul", bf16_matmul_paths())
+def test_bf16_inference_matches_within_bf16_precision(matmul):
+  """Our bf16 logits deviate from our fp32 ones (which match the official fp32 code to 1e-4) by
+  at most BF16_FACTOR x what the official bf16 code deviates, per step, in max and mean."""
+  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
+  np.testing.assert_array_equal(data["step1/inputs_used"], data["step0/preds"])  # fed back
+  ours = _steps_on_official_inputs(cfg, state_dict, data)
+  exact = _steps_on_official_inputs(fp32_cfg, state_dict, data)
+  for step in range(6):
+    within_official_noise(ours[step], data[f"step{step}/logits"], exact[step],
+                          f"logits, step {step}")
+
+
+@pytest.mark.parametrize("matmul", bf16_matmul_paths())
+def test_bf16_training_matches_within_bf16_precision(matmul):
+  """The bf16 training call (on the official call's path) against the fp32 one: each gradient
+  within BF16_FACTOR x the official bf16's deviation (max, plus one bf16 ulp, and mean), the
+  metrics equal, and the loss within BF16_FACTOR x the most the official bf16 step-1 logits could
+  move it (each example's loss is a mean over tokens of a cross-entropy whose gradient in the
+  logits has l1 norm <= 2: |d loss| <= sum over examples of 2 mean_t max_v |d logit|)."""
+  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
+
+  def official_path(state):
+    state["carry"]["path"] = jnp.asarray(data["train/path"], jnp.int32)
+
+  loss, metrics, grads = official_training_call(cfg, state_dict, data, official_path)
+  exact_loss, _, exact = official_training_call(fp32_cfg, state_dict, data, official_path)
+  exact_logits = _steps_on_official_inputs(fp32_cfg, state_dict, data)[0]
+  loss_scale = (2 * np.abs(data["step0/logits"] - exact_logits).max(-1).mean(-1)).sum()
+  assert abs(loss - exact_loss) <= BF16_FACTOR * loss_scale, (loss, exact_loss, loss_scale)
+  for key in data.files:
+    if key.startswith("train/metric/") and not key.endswith("loss"):
+      assert metrics[key.removeprefix("train/metric/")] == float(data[key]), key
+  for key in (k.removeprefix("grad/") for k in data.files if k.startswith("grad/")):
+    ref = np.asarray(data[f"grad/{key}"], np.float64)
+    one_bf16_ulp = 2.0 ** (np.floor(np.log2(np.abs(ref).max())) - 7)
+    ours_err = np.abs(np.asarray(grads[key], np.float64) - exact[key])
+    official_err = np.abs(ref - exact[key])
+    assert ours_err.max() <= BF16_FACTOR * official_err.max() + one_bf16_ulp, key
+    assert ours_err.mean() <= BF16_FACTOR * official_err.mean(), key
 
 
 # ------------------------------------------------------------------------------- the path --

@@ -13,7 +13,8 @@ import trm_jax
 from trm_jax import act, convert, train
 from trm_jax.config import ModelSpec
 
-from conftest import assert_matches_official_training, load_official
+from conftest import (BF16_FACTOR, assert_matches_official_training, bf16_matmul_paths,
+                      load_official, within_official_noise)
 
 # fp32 fixtures: absolute tolerance on logits / Q logits per supervision step, and on the
 # relative gradient error. The mlp_t net amplifies rounding: perturbing its weights by 1e-7
@@ -34,11 +35,6 @@ BF16_CASE = "official_att_rope_bf16.npz"
 # means 0.037 vs 0.028): there only the mean is bounded.
 BF16_EVAL_CASES = (BF16_CASE, "official_hrm_att_rope_bf16.npz")
 BF16_MEAN_ONLY_FROM_STEP = {"official_hrm_att_rope_bf16.npz": 2}
-# bf16: neither side is exact, and each rounding order (PyTorch's kernels, XLA's dot, the AMX
-# kernel) lands elsewhere. Both are compared to the fp32 result with the same weights; ours may
-# deviate from it by at most this factor times what the official bf16 code deviates
-# (BUILD_NOTES.md, "bf16 parity bounds").
-BF16_FACTOR = 2.0
 
 
 def _cases():
@@ -71,15 +67,6 @@ def test_eval_steps_match(name, atols, _):
                                  err_msg=f"{key}, step {step}")
 
 
-def _matmul_paths():
-  """bf16 runs on XLA's dot everywhere and on each CPU kernel this machine has."""
-  from trm_jax.kernels import cpu_gemm
-  return ["xla", *(pytest.param(isa, marks=pytest.mark.skipif(
-      not cpu_gemm.available(isa),
-      reason=f"{isa} path unavailable here: {cpu_gemm.unavailable_reason(isa)}"))
-      for isa in cpu_gemm.ISAS)]
-
-
 def _bf16_case(matmul: str, name: str = BF16_CASE):
   """(bf16 config on the `matmul` path, the same in fp32, state_dict, fixture)."""
   cfg, state_dict, data = load_official(name)
@@ -90,18 +77,9 @@ def _bf16_case(matmul: str, name: str = BF16_CASE):
   return cfg, fp32_cfg, state_dict, data
 
 
-def _within_official_noise(ours, official, fp32, what, check_max=True):
-  """Max and mean deviation from the fp32 result at most BF16_FACTOR x the official bf16's."""
-  ours_err, official_err = np.abs(ours - fp32), np.abs(official - fp32)
-  assert not check_max or ours_err.max() <= BF16_FACTOR * official_err.max(), (
-      f"{what}: max {ours_err.max():.3g} vs official {official_err.max():.3g}")
-  assert ours_err.mean() <= BF16_FACTOR * official_err.mean(), (
-      f"{what}: mean {ours_err.mean():.3g} vs official {official_err.mean():.3g}")
-
-
 @pytest.mark.parametrize("name", [pytest.param(n, id=n.removesuffix(".npz"))
                                   for n in BF16_EVAL_CASES])
-@pytest.mark.parametrize("matmul", _matmul_paths())
+@pytest.mark.parametrize("matmul", bf16_matmul_paths())
 def test_bf16_eval_steps_match_within_bf16_precision(matmul, name):
   """Both bf16 results against the fp32 one (which matches the official fp32 to ~1e-5): ours
   deviates by at most BF16_FACTOR x what the official bf16 code deviates, per step, in max and
@@ -113,7 +91,7 @@ def test_bf16_eval_steps_match_within_bf16_precision(matmul, name):
                       _batch(data))
   for step in range(3):
     official = data[f"step{step}/logits"]
-    _within_official_noise(ours[step][0], official, exact[step][0], f"logits, step {step}",
+    within_official_noise(ours[step][0], official, exact[step][0], f"logits, step {step}",
                            check_max=step < BF16_MEAN_ONLY_FROM_STEP.get(name, 3))
     logit_noise = np.abs(official - exact[step][0]).max()
     for i, key in ((1, "q_halt"), (2, "q_continue")):
@@ -157,7 +135,7 @@ def test_training_loss_metrics_and_gradients_match(name, _, grad_rtol):
   assert_matches_official_training(*_training_call(cfg, state_dict, data), data, grad_rtol)
 
 
-@pytest.mark.parametrize("matmul", _matmul_paths())
+@pytest.mark.parametrize("matmul", bf16_matmul_paths())
 def test_bf16_training_matches_within_bf16_precision(matmul):
   """The bf16 training call against the fp32 one, with the official bf16 deviation as the scale:
   each gradient within BF16_FACTOR x the official's (max and mean; plus one bf16 ulp on the
