@@ -125,3 +125,19 @@ def test_the_readme_scheme_example_trains_through_the_cli(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads((workdir / "analysis" / "analysis.json").read_text())
   assert len(summary["points"]) == 4 * 2  # N_sup * n readout points
+
+
+def test_batches_that_do_not_split_over_the_mesh_are_refused_naming_the_field():
+  import types
+  import pytest
+  cfg = small_smoke_config()
+  eight_devices = types.SimpleNamespace(devices=np.empty((4, 2), object))
+  cfg.train.global_batch_size, cfg.eval.global_batch_size = 16, 12
+  with pytest.raises(ValueError, match=r"'eval.global_batch_size' = 12: must be a multiple of "
+                                       r"the mesh's 8 devices"):
+    main.check_batches_fit(cfg, eight_devices)
+  cfg.train.global_batch_size, cfg.eval.global_batch_size = 20, 16
+  with pytest.raises(ValueError, match="'train.global_batch_size' = 20"):
+    main.check_batches_fit(cfg, eight_devices)
+  cfg.train.global_batch_size = 24
+  main.check_batches_fit(cfg, eight_devices)

@@ -42,3 +42,74 @@ def test_mesh_shape_inference_and_errors():
     sharding.make_mesh((n + 1, 1))
   with pytest.raises(ValueError, match="at most one -1"):
     sharding.make_mesh((-1, -1))
+
+
+# ------------------------------------------------------------------------ sharded evaluation --
+
+
+@pytest.fixture(scope="module")
+def arc_run(tmp_path_factory):
+  """A tiny ARC run (one training step) on the fixture tasks: its test split has several
+  augmentations per task, so pass@K votes over many rows."""
+  from trm_jax import main
+  from tests.test_main import FIXTURE_ARC, load_config
+  cfg = load_config("arc", "arc1,runlocal")
+  cfg.data.manual_dir = str(FIXTURE_ARC)
+  cfg.data.builder_config.subsets = ("training", "evaluation")
+  cfg.train.global_batch_size = 8
+  cfg.train.max_steps = 1
+  cfg.eval.global_batch_size = 16
+  cfg.eval.max_batches = 1  # the run's own evaluation; the tests below evaluate everything
+  cfg.model.L_cycles = 1
+  cfg.model.H_cycles = 1
+  cfg.model.halt_max_steps = 2
+  workdir = tmp_path_factory.mktemp("arc")
+  main.run(cfg, str(workdir))
+  # The tests evaluate the whole test split (several batches, the last one padded).
+  config = workdir / "config.json"
+  config.write_text(config.read_text().replace('"max_batches": 1', '"max_batches": 0'))
+  return workdir
+
+
+def _evaluate(run, mesh, out, devices=1, coordinator=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  command = [sys.executable, str(HERE / "sharded_eval.py"), str(run), mesh, str(out)]
+  if coordinator is None:
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+  else:  # two processes; logs to files (a full pipe would block one while the other waits)
+    logs = [open(f"{out}.log{i}", "w") for i in range(2)]
+    procs = [subprocess.Popen(command + ["--coordinator", coordinator, "--process_id", str(i)],
+                              env=env, stdout=logs[i], stderr=subprocess.STDOUT)
+             for i in range(2)]
+    for i, proc in enumerate(procs):
+      proc.wait(timeout=600)
+      logs[i].close()
+      assert proc.returncode == 0, pathlib.Path(f"{out}.log{i}").read_text()[-3000:]
+  import json
+  saved = json.loads(out.read_text())
+  rows = {}
+  for path in sorted(out.parent.glob(f"{out.name}.rows*")):
+    rows.update(json.loads(path.read_text()))
+  return saved, rows, saved["records"]
+
+
+def test_evaluation_is_data_parallel_and_equals_one_device(arc_run, tmp_path):
+  """On 8 devices (one process) and on 2 processes, each device computes 1/N of the rows, and
+  the per-step accuracies, forward passes, pass@K and the ARC vote itself (every candidate's
+  votes and confidence, the submission) equal one device's."""
+  reference, rows, records = _evaluate(arc_run, "1x1", tmp_path / "one.json")
+  assert records > 16 and records % 16  # several batches, the last one padded
+  padded = -(-records // 16) * 16
+  assert list(rows.values()) == [padded]
+  assert "pass@2" in reference["result"] and reference["result"]["count"] == records
+  votes = [votes for candidates in reference["candidates"].values() for votes, _ in candidates]
+  assert sum(votes) == records  # every prediction voted once
+  port = 20000 + (os.getpid() + 7) % 20000
+  for mesh, devices, coordinator, name in (("8x1", 8, None, "eight"),
+                                           ("2x1", 1, f"127.0.0.1:{port}", "two_processes")):
+    result, rows, _ = _evaluate(arc_run, mesh, tmp_path / f"{name}.json", devices, coordinator)
+    assert len(rows) == int(mesh.split("x")[0]), (name, rows)
+    assert set(rows.values()) == {padded // len(rows)}, (name, rows)  # 1/N of every batch
+    assert result == reference, name

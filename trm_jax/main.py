@@ -97,6 +97,19 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
   inference.Strategy.from_config(cfg.eval)
 
 
+def check_batches_fit(cfg: ml_collections.ConfigDict, mesh) -> None:
+  """Training and evaluation batches are split over every device of the mesh and every
+  process: each global batch size must divide evenly (checked before anything compiles)."""
+  devices, processes = mesh.devices.size, jax.process_count()
+  for field in ("train.global_batch_size", "eval.global_batch_size"):
+    section, name = field.split(".")
+    value = cfg[section][name]
+    if value % devices or value % processes:
+      raise ValueError(f"config field '{field}' = {value}: must be a multiple of the mesh's "
+                       f"{devices} devices and of the {processes} processes (batches are "
+                       "split over both)")
+
+
 def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
   """The experiment's model config with the dataset's shapes filled in."""
   model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
@@ -188,13 +201,39 @@ def is_eval_step(step: int, eval_every: int, total_steps: int) -> bool:
   return step == total_steps or (step % eval_every == 0 and total_steps - step >= eval_every / 2)
 
 
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Per-row results of `inference.eval_batch` with the batch on their last axis.
+_STEP_MAJOR = ("token_acc", "exact")
+
+
+def gather_rows(out: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+  """Per-row results, split over the mesh (and processes), as host arrays on every process,
+  rows sorted by their record `index` (so the order is the stream's, whatever the mesh)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    host = multihost_utils.process_allgather(out, tiled=True)
+  else:
+    host = jax.device_get(out)
+  order = np.argsort(np.asarray(host["index"]), kind="stable")
+  return {k: np.take(np.asarray(v), order, axis=-1 if k in _STEP_MAJOR else 0)
+          for k, v in host.items()}
+
+
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
              arc_evaluator=None, strategy: inference.Strategy = inference.Strategy()
              ) -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
   (ARC) pass@K over this evaluation's predictions only. `evaluate_batch` is
-  `inference.eval_batch` with `strategy` (config section `eval`) bound, jitted."""
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  `inference.eval_batch` with `strategy` (config section `eval`) bound, jitted.
+
+  Data-parallel like training: each process reads its rows of every global batch, the batch is
+  one global array split over the mesh's batch axes (each device computes 1/N of the rows),
+  and only the per-row results come back, gathered to every process and put in record order,
+  so the sums and the ARC vote see every prediction once, in the same order on any mesh.
+  """
   n_sup = strategy.steps(spec)
   token, exact, steps, cost, count = np.zeros(n_sup), np.zeros(n_sup), 0.0, 0.0, 0
   final_exact = 0.0
@@ -202,15 +241,22 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
   if arc_evaluator is not None:
     arc_evaluator.reset()
   keys = ARC_KEYS if arc_evaluator is not None else ()
+  # Task ids (text) travel as their position in the evaluator's task list.
+  task_ids = list(arc_evaluator.tasks) if arc_evaluator is not None else []
+  task_number = {task_id: i for i, task_id in enumerate(task_ids)}
   batches = pipeline.eval_batches(test_source, global_batch_size=cfg.eval.global_batch_size,
-                                  keys=keys)
-  for i, batch in enumerate(batches):
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count(), keys=keys)
+  for i, local in enumerate(batches):
     if max_batches and i >= max_batches:
       break
-    valid = batch.pop("valid")
-    extra = {k: batch.pop(k) for k in keys}
-    # Every process reads the whole eval batch, so it is placed replicated on the mesh.
-    out = jax.device_get(evaluate_batch(params, jax.device_put(batch, replicated)))
+    if arc_evaluator is not None:
+      local["task_id"] = np.asarray([task_number.get(_text(t), -1) for t in local["task_id"]],
+                                    np.int32)
+    rows = sharding_lib.global_batch(mesh, local)
+    out = evaluate_batch(params, {k: rows[k] for k in pipeline.MODEL_KEYS})
+    out = gather_rows({**out, **{k: rows[k] for k in ("index", "valid", *keys)}})
+    valid = out["valid"]
     token += (out["token_acc"] * valid).sum(-1)
     exact += (out["exact"] * valid).sum(-1)
     halting_step = out["steps"] - 1
@@ -219,8 +265,9 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
     cost += float((out["cost_steps"] * valid).sum())  # every rollout's steps
     count += int(valid.sum())
     if arc_evaluator is not None:
-      arc_evaluator.add(out["preds"], out["q_halt"], extra["task_id"], extra["test_index"],
-                        extra["dihedral"], extra["colors"], mask=valid)
+      names = [task_ids[t] if t >= 0 else "<not in the evaluation tasks>" for t in out["task_id"]]
+      arc_evaluator.add(out["preds"], out["q_halt"], names, out["test_index"], out["dihedral"],
+                        out["colors"], mask=valid)
   passes = strategy.passes_per_step(spec)
   result = {
       "count": count,
@@ -322,6 +369,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
 
   # --- Mesh, model and state.
   mesh = sharding_lib.make_mesh(tuple(cfg.mesh_shape))
+  check_batches_fit(cfg, mesh)
   jax.set_mesh(mesh)
   start_position = train_iter.get_state()
   example = next(train_iter)  # shapes only; the stream is rewound (or restored) below

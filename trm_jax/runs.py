@@ -6,7 +6,7 @@
 Nothing of the training run is rebuilt (no optimiser, no data stream, no example batch): the
 config comes from the workdir's config.json (written by `trm_jax.main` before training starts),
 the weights from the newest complete checkpoint (or the step asked for), read from the
-checkpoint's own metadata onto this process's first device. `params` are what evaluation uses:
+checkpoint's own metadata onto this process's first device (or into a mesh's shardings). `params` are what evaluation uses:
 the EMA weights when the run keeps an EMA.
 """
 
@@ -21,7 +21,7 @@ import jax
 import ml_collections
 from orbax.checkpoint import v1 as ocp
 
-from trm_jax import train as train_lib
+from trm_jax import sharding as sharding_lib, train as train_lib
 from trm_jax.config import ModelSpec
 
 CONFIG_FILE = "config.json"
@@ -56,8 +56,14 @@ def _locate(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, pathlib
   return checkpoints.parent, chosen
 
 
-def load(path: str | pathlib.Path, step: int | None = None) -> Run:
-  """The run at `path` (workdir, its checkpoints directory, or one checkpoint's directory)."""
+def load(path: str | pathlib.Path, step: int | None = None, *,
+         mesh: jax.sharding.Mesh | None = None) -> Run:
+  """The run at `path` (workdir, its checkpoints directory, or one checkpoint's directory).
+
+  With `mesh` the weights are read straight into that mesh's shardings (the training state's
+  rules, `trm_jax.sharding`), as every process of a multi-process run must; without, onto this
+  process's first local device.
+  """
   workdir, checkpoint = _locate(pathlib.Path(path), step)
   config_path = workdir / CONFIG_FILE
   if not config_path.exists():
@@ -70,10 +76,15 @@ def load(path: str | pathlib.Path, step: int | None = None) -> Run:
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   ModelSpec.from_config(model_config)  # validates, naming a bad field
 
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   metadata = ocp.metadata(checkpoint, checkpointable_name="state").metadata
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          metadata)
+  shapes = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, shapes)
+  else:
+    shardings = sharding_lib.tree_shardings(mesh, shapes)
+  abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                          shapes, shardings)
   state = ocp.load(checkpoint, abstract, checkpointable_name="state")
   return Run(workdir=workdir, config=config, model_config=model_config,
              params=train_lib.eval_params(state), step=int(checkpoint.name),

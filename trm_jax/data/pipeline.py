@@ -167,7 +167,9 @@ def train_dataset(source, index: PuzzleIndex, *, seed: int, global_batch_size: i
 
 def eval_batches(source, *, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1, keys: Sequence[str] = ()):
-  """Every record once, in order, padded to whole batches; `valid` marks real rows.
+  """Every record once, in order, padded to whole batches; `valid` marks real rows and
+  `index` is each row's position in the stream (record number; padding rows continue past the
+  last record), by which per-row results can be put back in order after a sharded step.
 
   Yields this process's rows of each global batch (row r of a global batch belongs to process
   r % process_count). `keys` are extra fields passed through (e.g. ARC inversion metadata).
@@ -181,4 +183,5 @@ def eval_batches(source, *, global_batch_size: int, process_index: int = 0,
     for key in keys:
       batch[key] = np.stack([np.asarray(e[key]) for e in examples])
     batch["valid"] = np.asarray([r < n for r in rows])
+    batch["index"] = np.asarray(rows, np.int32)
     yield batch
