@@ -175,6 +175,22 @@ def test_local_dry_run_text(repo_cwd, capsys):
   assert not (ROOT / "runs" / "smoke").exists()
 
 
+def test_local_slots_get_their_own_gpus(tmp_path, repo_cwd):
+  """4 runs, 2 at a time, 2 GPUs each: a stand-in python records its CUDA_VISIBLE_DEVICES and
+  holds its slot for a moment, so both slots are busy at once."""
+  fake_python = tmp_path / "python"
+  fake_python.write_text('#!/bin/sh\necho "gpus=$CUDA_VISIBLE_DEVICES"\nsleep 0.3\n')
+  fake_python.chmod(0o755)
+  runs = smoke_runs(str(tmp_path / "runs"))[:4]
+  assert local.launch(runs, parallel=2, python=str(fake_python), gpus_per_run=2) == [0] * 4
+  seen = [(pathlib.Path(r.workdir) / local.LOG_FILE).read_text().strip() for r in runs]
+  assert set(seen) == {"gpus=0,1", "gpus=2,3"}
+  assert seen[0] != seen[1]  # the first two ran side by side, on different GPUs
+  assert local.dry_run(runs[:1], 2, "python", gpus_per_run=2).splitlines()[:3] == [
+      "# local: 1 runs, 2 at a time", "# slot 0: CUDA_VISIBLE_DEVICES=0,1",
+      "# slot 1: CUDA_VISIBLE_DEVICES=2,3"]
+
+
 TINY_EXPERIMENT = """
 import sys
 sys.path.insert(0, {experiments!r})

@@ -37,6 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help="launch only these runs of the sweep (repeatable)")
   local = parser.add_argument_group("local")
   local.add_argument("--parallel", type=int, default=1, help="runs at a time")
+  local.add_argument("--gpus_per_run", type=int, default=0,
+                     help="give each of the --parallel slots its own GPUs")
   cloud = parser.add_argument_group("skypilot")
   cloud.add_argument("--accelerator", help="e.g. tpu-v5p-16 (a pod slice), H100:8")
   cloud.add_argument("--spot", action="store_true", help="spot/preemptible machines")
@@ -58,8 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   if bad:
     parser.error(f"unrecognized arguments: {' '.join(bad)}")
   args.common_flags = rest
-  if args.parallel < 1:
-    parser.error(f"--parallel {args.parallel}: must be at least 1")
+  if args.parallel < 1 or args.gpus_per_run < 0:
+    parser.error(f"--parallel {args.parallel} / --gpus_per_run {args.gpus_per_run}: need at "
+                 "least one slot and no negative GPU count")
   if args.backend == "skypilot" and not args.accelerator:
     parser.error("--backend skypilot needs --accelerator (e.g. tpu-v5p-16 or H100:8)")
   return args
@@ -90,13 +93,18 @@ def main(argv: list[str] | None = None) -> int:
       from trm_jax.launch import skypilot as backend
     else:
       from trm_jax.launch import slurm as backend
+  except ModuleNotFoundError as error:
+    print(f"error: --backend {args.backend} needs {error.name}: pip install 'trm_jax[launch]'",
+          file=sys.stderr)
+    return 2
+  try:
     backend.check_root(args.root)
     runs = planned_runs(args)
     if args.backend == "local":
       if args.dry_run:
-        print(backend.dry_run(runs, args.parallel))
+        print(backend.dry_run(runs, args.parallel, gpus_per_run=args.gpus_per_run))
         return 0
-      codes = backend.launch(runs, args.parallel)
+      codes = backend.launch(runs, args.parallel, gpus_per_run=args.gpus_per_run)
     elif args.backend == "skypilot":
       tasks = [backend.task_config(run, sweep_name, args.accelerator, args.num_nodes, args.spot,
                                    args.infra, args.max_restarts_on_errors) for run in runs]
