@@ -147,6 +147,15 @@ def test_slurm_job_through_submitit(tmp_path, monkeypatch, repo_cwd):
   assert hasattr(delayed.function, "checkpoint")  # requeued on timeout / preemption
 
 
+def test_slurm_training_command_outlives_the_warning_signal():
+  """SLURM sends the warning signal (USR2) to every process of the job; the training process
+  must keep going until the requeue's SIGTERM, on which it checkpoints."""
+  pytest.importorskip("submitit")
+  survives = [sys.executable, "-c",
+              "import os, signal; os.kill(os.getpid(), signal.SIGUSR2); print('alive')"]
+  slurm.TrainingCommand(survives)()  # raises CalledProcessError if USR2 killed it
+
+
 def test_slurm_dry_run_needs_no_cluster(repo_cwd, capsys):
   code = launch_cli.main(["--config", SUDOKU, "--sweep", "smoke", "--root", "/shared/runs",
                           "--backend", "slurm", "--num_nodes", "2", "--gpus_per_node", "8",

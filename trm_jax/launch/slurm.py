@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 from typing import Any, Sequence
@@ -23,15 +24,25 @@ from submitit.slurm import slurm as submitit_slurm
 from trm_jax.sweep import Run
 
 
+def _ignore_warning_signal() -> None:
+  signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class TrainingCommand(submitit.helpers.Checkpointable):
   """`python -m trm_jax.main ...` in the task; on timeout or preemption submitit resubmits this
-  same command (Checkpointable), which resumes from the workdir."""
+  same command (Checkpointable), which resumes from the workdir.
+
+  SLURM's warning signal (USR2, `signal_delay_s` before the limit) reaches every process of the
+  step; it is submitit's cue to requeue, and would kill the training process outright, so the
+  command ignores it. The requeue then stops the job with SIGTERM, on which `trm_jax.main` saves a
+  checkpoint and exits (within the cluster's KillWait).
+  """
 
   def __init__(self, argv: list[str]):
     self.argv = argv
 
   def __call__(self) -> None:
-    subprocess.run(self.argv, check=True)
+    subprocess.run(self.argv, check=True, preexec_fn=_ignore_warning_signal)
 
 
 def check_root(root: str) -> None:
