@@ -22,7 +22,7 @@ from trm_jax.sweep import Run
 
 PYTHON = "python3"
 COORDINATOR_PORT = "8476"  # any free port on the first node
-# Set by SkyPilot on every node: https://docs.skypilot.co/en/latest/running-jobs/environment-variables.html
+# SkyPilot sets these on every node (docs.skypilot.co: running-jobs/environment-variables).
 MULTI_NODE_FLAGS = ('--coordinator_address="$(echo "$SKYPILOT_NODE_IPS" | head -n1)'
                     ':$TRM_JAX_COORDINATOR_PORT" --num_processes="$SKYPILOT_NUM_NODES" '
                     '--process_id="$SKYPILOT_NODE_RANK"')
