@@ -8,6 +8,11 @@ r"""ARC-AGI (official recipe: attention 7M, n=4; paper 44.6% / 7.8% pass@2).
   --config experiments/arc.py:hrm          HRM's official ARC-AGI-1 recipe (cfg_pretrain.yaml)
 The kaggle-format JSON (arc-agi_<subset>_challenges.json / _solutions.json) must be in
 --config.data.manual_dir. Append ,runlocal for a CPU check (few augmentations, tiny model).
+
+Sweeps (python -m trm_jax.launch --config experiments/arc.py --sweep NAME[,runlocal]):
+  official  the TRM recipe on ARC-AGI-1 and on ARC-AGI-2
+  schemes   ARC-AGI-1 with TRM, DIS (the 7M medium recipe) and HRM
+  dis       the two DIS recipes (compact 0.8M, medium 7M), 2 seeds each
 """
 
 import sys, pathlib  # noqa: E401
@@ -17,6 +22,7 @@ import ml_collections  # noqa: E402
 
 import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
+from trm_jax import sweep  # noqa: E402
 
 
 VARIANTS = ("arc1", "arc2", "dis_compact", "dis_medium", "hrm")
@@ -55,3 +61,15 @@ def get_config(arg=None):
   if local:  # every task, 4 augmentations instead of 1000
     config = common.runlocal(config, num_aug=4)
   return config
+
+
+SWEEPS = {
+    "official": sweep.axis("config", ["arc1", "arc2"]),
+    "schemes": sweep.axis("config", ["arc1", "dis_medium", "hrm"]),
+    "dis": sweep.product(sweep.axis("config", ["dis_compact", "dis_medium"]),
+                         sweep.axis("train.seed", [0, 1])),
+}
+
+
+def get_sweep(name):
+  return common.sweep_named(name, SWEEPS)

@@ -118,6 +118,13 @@ def runlocal(config: ml_collections.ConfigDict, **data_overrides) -> ml_collecti
   return config
 
 
+def sweep_named(name, sweeps):
+  """`get_sweep(name)` of an experiment file whose sweeps are the dict `sweeps`."""
+  if name not in sweeps:
+    raise ValueError(f"unknown sweep {name!r}; choose one of {sorted(sweeps)}")
+  return [dict(run) for run in sweeps[name]]
+
+
 def parse_variant(arg, known):
   """'variant[,runlocal]' -> (variant or None, runlocal?); `known` is the file's VARIANTS
   ("" standing for the file's default)."""

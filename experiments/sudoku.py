@@ -10,6 +10,12 @@ Append ,runlocal to shrink any of them for a CPU check (same builder and file fo
 slice of the data, 20 steps). Sudoku-Extreme needs the official train.csv / test.csv in
 --config.data.manual_dir (`python -m trm_jax.data.generate sudoku --size 9` writes puzzles in
 that format).
+
+Sweeps (python -m trm_jax.launch --config experiments/sudoku.py --sweep NAME[,runlocal]):
+  smoke     the smoke run, lr x seed (2 x 3 runs; CPU-sized)
+  schemes   the smoke run with TRM, DIS and HRM's recursion, 2 seeds each
+  official  the two official Sudoku-Extreme recipes (mlp_t and attention)
+  cycles    the official mlp_t recipe over T (H_cycles) x n (L_cycles); the paper's is T=3, n=6
 """
 
 import sys, pathlib  # noqa: E401
@@ -19,6 +25,7 @@ import ml_collections  # noqa: E402
 
 import common  # noqa: E402
 from trm_jax import config as model_configs  # noqa: E402
+from trm_jax import sweep  # noqa: E402
 
 
 VARIANTS = ("mlp", "att", "hrm", "smoke", "dis_smoke", "hrm_smoke")
@@ -73,3 +80,20 @@ def get_config(arg=None):
   elif local:  # a slice of the official CSVs, as the full recipe reads them
     config = common.runlocal(config, subsample=256, num_aug=4, test_subsample=128)
   return config
+
+
+SWEEPS = {
+    "smoke": sweep.product(sweep.axis("config", ["smoke"]),
+                           sweep.axis("train.lr", [1e-3, 3e-3]),
+                           sweep.axis("train.seed", [0, 1, 2])),
+    "schemes": sweep.product(sweep.axis("config", ["smoke", "dis_smoke", "hrm_smoke"]),
+                             sweep.axis("train.seed", [0, 1])),
+    "official": sweep.axis("config", ["mlp", "att"]),
+    "cycles": sweep.product(sweep.axis("config", ["mlp"]),
+                            sweep.axis("model.H_cycles", [2, 3]),
+                            sweep.axis("model.L_cycles", [4, 6])),
+}
+
+
+def get_sweep(name):
+  return common.sweep_named(name, SWEEPS)
