@@ -1,8 +1,10 @@
 """Orbax (V1 API) checkpoints of the whole training loop: exact, atomic, preemption-safe.
 
-A checkpoint holds two checkpointables:
-  state - the train state pytree (params, optimiser, EMA, puzzle table, ACT carry, step, RNG);
-  loop  - the data iterator's state (the next stream position), as a small pytree.
+A checkpoint holds three checkpointables:
+  state  - the train state pytree (params, optimiser, EMA, puzzle table, ACT carry, step, RNG);
+  loop   - the data iterator's state (the next stream position), as a small pytree;
+  config - the run's resolved experiment config as JSON ({"json": text}), so that a checkpoint
+           copied or moved on its own still says what it is (`trm_jax.load` reads it).
 Orbax writes into a temporary directory and renames it when complete, so a killed save leaves
 no half checkpoint under a step name; `restore_latest` still verifies that what it loads is
 complete and falls back to the previous good checkpoint, with a message, when it is not.
@@ -10,6 +12,7 @@ complete and falls back to the previous good checkpoint, with a message, when it
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -30,8 +33,11 @@ class CheckpointManager:
   """Interval + preemption saving, keep-last-N (+ best-N on a metric), automatic resume."""
 
   def __init__(self, directory, *, save_interval_steps: int, keep: int = 3,
-               keep_best: int = 0, best_metric: str = "exact_accuracy"):
+               keep_best: int = 0, best_metric: str = "exact_accuracy",
+               config: dict[str, Any] | None = None):
     self.directory = pathlib.Path(directory).absolute()
+    # Saved in every checkpoint (see the module docstring).
+    self._config = None if config is None else {"json": json.dumps(config, default=str)}
     policies = [ocp.training.save_decision_policies.FixedIntervalPolicy(save_interval_steps),
                 ocp.training.save_decision_policies.PreemptionCheckpointingPolicy()]
     preserve = [ocp.training.preservation_policies.LatestN(keep)]
@@ -50,8 +56,11 @@ class CheckpointManager:
     # Asked first: orbax builds (and logs) its handlers on every save call, even one it declines.
     if not force and not self._checkpointer.should_save(step):
       return False
+    checkpointables = {"state": state, "loop": loop_state}
+    if self._config is not None:
+      checkpointables["config"] = self._config
     return self._checkpointer.save_checkpointables_async(
-        step, {"state": state, "loop": loop_state}, force=force, metrics=metrics) is not None
+        step, checkpointables, force=force, metrics=metrics) is not None
 
   def steps(self) -> list[int]:
     return sorted(c.step for c in self._checkpointer.checkpoints)
@@ -86,3 +95,11 @@ class CheckpointManager:
 
   def close(self) -> None:
     self._checkpointer.close()
+
+
+def load_config(step_dir) -> dict[str, Any] | None:
+  """The resolved experiment config saved in one checkpoint's directory, or None when the
+  checkpoint has none (written before configs were saved in checkpoints)."""
+  if not (pathlib.Path(step_dir) / "config").is_dir():
+    return None
+  return json.loads(ocp.load_checkpointables(step_dir, {"config": None})["config"]["json"])

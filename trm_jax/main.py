@@ -385,7 +385,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   # --- Checkpoints: resume from the newest good one in the workdir.
   checkpoints = checkpoint_lib.CheckpointManager(
       checkpoint_dir or workdir_path / "checkpoints", save_interval_steps=cfg.train.checkpoint_every_steps or eval_every,
-      keep=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best_checkpoints)
+      keep=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best_checkpoints,
+      config=resolved)
   restored = checkpoints.restore_latest(state, {"data_iterator": start_position})
   first_step = 1
   if restored is not None:

@@ -4,7 +4,8 @@
     run.params, run.model_config, run.config, run.step
 
 Nothing of the training run is rebuilt (no optimiser, no data stream, no example batch): the
-config comes from the workdir's config.json (written by `trm_jax.main` before training starts),
+config comes from the checkpoint itself (every checkpoint holds the resolved config), or for
+checkpoints written before that from the workdir's config.json (written by `trm_jax.main`),
 the weights from the newest complete checkpoint (or the step asked for), read from the
 checkpoint's own metadata onto this process's first device (or into a mesh's shardings). `params` are what evaluation uses:
 the EMA weights when the run keeps an EMA.
@@ -21,7 +22,7 @@ import jax
 import ml_collections
 from orbax.checkpoint import v1 as ocp
 
-from trm_jax import sharding as sharding_lib, train as train_lib
+from trm_jax import checkpoint as checkpoint_lib, sharding as sharding_lib, train as train_lib
 from trm_jax.config import ModelSpec
 
 CONFIG_FILE = "config.json"
@@ -65,14 +66,18 @@ def load(path: str | pathlib.Path, step: int | None = None, *,
   process's first local device.
   """
   workdir, checkpoint = _locate(pathlib.Path(path), step)
-  config_path = workdir / CONFIG_FILE
-  if not config_path.exists():
-    raise FileNotFoundError(f"{config_path}: missing; a run directory written by "
-                            "`python -m trm_jax.main` has it")
-  try:
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  except json.JSONDecodeError as error:
-    raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+  saved = checkpoint_lib.load_config(checkpoint)
+  if saved is not None:
+    config = ml_collections.ConfigDict(saved)
+  else:
+    config_path = workdir / CONFIG_FILE
+    if not config_path.exists():
+      raise FileNotFoundError(f"{checkpoint} holds no config and {config_path} is missing; a "
+                              "run directory written by `python -m trm_jax.main` has one")
+    try:
+      config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{config_path}: not valid JSON ({error})") from None
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   ModelSpec.from_config(model_config)  # validates, naming a bad field
 
