@@ -23,6 +23,14 @@ def test_drop_after_keeps_the_records_up_to_the_step(tmp_path):
   assert metrics.drop_after(tmp_path / "missing", 3) == 0
 
 
+def test_drop_after_drops_a_record_cut_short_by_a_crash(tmp_path):
+  _write_records(tmp_path, [{"step": 1, "kind": "train"}, {"step": 2, "kind": "train"}])
+  with open(tmp_path / metrics.METRICS_FILE, "a") as f:
+    f.write('{"step": 3, "kind": "tr')  # killed mid-write
+  assert metrics.drop_after(tmp_path, 2) == 1
+  assert [r["step"] for r in metrics.read(tmp_path)] == [1, 2]
+
+
 def test_a_resumed_writer_continues_with_one_record_per_step(tmp_path):
   writer = metrics.MetricWriter(tmp_path)
   for step in range(1, 7):  # ran to step 6; the checkpoint it resumes from is step 4

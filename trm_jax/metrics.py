@@ -37,13 +37,16 @@ def read(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
 
 
 def drop_after(workdir: str | pathlib.Path, step: int) -> int:
-  """Rewrites metrics.jsonl without the records of steps after `step`; returns how many it
-  dropped. The new file replaces the old one atomically (a crash leaves one or the other)."""
+  """Rewrites metrics.jsonl without the records of steps after `step` (and a last line that a
+  crash cut short); returns how many lines it dropped. The new file replaces the old one
+  atomically (a crash leaves one or the other)."""
   path = pathlib.Path(workdir) / METRICS_FILE
   if not path.exists():
     return 0
   lines = path.read_text().splitlines(keepends=True)
-  kept = [line for line in lines if not line.strip() or json.loads(line)["step"] <= step]
+  if lines and not lines[-1].endswith("\n"):  # a record the crash cut short
+    lines[-1] = ""
+  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
   if len(kept) == len(lines):
     return 0
   partial = path.with_name(path.name + ".partial")
