@@ -487,8 +487,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
           reduced["forward_passes_per_example"] = reduced["steps"] * passes_per_step
         reduced.update(throughput.window(window_steps))
         writer.write(step, "train", reduced)
-        bar.set_postfix(loss=f"{reduced['lm_loss']:.3f}", exact=f"{reduced['exact_accuracy']:.3f}",
-                        ex_s=f"{reduced['examples_per_s']:.0f}", refresh=False)
+        bar.set_postfix({"loss": f"{reduced['lm_loss']:.3f}",
+                         "exact": f"{reduced['exact_accuracy']:.3f}",
+                         "examples/s": f"{reduced['examples_per_s']:.0f}"}, refresh=False)
         pending, window_steps = None, 0
       eval_metrics = None
       if is_eval_step(step, eval_every, total_steps):
