@@ -12,7 +12,7 @@ For each (config, batch size, what) this measures, on the default JAX backend:
           so donated buffers count once).
   TFLOP/s, MFU - the step's matmul FLOPs (`trm_jax.flops.matmul_flops` on the traced step,
           with XLA's dot and no remat: model FLOPs) over the median time, and that over the
-          device's bf16 matrix peak (PEAK_BF16_TFLOPS, or --peak_tflops; none on CPU).
+          device's bf16 matrix peak (trm_jax.flops.peak_tflops, or --peak_tflops; none on CPU).
 Every (config, batch, what) runs in a fresh subprocess (this script re-invokes itself with
 `--one`), so the peak RSS / device peak is that measurement's own.
 
@@ -39,7 +39,6 @@ Quick smoke run (a minute on 2 CPU cores):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import importlib
 import json
@@ -220,32 +219,6 @@ def _device_peak_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-# Dense bf16/fp16 matrix-unit peaks (vendor datasheets, TFLOP/s), the denominator of MFU; matched
-# as substrings of `device.device_kind`, first match wins. --peak_tflops overrides.
-PEAK_BF16_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
-    ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
-    ("TPU v5", 459.0), ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
-)
-
-
-def peak_tflops(device_kind: str, compute_dtype: str, override: float | None = None
-                ) -> float | None:
-  """The matrix peak that MFU divides by: `override`, else the table for bf16/fp16 compute."""
-  if override:
-    return override
-  if compute_dtype not in ("bfloat16", "float16"):
-    return None
-  return next((peak for name, peak in PEAK_BF16_TFLOPS if name in device_kind), None)
-
-
-def _model_flops(spec, fn, *args) -> int:
-  """Matmul FLOPs of `fn(spec, *args)` traced with XLA's dot and no remat (trm_jax/flops.py)."""
-  from trm_jax import flops
-  return flops.matmul_flops(functools.partial(fn, spec=dataclasses.replace(
-      spec, matmul="xla", attention="xla", remat="none")), *args)
-
-
 def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repeats: int,
              params=None, return_preds: bool = False, peak_override: float | None = None) -> dict:
   """Compile and time one trm_jax train step or eval batch; `params` default: fresh init."""
@@ -253,7 +226,7 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
   import jax.numpy as jnp
   import numpy as np
   from trm_jax import model as model_lib
-  from trm_jax import inference, train
+  from trm_jax import flops, inference, train
   from trm_jax.config import ModelSpec
 
   spec = ModelSpec.from_config(model_cfg)
@@ -264,7 +237,7 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
                              params=params)
     jax.block_until_ready(state)
     train_step = functools.partial(train.train_step, train_cfg=train_cfg, total_steps=TOTAL_STEPS)
-    model_flops = _model_flops(spec, train_step, state, batch)
+    model_flops = flops.model_flops(spec, train_step, state, batch)
     step = jax.jit(functools.partial(train_step, spec=spec), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -279,7 +252,7 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
     if params is None:
       params = model_lib.init_params(spec, jax.random.key(SEED))
     jax.block_until_ready(params)
-    model_flops = _model_flops(spec, inference.eval_batch, params, batch)
+    model_flops = flops.model_flops(spec, inference.eval_batch, params, batch)
     evaluate = jax.jit(functools.partial(inference.eval_batch, spec=spec))
     start = time.perf_counter()
     compiled = evaluate.lower(params, batch).compile()
@@ -303,7 +276,7 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
       "times_s": times, "steps_per_call": steps_per_call,
       "calls_per_s": 1.0 / median, "sup_steps_per_s": steps_per_call / median,
       "examples_per_s": batch_size / median,
-      **flop_rates(model_flops, median, peak_tflops(jax.devices()[0].device_kind,
+      **flop_rates(model_flops, median, flops.peak_tflops(jax.devices()[0].device_kind,
                                                     spec.compute_dtype, peak_override)),
       "peak_rss_mib": peak_rss_mib(),
       "peak_device_mib": None if device_peak is None else device_peak / 2**20,

@@ -1,5 +1,6 @@
 """Matmul FLOP counting, checked against hand counts and TRM's closed-form FLOPs."""
 
+import dataclasses
 import functools
 
 import jax
@@ -110,3 +111,25 @@ def test_trm_eval_and_train_step_flops_match_the_closed_form(mlp_t):
   assert flops.matmul_flops(step, state, batch) == (
       B * ((H - 1) * (L + 1) * net + 3 * ((L + 1) * net + heads))
       + 2 * B * B * spec.puzzle_emb_ndim)
+  # model_flops counts the model's FLOPs whatever remat and matmul the spec asks for: full remat
+  # recomputes the forward in the backward pass, which matmul_flops would see and MFU must not.
+  rematted = dataclasses.replace(spec, remat="full", matmul="auto")
+  train_step = functools.partial(train.train_step, train_cfg=train_cfg, total_steps=10)
+  assert flops.model_flops(rematted, train_step, state, batch) == flops.matmul_flops(
+      step, state, batch)
+  assert flops.matmul_flops(functools.partial(train_step, spec=rematted), state, batch) > (
+      flops.matmul_flops(step, state, batch))
+
+
+@pytest.mark.parametrize("kind, dtype, override, expected", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", None, 989.4),
+    ("NVIDIA H100 PCIe", "bfloat16", None, 756.0),  # the PCIe card is matched before "H100"
+    ("NVIDIA H200", "float16", None, 989.4),
+    ("TPU v5 lite", "bfloat16", None, 197.0),
+    ("TPU v5p", "bfloat16", None, 459.0),
+    ("NVIDIA H100 80GB HBM3", "float32", None, None),  # no fp32 matrix peak in the table
+    ("cpu", "bfloat16", None, None),
+    ("cpu", "bfloat16", 3.5, 3.5),
+])
+def test_peak_tflops(kind, dtype, override, expected):
+  assert flops.peak_tflops(kind, dtype, override) == expected

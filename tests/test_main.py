@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from trm_jax import main
 
@@ -141,3 +142,80 @@ def test_batches_that_do_not_split_over_the_mesh_are_refused_naming_the_field():
     main.check_batches_fit(cfg, eight_devices)
   cfg.train.global_batch_size = 24
   main.check_batches_fit(cfg, eight_devices)
+
+
+def _saved_run(workdir, cfg):
+  """A workdir as `main.run` leaves it: config.json (data shapes filled in) and a checkpoint."""
+  resolved = json.loads(json.dumps(cfg.to_dict(), default=str))
+  resolved["model"].update(seq_len=16, vocab_size=6, num_puzzle_identifiers=3)
+  (workdir / "config.json").write_text(json.dumps(resolved))
+  (workdir / "checkpoints" / "8" / "state").mkdir(parents=True)
+
+
+def test_config_changes_on_resume(tmp_path):
+  cfg = small_smoke_config()
+  checkpoints = tmp_path / "checkpoints"
+  assert main.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
+  _saved_run(tmp_path, cfg)
+  # The same config (whose model.seq_len etc. the data fills in) is no change.
+  assert main.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
+  # Where it runs and how it keeps checkpoints may change freely.
+  moved = small_smoke_config()
+  moved.mesh_shape = (2, 1)
+  moved.train.keep_checkpoints = 7
+  assert set(main.config_changes_on_resume(moved, tmp_path, checkpoints, allow=False)) == {
+      "mesh_shape", "train.keep_checkpoints"}
+  # A moved workdir moves the data folders that default to it.
+  elsewhere = small_smoke_config()
+  elsewhere.data.data_dir = "/moved/run/tfds"
+  assert main.config_changes_on_resume(elsewhere, tmp_path, checkpoints, allow=False,
+                                       in_workdir=("data.data_dir",)) == {}
+  with pytest.raises(main.ConfigChangeError, match="data.data_dir: '' -> '/moved/run/tfds'"):
+    main.config_changes_on_resume(elsewhere, tmp_path, checkpoints, allow=False)
+  # What it trains may not, unless allowed; every differing field is named, old -> new.
+  changed = small_smoke_config()
+  changed.train.lr = 0.5
+  changed.data.generate.num_train = 32
+  with pytest.raises(main.ConfigChangeError) as error:
+    main.config_changes_on_resume(changed, tmp_path, checkpoints, allow=False)
+  message = str(error.value)
+  assert f"train.lr: {cfg.train.lr!r} -> 0.5" in message
+  assert "data.generate.num_train: 64 -> 32" in message and "step 8" in message
+  assert main.config_changes_on_resume(changed, tmp_path, checkpoints, allow=True) == {
+      "train.lr": (cfg.train.lr, 0.5), "data.generate.num_train": (64, 32)}
+  # Without a checkpoint there is nothing to resume, so nothing to refuse.
+  assert main.config_changes_on_resume(changed, tmp_path, tmp_path / "none", allow=False) == {}
+
+
+def test_mfu_inputs_count_on_accelerators_only():
+  """The FLOP count and peak the training loop's MFU uses (no accelerator needed to check)."""
+  import dataclasses
+  import functools
+  import types
+
+  import jax
+  import ml_collections
+  from trm_jax import config, flops, train
+  from trm_jax.config import ModelSpec
+
+  cfg = config.tiny()
+  cfg.compute_dtype = "bfloat16"
+  spec = ModelSpec.from_config(cfg)
+  train_cfg = ml_collections.ConfigDict(dict(
+      lr=1e-3, lr_min_ratio=1.0, lr_warmup_steps=1, beta1=0.9, beta2=0.95, weight_decay=0.1,
+      puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, grad_clip_norm=0.0, ema=False,
+      ema_rate=0.999))
+  ints = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)
+  batch = {"inputs": ints(4, spec.seq_len), "labels": ints(4, spec.seq_len),
+           "puzzle_identifiers": ints(4)}
+  state = jax.eval_shape(lambda: train.init_state(cfg, train_cfg, batch, 10, jax.random.key(0)))
+  step_flops = flops.model_flops(
+      spec, functools.partial(train.train_step, train_cfg=train_cfg, total_steps=10), state, batch)
+  assert step_flops > 0
+  h200 = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H200")
+  got_flops, peak = main.mfu_inputs(h200, 8, spec, train_cfg, 10, state, batch)
+  assert got_flops == step_flops and peak == pytest.approx(8 * 989.4e12)
+  fp32 = dataclasses.replace(spec, compute_dtype="float32")  # no fp32 peak in the table
+  assert main.mfu_inputs(h200, 8, fp32, train_cfg, 10, state, batch)[1] is None
+  cpu = types.SimpleNamespace(platform="cpu", device_kind="cpu")
+  assert main.mfu_inputs(cpu, 1, spec, train_cfg, 10, state, batch) == (None, None)

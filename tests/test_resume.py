@@ -1,8 +1,11 @@
-"""Checkpoints: exact resume after SIGKILL, clean exit on SIGTERM, fallback from a bad checkpoint.
+"""Checkpoints: exact resume after SIGKILL, clean exit on SIGTERM, fallback from a bad checkpoint;
+what a resume may change in the config; metrics.jsonl and console output across resumes and
+processes.
 
 Each test runs the real CLI in a subprocess on a generated 4x4 Sudoku (12 train steps).
 """
 
+import json
 import os
 import pathlib
 import re
@@ -62,6 +65,26 @@ def _start_and_signal(workdir, sig, after_step, variant="smoke"):
   return process.returncode, out
 
 
+def _records(workdir, kind):
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+# Throughput differs between runs; everything else a train record holds is the training's.
+TIMING_FIELDS = {"steps_per_s", "examples_per_s", "supervision_steps_per_s",
+                 "forward_passes_per_s", "seconds"}
+
+
+def _assert_same_records(workdir, reference):
+  """One record per step and kind, equal (timing aside) to the uninterrupted run's."""
+  for kind in ("train", "eval"):
+    got, want = _records(workdir, kind), _records(reference, kind)
+    assert [r["step"] for r in got] == [r["step"] for r in want], kind
+    for a, b in zip(got, want):
+      assert {k: v for k, v in a.items() if k not in TIMING_FIELDS} == (
+          {k: v for k, v in b.items() if k not in TIMING_FIELDS}), (kind, a["step"])
+
+
 def _final_state(workdir):
   """The newest checkpoint's train state, loaded onto this process's one device."""
   step = max(_steps(workdir))
@@ -106,10 +129,71 @@ def _sigkill_resume_matches(tmp_path, uninterrupted, variant):
   resumed = _run(tmp_path, variant)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resumed from checkpoint step" in resumed.stdout
+  # Libraries' INFO logs (Orbax's checkpoint manager above all) are off by default.
+  assert not re.search(r"^I\d{4} ", resumed.stderr, re.M), resumed.stderr[-3000:]
   step_a, state_a = _final_state(uninterrupted)
   step_b, state_b = _final_state(tmp_path)
   assert step_a == step_b == 12
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  _assert_same_records(tmp_path, uninterrupted)
+
+
+def test_metrics_after_a_resume_hold_each_step_once(tmp_path, uninterrupted):
+  """A crash after step 12's records but with step 6 the newest checkpoint (made so by
+  deleting the later ones): the resumed run retrains 7..12 and must not log them twice."""
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  for step in _steps(workdir):
+    if step > 6:
+      shutil.rmtree(workdir / "checkpoints" / str(step))
+  result = _run(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from checkpoint step 6" in result.stdout
+  _assert_same_records(workdir, uninterrupted)
+
+
+def test_resume_with_a_changed_config_is_refused_naming_the_fields(tmp_path, uninterrupted):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  config_before = (workdir / "config.json").read_text()
+  old = json.loads(config_before)
+  result = subprocess.run(_command(workdir) + ["--config.train.lr=0.5",
+                                               "--config.model.L_cycles=1"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert f"train.lr: {old['train']['lr']!r} -> 0.5" in result.stderr, result.stderr[-3000:]
+  assert f"model.L_cycles: {old['model']['L_cycles']} -> 1" in result.stderr
+  assert "--allow_config_change" in result.stderr and "Traceback" not in result.stderr
+  assert "compiled in" not in result.stdout  # refused before building anything
+  assert (workdir / "config.json").read_text() == config_before
+  assert not (workdir / "config_changes.jsonl").exists()
+
+
+def test_resume_with_a_changed_config_and_the_flag_is_recorded(tmp_path, uninterrupted):
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  old_lr = json.loads((workdir / "config.json").read_text())["train"]["lr"]
+  result = subprocess.run(_command(workdir) + ["--config.train.lr=0.5", "--allow_config_change"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "config changed at step 12: train.lr" in result.stdout
+  records = [json.loads(l) for l in (workdir / "config_changes.jsonl").read_text().splitlines()]
+  assert len(records) == 1 and records[0]["step"] == 12
+  assert records[0]["changes"] == {"train.lr": [old_lr, 0.5]}
+  assert json.loads((workdir / "config.json").read_text())["train"]["lr"] == 0.5
+
+
+def test_eval_only_on_the_run_itself_with_other_eval_settings(tmp_path, uninterrupted):
+  """Evaluation settings are not the run's config: --eval_only neither refuses nor records."""
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  config_before = (workdir / "config.json").read_text()
+  result = subprocess.run(_command(workdir) + ["--eval_only", "--config.eval.global_batch_size=8"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "evaluated checkpoint step 12" in result.stdout
+  assert (workdir / "config.json").read_text() == config_before
+  assert not (workdir / "config_changes.jsonl").exists()
 
 
 def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path):
@@ -133,7 +217,8 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
       f.write_bytes(b"\0" * 7)  # truncate the array data
   result = _run(workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"checkpoint step {steps[-1]}" in result.stdout and "falling back" in result.stdout
+  # A warning (stderr, every process), then the resume line.
+  assert f"checkpoint step {steps[-1]}" in result.stderr and "falling back" in result.stderr
   assert f"resumed from checkpoint step {steps[-2]}" in result.stdout
 
 
@@ -145,10 +230,15 @@ def test_resume_onto_a_different_mesh(tmp_path, uninterrupted):
   result = subprocess.run(first, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert max(_steps(tmp_path)) == 4
-  second = _command(tmp_path) + ["--config.mesh_shape=(8,1)"]
+  # The first run's epochs and eval_interval differ: a config change, allowed and recorded.
+  second = _command(tmp_path) + ["--config.mesh_shape=(8,1)", "--allow_config_change"]
   result = subprocess.run(second, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "resumed from checkpoint step 4" in result.stdout
+  change, = [json.loads(l) for l in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
+  assert change["step"] == 4
+  assert change["changes"] == {"mesh_shape": [[2, 4], [8, 1]], "train.epochs": [2, 6],
+                               "train.eval_interval": [2, 3]}
   _, reference = _final_state(uninterrupted)
   _, resumed = _final_state(tmp_path)
   # Sharded reductions add in another order: equal to float tolerance, not bitwise.
@@ -177,6 +267,11 @@ def test_two_processes_train_together_like_one(tmp_path, uninterrupted):
     p.wait(timeout=600)
     logs[i].close()
     assert p.returncode == 0, (tmp_path / f"process{i}.log").read_text()[-3000:]
+  # Process 0 reports and writes; process 1 prints no status and writes no metrics.
+  output = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
+  for line in ("workdir:", "eval exact_accuracy", "saving checkpoint", "exact_accuracy:"):
+    assert line in output[0] and line not in output[1], line
+  assert [r["step"] for r in _records(tmp_path / "run", "train")] == list(range(1, 13))
   _, reference = _final_state(uninterrupted)
   _, together = _final_state(tmp_path / "run")
   # Same examples per global batch, rows in another order: equal up to float reordering.

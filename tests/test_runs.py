@@ -54,3 +54,45 @@ def test_load_names_what_is_missing(smoke_run, tmp_path):
     trm_jax.load(smoke_run, step=7)
   with pytest.raises(FileNotFoundError, match="no such run directory"):
     trm_jax.load(tmp_path / "nothing")
+
+
+def _other_puzzles(name="generated_4x4_other", size=4):
+  """The smoke run's task with other puzzles: another generator seed, far fewer training
+  records (so the run's data-stream position would be out of range) and more test puzzles."""
+  cfg = small_smoke_config()
+  cfg.data.generate.seed = 5
+  cfg.data.generate.num_train = 8
+  cfg.data.generate.num_test = 24
+  cfg.data.generate.size = size
+  cfg.data.builder_config.size = size
+  cfg.data.builder_config.name = name
+  return cfg
+
+
+def test_eval_only_on_other_puzzles_reads_only_the_weights(smoke_run, tmp_path):
+  """--eval_only restores no training state: the run evaluates on puzzles of the same shapes
+  from another dataset, and scores what the public API computes from its weights."""
+  from trm_jax.data import datasets, pipeline
+  cfg = _other_puzzles()
+  result = main.run(cfg, str(tmp_path / "eval"), eval_only=True,
+                    checkpoint_dir=str(smoke_run / "checkpoints"))
+  run = trm_jax.load(smoke_run)
+  test = datasets.builder_for(cfg.data).as_data_source()["test"]
+  assert result["count"] == len(test) > 16
+  batch = pipeline.to_model_batch({k: np.stack([test[i][k] for i in range(len(test))])
+                                   for k in ("inputs", "labels", "puzzle_identifier")})
+  carry = trm_jax.initial_carry(run.model_config, len(test))
+  mask = batch["labels"] != -100
+  for step in range(run.model_config.halt_max_steps):
+    carry, logits, _, _ = trm_jax.supervision_step(run.params, run.model_config, carry, batch)
+    exact = ((np.asarray(logits).argmax(-1) == batch["labels"]) | ~mask).all(-1).mean()
+    assert result["exact_accuracy_per_step"][step] == pytest.approx(exact), step
+  assert (tmp_path / "eval" / f"eval_table_step{run.step}.txt").exists()
+  assert not (tmp_path / "eval" / "checkpoints").exists()
+
+
+def test_eval_only_names_a_data_shape_the_model_cannot_take(smoke_run, tmp_path):
+  cfg = _other_puzzles("generated_6x6_other", size=6)
+  with pytest.raises(ValueError, match=r"has seq_len = 36, the model of .* was trained with 16"):
+    main.run(cfg, str(tmp_path / "eval"), eval_only=True,
+             checkpoint_dir=str(smoke_run / "checkpoints"))

@@ -77,12 +77,10 @@ class CheckpointManager:
         loaded = self._checkpointer.load_checkpointables(
             step, {"state": _abstract(state_like), "loop": loop_like})
       except Exception as error:  # A damaged checkpoint: say so and try an older one.
-        logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                        self.directory, step, type(error).__name__, error)
         aside = self.directory / f"{step}.unreadable"
-        print(f"WARNING: checkpoint step {step} in {self.directory} is incomplete or corrupted "
-              f"({type(error).__name__}); moved to {aside.name}, falling back to an earlier "
-              "checkpoint")
+        logging.warning("checkpoint step %d in %s is incomplete or corrupted (%s: %s); moved "
+                        "to %s, falling back to an earlier checkpoint", step, self.directory,
+                        type(error).__name__, error, aside.name)
         if jax.process_index() == 0:
           (self.directory / str(step)).rename(aside)
         self._checkpointer.reload()

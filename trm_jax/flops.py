@@ -1,6 +1,9 @@
-"""Matrix-multiply FLOPs of a JAX function, read off its jaxpr: the numerator of MFU.
+"""Model FLOP utilisation: matmul FLOPs of a JAX function, read off its jaxpr (the numerator),
+and the device's matrix peak (the denominator).
 
     flops = matmul_flops(fn, *args)      # args may be arrays or jax.ShapeDtypeStruct
+    flops = model_flops(spec, train.train_step, state, batch, ...)  # XLA dot, no remat
+    peak = peak_tflops(jax.devices()[0].device_kind, spec.compute_dtype)  # None: unknown
 
 Every `dot_general` counts 2 * (product of the lhs shape) * (product of the rhs free dims),
 i.e. one multiply and one add per multiply-accumulate. Loops multiply their body by the trip
@@ -17,6 +20,8 @@ own dot (`ModelSpec(remat="none", matmul="xla")`): a custom call (the AMX kernel
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -27,6 +32,33 @@ from jax.extend import core as jax_core
 def matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
   """Matmul FLOPs of one call `fn(*args, **kwargs)` (abstract arguments are enough)."""
   return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+
+
+def model_flops(spec, fn: Callable[..., Any], *args, **kwargs) -> int:
+  """Matmul FLOPs of `fn(*args, spec=..., **kwargs)` traced with XLA's dot and attention and no
+  remat, whatever `spec` (a ModelSpec) asks for: the model's own FLOPs, which MFU credits."""
+  plain = dataclasses.replace(spec, matmul="xla", attention="xla", remat="none")
+  return matmul_flops(functools.partial(fn, spec=plain, **kwargs), *args)
+
+
+# Dense bf16/fp16 matrix-unit peaks (vendor datasheets, TFLOP/s per device); matched as
+# substrings of `device.device_kind`, first match wins.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
+    ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
+    ("TPU v5", 459.0), ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
+)
+
+
+def peak_tflops(device_kind: str, compute_dtype: str, override: float | None = None
+                ) -> float | None:
+  """The matrix peak that MFU divides by: `override`, else the table for bf16/fp16 compute
+  (None for other dtypes, and for devices not in the table, e.g. CPUs)."""
+  if override:
+    return override
+  if compute_dtype not in ("bfloat16", "float16"):
+    return None
+  return next((peak for name, peak in PEAK_BF16_TFLOPS if name in device_kind), None)
 
 
 def jaxpr_matmul_flops(jaxpr: jax_core.Jaxpr) -> int:

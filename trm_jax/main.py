@@ -4,8 +4,21 @@ r"""Train and evaluate a TRM from an experiment config.
     python -m trm_jax.main --config experiments/sudoku.py:mlp --workdir DIR \
         --config.data.manual_dir=data/sudoku-extreme --config.train.epochs=1000
 
+Prints (process 0 only) a short header (workdir, devices, mesh, parameters, data, steps), a
+progress bar (steps/s, ETA, loss, exact accuracy, examples/s), one line per evaluation and per
+checkpoint saved or restored, and the final evaluation table. Libraries' INFO logs (Orbax, TFDS,
+JAX) are off: `--verbosity=0` shows them, `--verbosity=1` adds DEBUG; warnings and errors always
+show.
+
 Writes to the workdir: config.json (the resolved config), metrics.jsonl (one JSON object per
-logged step and per evaluation), TensorBoard event files under tb/, and eval_table.txt.
+logged step and per evaluation, with throughput: see trm_jax/metrics.py), TensorBoard event
+files under tb/, eval_table.txt, and plots/*.png (trm_jax/plot.py).
+
+Run again with the same --workdir to resume from its newest checkpoint. A resume with a config
+that differs from the workdir's config.json is refused, naming the fields, unless
+--allow_config_change is given; then the change is appended to config_changes.jsonl. Where the
+run executes (mesh_shape), how it keeps checkpoints, and where the workdir is (the data folders
+that default to it) may change freely.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import functools
 import json
 import pathlib
 import signal
+import sys
 import time
 from typing import Any
 
@@ -33,8 +47,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from trm_jax import checkpoint as checkpoint_lib
+from trm_jax import console as console_lib
+from trm_jax import flops as flops_lib
 from trm_jax import inference
+from trm_jax import metrics as metrics_lib
 from trm_jax import model as model_lib
+from trm_jax import runs as runs_lib
 from trm_jax import sharding as sharding_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
@@ -47,6 +65,9 @@ _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "evaluate the newest checkpoi
                                "workdir (or --checkpoint_dir) and exit, without training")
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "with --eval_only: a checkpoints "
                                       "directory of another run")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "resume the workdir's run even though the config differs "
+    "from its config.json; the change is recorded in config_changes.jsonl")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "multi-process without a "
                                    "detectable cluster: host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "with --coordinator_address")
@@ -110,47 +131,63 @@ def check_batches_fit(cfg: ml_collections.ConfigDict, mesh) -> None:
                        "split over both)")
 
 
+# Model fields the dataset sets (its metadata holds them under the same names).
+DATA_SHAPE_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
+# How a run executes, not what it trains: a resume may change these without --allow_config_change.
+EXECUTION_FIELDS = ("mesh_shape", "train.checkpoint_every_steps", "train.keep_checkpoints",
+                    "train.keep_best_checkpoints")
+
+
 def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
   """The experiment's model config with the dataset's shapes filled in."""
   model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
-  model_cfg.seq_len = int(metadata["seq_len"])
-  model_cfg.vocab_size = int(metadata["vocab_size"])
-  model_cfg.num_puzzle_identifiers = int(metadata["num_puzzle_identifiers"])
+  for name in DATA_SHAPE_FIELDS:
+    model_cfg[name] = int(metadata[name])
   ModelSpec.from_config(model_cfg)
   return model_cfg
 
 
-# ----------------------------------------------------------------------------------- logging --
+class ConfigChangeError(ValueError):
+  """A resume whose config differs from the run's config.json, without --allow_config_change."""
 
 
-class MetricWriter:
-  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed).
+def config_changes_on_resume(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
+                             checkpoint_dir: pathlib.Path, allow: bool,
+                             in_workdir: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+  """The fields `cfg` would change in the run it resumes ({} when there is no checkpoint to
+  resume). Raises ConfigChangeError naming them unless `allow` or they are EXECUTION_FIELDS.
 
-  Only process 0 writes; on the others every call is a no-op.
+  Compared before the data is opened: the dataset's shapes in config.json are taken as they
+  are, since the data fields that decide them are compared themselves. `in_workdir`: fields
+  that default to a folder of the workdir (data.data_dir, data.manual_dir); they follow the
+  workdir when it is moved or copied, so they are not compared.
   """
+  config_path = workdir / runs_lib.CONFIG_FILE
+  steps = runs_lib.checkpoint_steps(checkpoint_dir)
+  if not steps or not config_path.exists():
+    return {}
+  old = json.loads(config_path.read_text())
+  new = json.loads(json.dumps(cfg.to_dict(), default=str))
+  for name in DATA_SHAPE_FIELDS:
+    if name in old.get("model", {}):
+      new["model"][name] = old["model"][name]
+  differences = {field: change for field, change in runs_lib.config_differences(old, new).items()
+                 if field not in in_workdir}
+  refused = {field: change for field, change in differences.items()
+             if field not in EXECUTION_FIELDS}
+  if refused and not allow:
+    listing = "\n".join(f"  {field}: {old_value!r} -> {new_value!r}"
+                         for field, (old_value, new_value) in refused.items())
+    raise ConfigChangeError(
+        f"{workdir} holds a run with checkpoints up to step {steps[-1]} whose config.json "
+        f"differs from this config in {len(refused)} field(s) (config.json -> now):\n{listing}\n"
+        "Resuming would train one run under two configs. Use another --workdir, give the "
+        "run's own values, or pass --allow_config_change to continue with the new ones "
+        f"(recorded in {workdir / runs_lib.CONFIG_CHANGES_FILE}).")
+  return differences
 
-  def __init__(self, workdir: pathlib.Path):
-    self._active = jax.process_index() == 0
-    if not self._active:
-      return
-    from tensorboardX import SummaryWriter
-    self._jsonl = open(workdir / "metrics.jsonl", "a")
-    self._tb = SummaryWriter(str(workdir / "tb"))
 
-  def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
-    if not self._active:
-      return
-    self._jsonl.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
-    self._jsonl.flush()
-    for name, value in metrics.items():
-      self._tb.add_scalar(f"{kind}/{name}", value, step)
-    self._tb.flush()
-
-  def close(self) -> None:
-    if not self._active:
-      return
-    self._jsonl.close()
-    self._tb.close()
+# ----------------------------------------------------------------------------------- logging --
 
 
 def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict[str, float]:
@@ -187,12 +224,13 @@ def arc_evaluator_for(cfg: ml_collections.ConfigDict):
   return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
 
 
-def report_eval(result: dict[str, Any], path: pathlib.Path) -> None:
-  """Prints the evaluation table; process 0 also writes it to `path`."""
+def report_eval(result: dict[str, Any], path: pathlib.Path,
+                console: console_lib.Console) -> None:
+  """Process 0 prints the evaluation table and writes it to `path`."""
   table = format_eval_table(result)
   if jax.process_index() == 0:
     path.write_text(table + "\n")
-  print(table)
+  console.line(table)
 
 
 def is_eval_step(step: int, eval_every: int, total_steps: int) -> bool:
@@ -222,12 +260,21 @@ def gather_rows(out: dict[str, jax.Array]) -> dict[str, np.ndarray]:
           for k, v in host.items()}
 
 
+def compile_evaluation(evaluate_batch, params, test_source, cfg, mesh):
+  """`evaluate_batch` (jitted) compiled for the sharded eval batches `evaluate` gives it."""
+  local = next(pipeline.eval_batches(test_source, global_batch_size=cfg.eval.global_batch_size,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()))
+  rows = sharding_lib.global_batch(mesh, {k: local[k] for k in pipeline.MODEL_KEYS})
+  return evaluate_batch.lower(params, rows).compile()
+
+
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
              arc_evaluator=None, strategy: inference.Strategy = inference.Strategy()
              ) -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
   (ARC) pass@K over this evaluation's predictions only. `evaluate_batch` is
-  `inference.eval_batch` with `strategy` (config section `eval`) bound, jitted.
+  `inference.eval_batch` with `strategy` (config section `eval`) bound, jitted or compiled.
 
   Data-parallel like training: each process reads its rows of every global batch, the batch is
   one global array split over the mesh's batch axes (each device computes 1/N of the rows),
@@ -319,58 +366,122 @@ class _TerminationFlag:
 
 
 
+def run_header(workdir_path, mesh, spec: ModelSpec, trainable, puzzle_table, cfg, data,
+               data_seconds: float) -> list[tuple[str, str]]:
+  """The header lines every run starts with: where, on what, which model, which data."""
+  device = jax.devices()[0]
+  kind = (device.device_kind if device.device_kind.lower() == device.platform
+          else f"{device.device_kind} ({device.platform})")
+  processes = f" over {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  table = f" (+{puzzle_table.size:,} in the puzzle table)" if puzzle_table is not None else ""
+  return [
+      ("workdir", str(workdir_path.absolute())),
+      ("devices", f"{jax.device_count()} x {kind}{processes}"),
+      ("mesh", ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items())),
+      ("model", f"{spec.scheme}, {model_lib.count_params(trainable):,} parameters{table}, up "
+                f"to {spec.halt_max_steps} supervision steps of "
+                f"{model_lib.forward_passes_per_step(spec)} forward passes"),
+      ("data", f"{cfg.data.builder}/{cfg.data.builder_config.name}: "
+               f"{data.train_index.num_records:,} train records "
+               f"({data.train_index.epoch_length:,} per epoch), {len(data.test):,} test; "
+               f"ready in {data_seconds:.1f}s"),
+  ]
+
+
+def evaluate_checkpoint(cfg, data, mesh, checkpoint_path: pathlib.Path,
+                        workdir_path: pathlib.Path, console: console_lib.Console,
+                        data_seconds: float) -> dict[str, Any]:
+  """--eval_only: the newest checkpoint's evaluation weights, with the model config saved in
+  it, evaluated on this config's test data with this config's `eval` strategy. Only the
+  weights are read (`trm_jax.load`): no optimiser, training stream or carry, so a run can be
+  evaluated on other puzzles of the same shapes."""
+  run = runs_lib.load(checkpoint_path, mesh=mesh)
+  model_cfg = run.model_config
+  for name in DATA_SHAPE_FIELDS:
+    have, need = int(model_cfg[name]), int(data.metadata[name])
+    fits = need <= have if name == "num_puzzle_identifiers" else need == have
+    if not fits:
+      raise ValueError(f"--eval_only: the test data ({cfg.data.builder}/"
+                       f"{cfg.data.builder_config.name}) has {name} = {need}, the model of "
+                       f"{run.checkpoint} was trained with {have}")
+  spec = ModelSpec.from_config(model_cfg)
+  strategy = inference.Strategy.from_config(cfg.eval)
+  strategy.validate(spec)
+  trainable, table, _ = train_lib.split_params(spec, run.params)
+  header = run_header(workdir_path, mesh, spec, trainable, table, cfg, data, data_seconds)
+  console.header(header + [("checkpoint", f"step {run.step} of {run.checkpoint.parent}")])
+  evaluate_batch = compile_evaluation(
+      jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy)),
+      run.params, data.test, cfg, mesh)
+  result = evaluate(evaluate_batch, run.params, data.test, cfg, spec, mesh,
+                    arc_evaluator_for(cfg), strategy)
+  console.line(f"evaluated checkpoint step {run.step}")
+  report_eval(result, workdir_path / f"eval_table_step{run.step}.txt", console)
+  return result
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False,
-        checkpoint_dir: str | None = None) -> dict[str, Any]:
+        checkpoint_dir: str | None = None, allow_config_change: bool = False
+        ) -> dict[str, Any]:
   """The whole experiment; returns the final evaluation (or None when stopped by SIGTERM).
 
   `eval_only`: restore the newest checkpoint (of `checkpoint_dir`, default the workdir's) and
-  evaluate it, without training.
+  evaluate it, without training (the evaluation settings may differ from the run's).
+  `allow_config_change`: resume even when `cfg` differs from the workdir's config.json.
   """
   validate_experiment(cfg)
   # Shapes are filled in from the data later; fields (and the eval strategy) checked now.
   inference.Strategy.from_config(cfg.eval).validate(ModelSpec.from_config(cfg.model))
+  console = console_lib.Console()
   workdir_path = pathlib.Path(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
+  in_workdir = ()
   if not cfg.data.data_dir:
     cfg.data.data_dir = str(workdir_path / "tfds")
+    in_workdir += ("data.data_dir",)
   if cfg.data.get("generate") and cfg.data.generate.get("kind") and not cfg.data.manual_dir:
     cfg.data.manual_dir = str(workdir_path / "raw")
+    in_workdir += ("data.manual_dir",)
+  checkpoint_path = pathlib.Path(checkpoint_dir) if checkpoint_dir else workdir_path / "checkpoints"
+  # Before anything is built or compiled (every process reads config.json before process 0
+  # rewrites it, which it does after the "dataset built" barrier).
+  config_changes = {} if eval_only else config_changes_on_resume(
+      cfg, workdir_path, checkpoint_path, allow_config_change, in_workdir)
 
   # --- Input (process 0 builds the dataset; the others wait, then open it).
   start = time.time()
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    if jax.process_index() == 0:
-      datasets.prepare(cfg.data)
-    multihost_utils.sync_global_devices("dataset built")
-    data = datasets.prepare(cfg.data, build=False)
-  else:
-    data = datasets.prepare(cfg.data)
+  with console_lib.library_output():
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if jax.process_index() == 0:
+        datasets.prepare(cfg.data)
+      multihost_utils.sync_global_devices("dataset built")
+      data = datasets.prepare(cfg.data, build=False)
+    else:
+      data = datasets.prepare(cfg.data)
+  data_seconds = time.time() - start
   model_cfg = model_config_for(cfg, data.metadata)
   spec = ModelSpec.from_config(model_cfg)
   strategy = inference.Strategy.from_config(cfg.eval)
-  resolved = cfg.to_dict()
-  resolved["model"] = model_cfg.to_dict()
-  if jax.process_index() == 0 and not eval_only:  # the run's config; evaluation leaves it be
-    (workdir_path / "config.json").write_text(json.dumps(resolved, indent=1, default=str))
-  logging.info("data ready in %.1fs: %d train records (%d per epoch), %d test",
-               time.time() - start, data.train_index.num_records, data.train_index.epoch_length,
-               len(data.test))
   global_batch = cfg.train.global_batch_size
   steps_per_epoch = data.train_index.epoch_length / global_batch
   total_steps = max(1, int(cfg.train.epochs * steps_per_epoch))
   if cfg.train.get("max_steps", 0):
     total_steps = min(total_steps, cfg.train.max_steps)
   eval_every = max(1, int(cfg.train.eval_interval * steps_per_epoch))
-  train_iter = iter(pipeline.train_dataset(
-      data.train, data.train_index, seed=cfg.train.seed, global_batch_size=global_batch,
-      num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+  save_every = cfg.train.checkpoint_every_steps or eval_every
 
   # --- Mesh, model and state.
   mesh = sharding_lib.make_mesh(tuple(cfg.mesh_shape))
   check_batches_fit(cfg, mesh)
   jax.set_mesh(mesh)
+  if eval_only:
+    return evaluate_checkpoint(cfg, data, mesh, checkpoint_path, workdir_path, console,
+                               data_seconds)
+  train_iter = iter(pipeline.train_dataset(
+      data.train, data.train_index, seed=cfg.train.seed, global_batch_size=global_batch,
+      num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
+      process_count=jax.process_count()))
   start_position = train_iter.get_state()
   example = next(train_iter)  # shapes only; the stream is rewound (or restored) below
   state = train_lib.init_state(model_cfg, cfg.train,
@@ -378,54 +489,66 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
                                total_steps, jax.random.key(cfg.train.seed))
   state_shardings = sharding_lib.tree_shardings(mesh, state)
   state = jax.device_put(state, state_shardings)
-  logging.info("parameters: %d (+%d puzzle table); %d train steps, eval every %d",
-               model_lib.count_params(state["trainable"]),
-               state["puzzle_emb"].size if "puzzle_emb" in state else 0, total_steps, eval_every)
+  passes_per_step = model_lib.forward_passes_per_step(spec)
+  device = jax.devices()[0]
+  header = run_header(workdir_path, mesh, spec, state["trainable"], state.get("puzzle_emb"),
+                      cfg, data, data_seconds)
+  header.append(("training", f"{total_steps:,} steps of {global_batch} examples, evaluation "
+                             f"every {eval_every:,} steps, checkpoint every {save_every:,}"))
+  console.header(header)
 
   # --- Checkpoints: resume from the newest good one in the workdir.
+  resolved = cfg.to_dict()  # the run's config: config.json and every checkpoint hold it
+  resolved["model"] = model_cfg.to_dict()
   checkpoints = checkpoint_lib.CheckpointManager(
-      checkpoint_dir or workdir_path / "checkpoints", save_interval_steps=cfg.train.checkpoint_every_steps or eval_every,
-      keep=cfg.train.keep_checkpoints, keep_best=cfg.train.keep_best_checkpoints,
-      config=resolved)
+      checkpoint_path, save_interval_steps=save_every, keep=cfg.train.keep_checkpoints,
+      keep_best=cfg.train.keep_best_checkpoints, config=resolved)
   restored = checkpoints.restore_latest(state, {"data_iterator": start_position})
   first_step = 1
   if restored is not None:
     last_step, state, loop_state = restored
     train_iter.set_state(jax.tree.map(int, loop_state["data_iterator"]))
     first_step = last_step + 1
-    print(f"resumed from checkpoint step {last_step} in {checkpoints.directory}")
+    console.line(f"resumed from checkpoint step {last_step} in {checkpoints.directory}")
   else:
     train_iter.set_state(start_position)
-    if eval_only:
-      raise FileNotFoundError(f"--eval_only: no checkpoint in {checkpoints.directory}")
+  if jax.process_index() == 0:
+    (workdir_path / runs_lib.CONFIG_FILE).write_text(json.dumps(resolved, indent=1, default=str))
+    if config_changes:
+      runs_lib.record_config_change(workdir_path, first_step - 1, config_changes)
+      console.line(f"config changed at step {first_step - 1}: "
+                   + ", ".join(f"{field} {old!r} -> {new!r}"
+                               for field, (old, new) in config_changes.items()))
 
-  train_step = jax.jit(functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
-                                         total_steps=total_steps),
-                       in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
-                       out_shardings=(state_shardings, None), donate_argnums=0)
-  evaluate_batch = jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy))
+  # --- Compile (before the loop, so that neither throughput nor evaluation times hold it).
+  start_compile = time.time()
+  train_step = jax.jit(
+      functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
+                        total_steps=total_steps),
+      in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+      out_shardings=(state_shardings, None), donate_argnums=0,
+  ).lower(state, sharding_lib.global_batch(mesh, example)).compile()
+  evaluate_batch = compile_evaluation(
+      jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy)),
+      train_lib.eval_params(state), data.test, cfg, mesh)
+  console.line(f"compiled in {time.time() - start_compile:.1f}s")
   arc_evaluator = arc_evaluator_for(cfg)
-  passes_per_step = model_lib.forward_passes_per_step(spec)
-
-  if eval_only:
-    result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
-                      arc_evaluator, strategy)
-    print(f"evaluated checkpoint step {first_step - 1}")
-    report_eval(result, workdir_path / f"eval_table_step{first_step - 1}.txt")
-    return result
 
   # --- Loop.
-  from tqdm import tqdm
-  writer = MetricWriter(workdir_path)
+  writer = metrics_lib.MetricWriter(workdir_path, resume_step=first_step - 1)
+  throughput = metrics_lib.Throughput(
+      global_batch, passes_per_step,
+      *mfu_inputs(device, jax.device_count(), spec, cfg.train, total_steps, state,
+                  sharding_lib.global_batch(mesh, example)))
   terminate = _TerminationFlag()
-  pending = None
+  pending, window_steps = None, 0
   result = None
-  with tqdm(total=total_steps, initial=first_step - 1, desc="train", unit="step",
-            disable=jax.process_index() != 0) as bar:
+  with console.progress(total=total_steps, initial=first_step - 1) as bar:
     for step in range(first_step, total_steps + 1):
       batch = next(train_iter)
       state, metrics = train_step(state, sharding_lib.global_batch(mesh, batch))
       pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
+      window_steps += 1
       if step % cfg.train.log_every_steps == 0 or step == total_steps:
         sums = jax.device_get(pending)
         sums["lr"], sums["grad_norm"] = metrics["lr"], metrics["grad_norm"]
@@ -433,30 +556,40 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
           bad = sorted(k for k, v in sums.items() if not np.isfinite(v))
           raise FloatingPointError(f"non-finite {bad} at step {step}; stopping (last good "
                                    f"metrics are in {workdir_path / 'metrics.jsonl'})")
-        reduced = reduce_train_metrics(sums, global_batch * cfg.train.log_every_steps)
+        # Per example of the window's batches (fewer than log_every_steps after a resume).
+        reduced = reduce_train_metrics(sums, global_batch * window_steps)
         reduced["count"] = float(sums["count"])
         if "steps" in reduced:  # measured: supervision steps of the examples that finished
           reduced["forward_passes_per_example"] = reduced["steps"] * passes_per_step
+        reduced.update(throughput.window(window_steps))
         writer.write(step, "train", reduced)
-        bar.set_postfix(loss=f"{reduced['lm_loss']:.3f}", exact=f"{reduced['exact_accuracy']:.3f}")
-        pending = None
+        bar.set_postfix({"loss": f"{reduced['lm_loss']:.3f}",
+                         "exact": f"{reduced['exact_accuracy']:.3f}",
+                         "examples/s": f"{reduced['examples_per_s']:.0f}"}, refresh=False)
+        pending, window_steps = None, 0
       eval_metrics = None
       if is_eval_step(step, eval_every, total_steps):
+        jax.block_until_ready(state)  # the queued train steps are training time
+        eval_start = time.time()
         result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
                           mesh, arc_evaluator, strategy)
+        eval_seconds = time.time() - eval_start
+        throughput.exclude(eval_seconds)
         scalars = {k: v for k, v in result.items() if isinstance(v, float)}
         scalars.update({f"exact_accuracy_step{k + 1}": v
                         for k, v in enumerate(result["exact_accuracy_per_step"])})
         eval_metrics = {k.replace("@", "_at_"): v for k, v in scalars.items()}
-        writer.write(step, "eval", eval_metrics)
-        bar.write(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f}")
-      checkpoints.maybe_save(step, state, {"data_iterator": train_iter.get_state()},
-                             force=terminate.requested or step == total_steps,
-                             metrics=eval_metrics)
+        writer.write(step, "eval", {**eval_metrics, "seconds": eval_seconds})
+        console.line(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f} "
+                     f"({eval_seconds:.1f}s)")
+      if checkpoints.maybe_save(step, state, {"data_iterator": train_iter.get_state()},
+                                force=terminate.requested or step == total_steps,
+                                metrics=eval_metrics):
+        console.line(f"step {step}: saving checkpoint {checkpoints.directory / str(step)}")
       bar.update(1)
       if terminate.requested:
         checkpoints.wait()
-        print(f"SIGTERM: saved a complete checkpoint at step {step}; exiting")
+        console.line(f"SIGTERM: saved a complete checkpoint at step {step}; exiting")
         writer.close()
         checkpoints.close()
         return None
@@ -466,9 +599,37 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   if result is None:  # resumed after the last step: nothing left to train
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
                       arc_evaluator, strategy)
-  report_eval(result, workdir_path / "eval_table.txt")
-  print(f"total time {time.time() - start:.0f}s")
+  report_eval(result, workdir_path / "eval_table.txt", console)
+  console.line(f"total time {time.time() - start:.0f}s")
+  if jax.process_index() == 0:
+    write_plots(workdir_path, console)
   return result
+
+
+def mfu_inputs(device, num_devices: int, spec: ModelSpec, train_cfg, total_steps: int, state,
+               batch) -> tuple[int | None, float | None]:
+  """(model FLOPs of one train step, peak FLOP/s of all devices) for MFU, on GPU/TPU; the peak
+  is None where the table has none (e.g. float32 compute), both are None on CPU (no CPU matrix
+  peak to divide by, and the FLOP count costs a trace)."""
+  if device.platform == "cpu":
+    return None, None
+  step_flops = flops_lib.model_flops(
+      spec, functools.partial(train_lib.train_step, train_cfg=train_cfg, total_steps=total_steps),
+      state, batch)
+  peak = flops_lib.peak_tflops(device.device_kind, spec.compute_dtype)
+  return step_flops, peak * 1e12 * num_devices if peak else None
+
+
+def write_plots(workdir: pathlib.Path, console: console_lib.Console) -> None:
+  """The run's curves (trm_jax/plot.py) into workdir/plots; a failure only warns."""
+  from trm_jax import plot
+  try:
+    paths = plot.plot_runs([workdir], workdir / "plots")
+  except Exception as error:  # noqa: BLE001  (the run itself has succeeded)
+    logging.warning("could not plot %s (%s: %s); `python -m trm_jax.plot --workdir %s` "
+                    "retries", workdir, type(error).__name__, error, workdir)
+    return
+  console.line(f"plots: {', '.join(str(p) for p in paths)}")
 
 
 def initialize_distributed() -> None:
@@ -487,10 +648,16 @@ def initialize_distributed() -> None:
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    console_lib.quiet_libraries()
   logging.info(_HOST_MALLOC)
   initialize_distributed()
-  run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value,
-      eval_only=_EVAL_ONLY.value, checkpoint_dir=_CHECKPOINT_DIR.value)
+  try:
+    run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value,
+        eval_only=_EVAL_ONLY.value, checkpoint_dir=_CHECKPOINT_DIR.value,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except ConfigChangeError as error:  # the user's to resolve: the message, not a traceback
+    sys.exit(f"error: {error}")
   if jax.process_count() > 1:  # leave together; a lone exit can hang the other processes
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("trm_jax done")

@@ -9,11 +9,15 @@ checkpoints written before that from the workdir's config.json (written by `trm_
 the weights from the newest complete checkpoint (or the step asked for), read from the
 checkpoint's own metadata onto this process's first device (or into a mesh's shardings). `params` are what evaluation uses:
 the EMA weights when the run keeps an EMA.
+
+    config_differences(old, new)   # {"train.lr": (0.003, 0.5), ...}: what a resume would change
+    record_config_change(workdir, step, differences)   # appended to config_changes.jsonl
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import pathlib
 from typing import Any
@@ -26,6 +30,8 @@ from trm_jax import checkpoint as checkpoint_lib, sharding as sharding_lib, trai
 from trm_jax.config import ModelSpec
 
 CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+ABSENT = "<absent>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,14 @@ class Run:
   checkpoint: pathlib.Path
 
 
+def checkpoint_steps(checkpoints: pathlib.Path) -> list[int]:
+  """The steps of the complete checkpoints in a checkpoints directory (none if it is absent)."""
+  if not checkpoints.is_dir():
+    return []
+  return sorted(int(p.name) for p in checkpoints.iterdir()
+                if p.name.isdigit() and (p / "state").is_dir())
+
+
 def _locate(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, pathlib.Path]:
   """(workdir, checkpoint step directory) for a workdir, a checkpoints dir or a step dir."""
   path = path.expanduser().absolute()
@@ -46,8 +60,7 @@ def _locate(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, pathlib
   if (path / "state").is_dir():  # a step directory
     return path.parent.parent, path
   checkpoints = path / "checkpoints" if (path / CONFIG_FILE).exists() else path
-  steps = sorted(int(p.name) for p in checkpoints.iterdir()
-                 if p.name.isdigit() and (p / "state").is_dir()) if checkpoints.is_dir() else []
+  steps = checkpoint_steps(checkpoints)
   if not steps:
     raise FileNotFoundError(f"{checkpoints}: no checkpoint (train first, or point at a run's "
                             "workdir)")
@@ -94,3 +107,28 @@ def load(path: str | pathlib.Path, step: int | None = None, *,
   return Run(workdir=workdir, config=config, model_config=model_config,
              params=train_lib.eval_params(state), step=int(checkpoint.name),
              checkpoint=checkpoint)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """{dotted field: (old value, new value)} for every field that differs between two resolved
+  configs as config.json holds them (JSON values: compare `json.loads(json.dumps(...))` of a
+  config); a field only one of them has is `ABSENT` in the other."""
+  differences = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, ABSENT), new.get(key, ABSENT)
+    if isinstance(a, dict) and isinstance(b, dict):
+      differences.update({f"{key}.{field}": change
+                          for field, change in config_differences(a, b).items()})
+    elif a != b:
+      differences[key] = (a, b)
+  return differences
+
+
+def record_config_change(workdir: str | pathlib.Path, step: int,
+                         differences: dict[str, tuple[Any, Any]]) -> None:
+  """Appends {"step", "time", "changes": {field: [old, new]}} to the run's
+  config_changes.jsonl: the config.json before `step`'s resume held the old values."""
+  record = {"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "changes": {field: list(change) for field, change in differences.items()}}
+  with open(pathlib.Path(workdir) / CONFIG_CHANGES_FILE, "a") as f:
+    f.write(json.dumps(record) + "\n")

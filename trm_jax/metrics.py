@@ -1,0 +1,139 @@
+"""A run's metrics: metrics.jsonl and TensorBoard written on process 0, read back, and the
+training throughput they record.
+
+metrics.jsonl holds one JSON object per logged step ({"step", "kind": "train" | "eval", ...}).
+A resumed run first drops the records after the step it resumes from (the steps a crash made
+it train twice), so the file keeps one record per step and kind; TensorBoard is told the same
+with `purge_step`, which hides the older events from that step on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+  """The records of `workdir`/metrics.jsonl, in file order."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: missing; `python -m trm_jax.main` writes it during training")
+  records = []
+  for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
+  return records
+
+
+def drop_after(workdir: str | pathlib.Path, step: int) -> int:
+  """Rewrites metrics.jsonl without the records of steps after `step` (and a last line that a
+  crash cut short); returns how many lines it dropped. The new file replaces the old one
+  atomically (a crash leaves one or the other)."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return 0
+  lines = path.read_text().splitlines(keepends=True)
+  if lines and not lines[-1].endswith("\n"):  # a record the crash cut short
+    lines[-1] = ""
+  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+  if len(kept) == len(lines):
+    return 0
+  partial = path.with_name(path.name + ".partial")
+  partial.write_text("".join(kept))
+  os.replace(partial, path)
+  return len(lines) - len(kept)
+
+
+class MetricWriter:
+  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed).
+
+  Only process 0 writes; on the others every call is a no-op. `resume_step`: the checkpoint
+  step the run resumes from; records after it are dropped first (see the module docstring).
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, resume_step: int | None = None):
+    self.active = jax.process_index() == 0
+    if not self.active:
+      return
+    from tensorboardX import SummaryWriter
+    workdir = pathlib.Path(workdir)
+    purge_step = None
+    if resume_step is not None:
+      drop_after(workdir, resume_step)
+      purge_step = resume_step + 1
+    self._jsonl = open(workdir / METRICS_FILE, "a")
+    self._tb = SummaryWriter(str(workdir / "tb"), purge_step=purge_step)
+
+  def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
+    if not self.active:
+      return
+    self._jsonl.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      self._tb.add_scalar(f"{kind}/{name}", value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if not self.active:
+      return
+    self._jsonl.close()
+    self._tb.close()
+
+
+class Throughput:
+  """Training speed over each logging window, from wall-clock time on the host.
+
+  A window runs from the end of the previous one (the first: from construction) to `window()`,
+  minus the seconds passed to `exclude()` (evaluations). Construct it after compiling the train
+  step, so that no window holds compilation. A window ends when its last step's metrics reach
+  the host, i.e. when that step has run on the device. Data loading and the synchronous part of
+  checkpoint saves are training time and stay in.
+
+  Rates: steps/s; examples/s (global batch rows); supervision steps/s, the same number for the
+  persistent-carry loop, where one optimiser step is one supervision step of every row; forward
+  passes/s, network calls over the whole batch (`passes_per_step` of them per step); and, when
+  `flops_per_step` and `peak_flops_per_s` are known (GPU/TPU), model TFLOP/s and MFU.
+  """
+
+  def __init__(self, global_batch: int, passes_per_step: int,
+               flops_per_step: int | None = None, peak_flops_per_s: float | None = None):
+    self._batch = global_batch
+    self._passes = passes_per_step
+    self._flops = flops_per_step
+    self._peak = peak_flops_per_s
+    self._start = time.perf_counter()
+    self._excluded = 0.0
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` (e.g. an evaluation inside the window) out of the current window."""
+    self._excluded += seconds
+
+  def window(self, steps: int) -> dict[str, float]:
+    """The rates of the `steps` steps since the last window, and starts the next one."""
+    now = time.perf_counter()
+    seconds = max(now - self._start - self._excluded, 1e-9)
+    self._start, self._excluded = now, 0.0
+    steps_per_s = steps / seconds
+    rates = {
+        "steps_per_s": steps_per_s,
+        "examples_per_s": steps_per_s * self._batch,
+        "supervision_steps_per_s": steps_per_s,
+        "forward_passes_per_s": steps_per_s * self._passes,
+    }
+    if self._flops:
+      achieved = self._flops * steps_per_s
+      rates["model_tflops_per_s"] = achieved / 1e12
+      if self._peak:
+        rates["mfu"] = achieved / self._peak
+    return rates
