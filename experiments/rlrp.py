@@ -46,12 +46,12 @@ def get_config(arg=None):
       add_digits=5 if accel else 3, mul_digits=3 if accel else 2, seed=0, text_files=(),
       test_fraction=0.1, reasoning_ratio=0.5))
   batch = 256 if accel else 64
-  steps = 20_000 if accel else 3_000
+  steps = 20_000 if accel else 1_500
   config.train = common.train_recipe(
       global_batch_size=batch, epochs=1000, eval_interval=1000, max_steps=steps,
       lr=1e-3 if not accel else 3e-4, lr_warmup_steps=200, lr_min_ratio=0.1,
       optimizer="adamw", weight_decay=0.01, puzzle_emb_lr=1e-2, ema=False,
-      log_every_steps=100, checkpoint_every_steps=1000 if not accel else 5000)
+      log_every_steps=100, checkpoint_every_steps=500 if not accel else 5000)
   config.eval = common.eval_recipe(global_batch_size=256 if not accel else 1024)
   config.mesh_shape = common.DEFAULT_MESH
   if local:

@@ -24,10 +24,15 @@ from typing import Any, Mapping
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (or a checkpoint directory)")
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "examples per corpus (0: all)")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "examples per batch")
+
+def _define_flags() -> None:
+  """The CLI's flags, defined only when run as a program (importing the evaluation next to
+  trm_jax.main, which defines --workdir too, must not clash)."""
+  flags.DEFINE_string("workdir", None, "run directory (or a checkpoint directory)")
+  flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
+  flags.DEFINE_integer("max_examples", 0, "examples per corpus (0: all)")
+  flags.DEFINE_integer("batch_size", 256, "examples per batch")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
@@ -94,8 +99,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import trm_jax
-  run = trm_jax.load(_WORKDIR.value, _STEP.value)
-  result = evaluate_run(run, batch_size=_BATCH_SIZE.value, max_examples=_MAX_EXAMPLES.value)
+  options = flags.FLAGS
+  run = trm_jax.load(options.workdir, options.step)
+  result = evaluate_run(run, batch_size=options.batch_size, max_examples=options.max_examples)
   out = pathlib.Path(run.workdir) / "lm_eval"
   out.mkdir(parents=True, exist_ok=True)
   text = format_steps(result)
@@ -105,5 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
+  _define_flags()
   app.run(main, argv=sys.argv)

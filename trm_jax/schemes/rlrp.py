@@ -109,15 +109,17 @@ def step_cross_entropy(logits_KBLV: jax.Array, labels_BL: jax.Array, loss_type: 
   """[K, B]: each row's mean next-token CE over its labels at every step (0 without labels)."""
   mask = labels_BL != losses.IGNORE_LABEL_ID
   token = jax.vmap(lambda l: losses.TOKEN_LOSSES[loss_type](l, labels_BL, mask))(logits_KBLV)
-  return token.sum(-1) / jnp.maximum(mask.sum(-1), 1)
+  return token.sum(-1) / jnp.maximum(mask.sum(-1), 1)[None]
 
 
 def soft_rl(logits_KBLV: jax.Array, labels_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
   """[B]: -mean_k mean_{tokens in mask} p_k(y*) (0 for a row without masked tokens)."""
   safe = jnp.where(mask_BL, labels_BL, 0)
   probs = jax.nn.softmax(logits_KBLV.astype(jnp.float32), axis=-1)
-  p_true = jnp.take_along_axis(probs, safe[None, ..., None], axis=-1)[..., 0]  # [K, B, L]
-  per_step = jnp.sum(jnp.where(mask_BL, p_true, 0.0), -1) / jnp.maximum(mask_BL.sum(-1), 1)
+  p_true = jnp.take_along_axis(probs, jnp.broadcast_to(safe, probs.shape[:-1])[..., None],
+                               axis=-1)[..., 0]  # [K, B, L]
+  per_step = (jnp.sum(jnp.where(mask_BL[None], p_true, 0.0), -1)
+              / jnp.maximum(mask_BL.sum(-1), 1)[None])  # [K, B]
   return -per_step.mean(0)
 
 
@@ -200,8 +202,8 @@ class RLRP(recursion.Scheme):
     # the true prefix, which for greedy decoding is the same as generating the whole answer).
     counts = answer.sum(-1)
     valid = halted & reasoning & (counts > 0)
-    correct = (jnp.argmax(logits, -1) == targets) & answer  # [K, B, L]
-    exact = valid & (correct.sum(-1) == counts)  # [K, B]
+    correct = (jnp.argmax(logits, -1) == targets[None]) & answer[None]  # [K, B, L]
+    exact = valid[None] & (correct.sum(-1) == counts[None])  # [K, B]
     stop = jax.lax.stop_gradient
     metrics = {
         "count": valid.sum(),
