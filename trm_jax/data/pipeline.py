@@ -129,9 +129,11 @@ class _RoutedPlan:
     self.ratio = fractions.Fraction(index.reasoning_ratio).limit_denominator(1000)
     self.sizes = (index.num_reasoning, index.num_fluency)
     self.starts = (0, index.num_reasoning)
-    for source, (name, share) in enumerate((("reasoning", self.ratio), ("fluency", 1 - self.ratio))):
+    shares = (("reasoning", self.ratio), ("fluency", 1 - self.ratio))
+    for source, (name, share) in enumerate(shares):
       if share > 0 and self.sizes[source] == 0:
-        raise ValueError(f"reasoning_ratio {float(self.ratio)} needs {name} records; there are none")
+        raise ValueError(f"reasoning_ratio {float(self.ratio)} needs {name} records; there "
+                         "are none")
     self.seed, self.batch, self.length = seed, batch, index.epoch_length
 
   def reasoning_batches_before(self, j: int) -> int:
