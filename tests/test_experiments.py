@@ -56,7 +56,7 @@ def write_official_sources(data_cfg, out: pathlib.Path) -> bool:
     generate.maze_csvs(out, builder_cfg.side, 12, 8, seed=1)
   elif data_cfg.builder == "arc":
     _arc_json(out, builder_cfg.subsets, builder_cfg.get("prefix", "arc-agi"))
-  elif data_cfg.builder == "nqueens":
+  elif data_cfg.builder in ("nqueens", "rlrp"):  # generated (rlrp: + the shipped text sample)
     return False
   else:
     raise AssertionError(f"no test data for builder {data_cfg.builder!r}: add it here")
@@ -65,7 +65,7 @@ def write_official_sources(data_cfg, out: pathlib.Path) -> bool:
 
 def test_every_experiment_file_is_covered():
   names = {p.stem for p in EXPERIMENTS.glob("*.py")} - {"common"}
-  assert names == {"sudoku", "maze", "arc", "nqueens"}, "new experiment file: check its data"
+  assert names == {"sudoku", "maze", "arc", "nqueens", "rlrp"}, "new experiment file: check its data"
   for name in names:
     assert load_experiment(name).VARIANTS, name
 

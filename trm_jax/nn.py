@@ -113,19 +113,20 @@ class SwiGLU(nnx.Module):
 
 
 def dot_product_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
-                          impl: str = "xla") -> jax.Array:
-  """Non-causal softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out (see
+                          impl: str = "xla", causal: bool = False) -> jax.Array:
+  """softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out, causal on request (see
   trm_jax/kernels/attention.py for `impl`)."""
-  return kernels_attention.attention(q_BTNH, k_BSNH, v_BSNH, impl)
+  return kernels_attention.attention(q_BTNH, k_BSNH, v_BSNH, impl, causal)
 
 
 class Attention(nnx.Module):
-  """Non-causal multi-head self-attention with a fused qkv projection."""
+  """Multi-head self-attention with a fused qkv projection; `causal` for a language model."""
 
   def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype,
-               matmul: str = "xla", attention: str = "xla"):
+               matmul: str = "xla", attention: str = "xla", causal: bool = False):
     self.num_heads = num_heads
     self.attention = attention
+    self.causal = causal
     self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
     self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
 
@@ -135,23 +136,26 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(qkv, 3, axis=2)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    attended = dot_product_attention(q, k, v, self.attention)
+    attended = dot_product_attention(q, k, v, self.attention, self.causal)
     return self.out(attended.reshape(B, S, D))
 
 
 class Block(nnx.Module):
-  """Post-norm block: token mixing (attention, or mlp_t across positions), then SwiGLU."""
+  """Post-norm block: token mixing (attention, or mlp_t across positions), then SwiGLU.
+  `causal`: causal attention (mlp_t mixes every position, so it cannot be causal)."""
 
-  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, causal: bool = False):
     pdt = spec.jnp_param_dtype
     self.eps = spec.rms_norm_eps
     self.mlp_t = spec.mlp_t
+    if spec.mlp_t and causal:
+      raise ValueError("model config field 'mlp_t' = True: a causal block needs attention")
     if spec.mlp_t:
       self.mixer = SwiGLU(spec.total_len, spec.expansion, rngs=rngs, param_dtype=pdt,
                           matmul=spec.matmul)
     else:
       self.mixer = Attention(spec.hidden_size, spec.num_heads, rngs=rngs, param_dtype=pdt,
-                             matmul=spec.matmul, attention=spec.attention)
+                             matmul=spec.matmul, attention=spec.attention, causal=causal)
     self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt,
                       matmul=spec.matmul)
 

@@ -50,7 +50,8 @@ Metrics = dict[str, jax.Array]
 
 # Built-in schemes, imported on first lookup (they import the model modules, which import this).
 BUILTIN = {"trm": "trm_jax.schemes.trm", "dis": "trm_jax.schemes.dis",
-           "hrm": "trm_jax.schemes.hrm", "trm_singlez": "trm_jax.schemes.trm_singlez"}
+           "hrm": "trm_jax.schemes.hrm", "trm_singlez": "trm_jax.schemes.trm_singlez",
+           "rlrp": "trm_jax.schemes.rlrp"}
 
 
 class Latents(NamedTuple):

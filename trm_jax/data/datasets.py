@@ -1,6 +1,7 @@
 """From an experiment's `config.data` to built TFDS splits and their puzzle indices.
 
-    config.data.builder         'sudoku' | 'maze' | 'arc' | 'nqueens'
+    config.data.builder         'sudoku' | 'maze' | 'arc' | 'nqueens' (TFDS builders), or
+                                'rlrp' (in-memory corpora for the RLRP language model, lm.py)
     config.data.builder_config  fields of that builder's BuilderConfig (incl. its `name`)
     config.data.manual_dir      local source files (official CSV / kaggle JSON)
     config.data.data_dir        where TFDS datasets live
@@ -18,8 +19,8 @@ from typing import Any
 import ml_collections
 import tensorflow_datasets as tfds
 
-from trm_jax.data import builders, generate
-from trm_jax.data.pipeline import PuzzleIndex
+from trm_jax.data import builders, generate, lm
+from trm_jax.data.pipeline import PuzzleIndex, RoutedIndex
 
 BUILDERS = {
     "sudoku": (builders.Sudoku, builders.SudokuConfig),
@@ -29,10 +30,14 @@ BUILDERS = {
 }
 
 
+# Builders whose records are made in memory from the config (nothing built on disk).
+IN_MEMORY = {"rlrp": lm.prepare}
+
+
 @dataclasses.dataclass
 class Prepared:
   train: Any  # random-access source of training records
-  train_index: PuzzleIndex
+  train_index: PuzzleIndex | RoutedIndex
   test: Any
   metadata: dict[str, Any]
 
@@ -53,7 +58,8 @@ def builder_config_for(data_cfg: ml_collections.ConfigDict):
   name is a custom config.
   """
   if data_cfg.builder not in BUILDERS:
-    raise ValueError(f"config.data.builder = {data_cfg.builder!r}: must be one of {sorted(BUILDERS)}")
+    raise ValueError(f"config.data.builder = {data_cfg.builder!r}: must be one of "
+                     f"{sorted(BUILDERS) + sorted(IN_MEMORY)}")
   builder_cls, config_cls = BUILDERS[data_cfg.builder]
   fields = {f.name for f in dataclasses.fields(config_cls)}
   values = data_cfg.builder_config.to_dict()
@@ -124,6 +130,8 @@ def _generate_sources(data_cfg) -> None:
 
 def prepare(data_cfg: ml_collections.ConfigDict, build: bool = True) -> Prepared:
   """Builds the dataset if needed (only where `build`; others wait for it) and opens it."""
+  if data_cfg.builder in IN_MEMORY:
+    return IN_MEMORY[data_cfg.builder](data_cfg)
   if data_cfg.get("generate") and data_cfg.generate.get("kind") and build:
     _generate_sources(data_cfg)
   builder = builder_for(data_cfg)

@@ -11,11 +11,15 @@ plan of epoch e is a pure function of (seed, e), so the stream is a grain `MapDa
 positions; its iterator state (the next position) checkpoints and restores to the exact next
 batch. Each process reads positions `p, p + P, ...` of the global stream, so the union of the
 processes' batches is the global batch and every example of an epoch is read exactly once.
+
+A `RoutedIndex` (the RLRP language-model corpora) plans the stream differently, with the same
+properties: whole global batches alternate between two sources at a configured ratio.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import functools
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +29,8 @@ import numpy as np
 from trm_jax.losses import IGNORE_LABEL_ID
 
 MODEL_KEYS = ("inputs", "labels", "puzzle_identifiers")
+# Per-row fields a language-model record may carry besides the model keys (passed through).
+LM_KEYS = ("answer_mask", "reasoning")
 
 
 def run_length_encode(values: Sequence[int]) -> list[list[int]]:
@@ -87,6 +93,67 @@ class PuzzleIndex:
     first = self.group_starts[:-1]
     return int(np.sum(self.puzzle_starts[first + 1] - self.puzzle_starts[first]))
 
+  def plan(self, seed: int, global_batch_size: int) -> "_EpochPlan":
+    del global_batch_size  # the official sampler ignores batch boundaries
+    return _EpochPlan(self, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutedIndex:
+  """Two sources in one record array, the first `num_reasoning` records then `num_fluency`;
+  a fraction `reasoning_ratio` of the global batches reads the first, the rest the second."""
+
+  num_reasoning: int
+  num_fluency: int
+  reasoning_ratio: float
+
+  @property
+  def num_records(self) -> int:
+    return self.num_reasoning + self.num_fluency
+
+  @property
+  def epoch_length(self) -> int:
+    return self.num_records
+
+  def plan(self, seed: int, global_batch_size: int) -> "_RoutedPlan":
+    return _RoutedPlan(self, seed, global_batch_size)
+
+
+class _RoutedPlan:
+  """Batch j is reasoning iff floor((j + 1) r) > floor(j r) (r the ratio as a fraction): the
+  most even interleaving, exactly r of any n consecutive batches up to rounding. Each source is
+  read in its own seeded order, reshuffled every time it is used up. Pure function of the
+  position, like `_EpochPlan`."""
+
+  def __init__(self, index: RoutedIndex, seed: int, batch: int):
+    self.ratio = fractions.Fraction(index.reasoning_ratio).limit_denominator(1000)
+    self.sizes = (index.num_reasoning, index.num_fluency)
+    self.starts = (0, index.num_reasoning)
+    shares = (("reasoning", self.ratio), ("fluency", 1 - self.ratio))
+    for source, (name, share) in enumerate(shares):
+      if share > 0 and self.sizes[source] == 0:
+        raise ValueError(f"reasoning_ratio {float(self.ratio)} needs {name} records; there "
+                         "are none")
+    self.seed, self.batch, self.length = seed, batch, index.epoch_length
+
+  def reasoning_batches_before(self, j: int) -> int:
+    return (j * self.ratio.numerator) // self.ratio.denominator
+
+  def is_reasoning(self, j: int) -> bool:
+    return self.reasoning_batches_before(j + 1) > self.reasoning_batches_before(j)
+
+  @functools.lru_cache(maxsize=8)
+  def order(self, source: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, source, epoch]).permutation(self.sizes[source])
+
+  def __call__(self, position: int) -> int:
+    j, offset = divmod(int(position), self.batch)
+    source = 0 if self.is_reasoning(j) else 1
+    before = self.reasoning_batches_before(j)
+    used = (before if source == 0 else j - before) * self.batch + offset
+    epoch, k = divmod(used, self.sizes[source])
+    return self.starts[source] + int(self.order(source, epoch)[k])
+
 
 class ArraySource:
   """A random-access source over in-memory arrays (tests, generated data)."""
@@ -142,14 +209,16 @@ class _EpochPlan:
 def to_model_batch(example: Mapping[str, np.ndarray], pad_id: int = 0) -> dict[str, np.ndarray]:
   """Model-facing fields with int32 dtypes; label PAD becomes the ignored id."""
   labels = np.asarray(example["labels"], np.int32)
-  return {
+  batch = {
       "inputs": np.asarray(example["inputs"], np.int32),
       "labels": np.where(labels == pad_id, IGNORE_LABEL_ID, labels).astype(np.int32),
       "puzzle_identifiers": np.asarray(example["puzzle_identifier"], np.int32),
   }
+  batch.update({k: np.asarray(example[k]) for k in LM_KEYS if k in example})
+  return batch
 
 
-def train_dataset(source, index: PuzzleIndex, *, seed: int, global_batch_size: int,
+def train_dataset(source, index: PuzzleIndex | RoutedIndex, *, seed: int, global_batch_size: int,
                   num_epochs: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
   """This process's share of the global training batches (drop_remainder, infinite-epoch plan)."""
@@ -157,7 +226,7 @@ def train_dataset(source, index: PuzzleIndex, *, seed: int, global_batch_size: i
     raise ValueError(f"source has {len(source)} records, the puzzle index {index.num_records}")
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
-  plan = _EpochPlan(index, seed)
+  plan = index.plan(seed, global_batch_size)
   positions = grain.MapDataset.range(plan.length * num_epochs)
   local = positions[process_index::process_count]
   examples = local.map(lambda position: to_model_batch(source[plan(position)]))

@@ -1,4 +1,5 @@
-"""The one attention every attention layer uses: non-causal softmax(q k^T / sqrt(H)) v.
+"""The one attention every attention layer uses: softmax(q k^T / sqrt(H)) v, non-causal (the
+puzzle models) or causal (a language model: query t sees keys 0..t).
 
 `impl` (model config field `attention`):
   "xla"   - two einsums and a softmax (below); the score tensor [B, N, T, S] is materialised in
@@ -22,7 +23,8 @@ import jax.numpy as jnp
 from trm_jax.config import ATTENTION_IMPLS as IMPLS
 
 
-def xla_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array) -> jax.Array:
+def xla_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
+                  causal: bool = False) -> jax.Array:
   """[B, T, N, H] in and out. Scores and their softmax in fp32, the probabilities rounded to the
   input dtype, the output accumulated in fp32 and rounded once. Same math as
   `jax.nn.dot_product_attention`'s XLA path, but its einsums put the heads before the positions,
@@ -31,6 +33,9 @@ def xla_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array) -> ja
   0.02%)."""
   scale = q_BTNH.shape[-1] ** -0.5
   scores = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BSNH, preferred_element_type=jnp.float32)
+  if causal:  # query t attends to keys s <= t (positions aligned: self-attention)
+    T, S = scores.shape[-2:]
+    scores = jnp.where(jnp.tril(jnp.ones((T, S), bool)), scores, -jnp.inf)
   probs = jax.nn.softmax(scores * scale, axis=-1).astype(v_BSNH.dtype)
   out = jnp.einsum("bnts,bsnh->btnh", probs, v_BSNH, preferred_element_type=jnp.float32)
   return out.astype(v_BSNH.dtype)
@@ -54,7 +59,8 @@ def uses_cudnn(impl: str, dtype, head_dim: int) -> bool:
 
 
 def attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
-              impl: str = "auto") -> jax.Array:
+              impl: str = "auto", causal: bool = False) -> jax.Array:
   if uses_cudnn(impl, q_BTNH.dtype, q_BTNH.shape[-1]):
-    return jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, implementation="cudnn")
-  return xla_attention(q_BTNH, k_BSNH, v_BSNH)
+    return jax.nn.dot_product_attention(q_BTNH, k_BSNH, v_BSNH, is_causal=causal,
+                                        implementation="cudnn")
+  return xla_attention(q_BTNH, k_BSNH, v_BSNH, causal)

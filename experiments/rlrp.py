@@ -1,0 +1,60 @@
+r"""RLRP-style recursive latent refinement of a small causal LM (trm_jax/schemes/rlrp.py).
+
+  --config experiments/rlrp.py:cpu     CPU run (2 cores, well under 20 minutes): hidden 128,
+                                       2 causal blocks, K = 4, 3-digit additions and 2-digit
+                                       multiplications, the shipped text sample
+  --config experiments/rlrp.py:cpu_k1  the same with K = 1 (no refinement; same parameters,
+                                       same data, steps and optimiser): the baseline
+  --config experiments/rlrp.py:accel   an accelerator run: hidden 512, 6 blocks, K = 8, bf16,
+                                       5-digit additions and 3-digit multiplications
+Append ,runlocal for a CPU check of the code path (20 steps). Options of the head and the
+losses: --config.model.scheme_options.{K,alpha,gradient,weights,rl_weight,rl_span,
+penalty_weight,margin}; the routing ratio: --config.data.builder_config.reasoning_ratio; own
+text: --config.data.builder_config.text_files=DIR_OR_FILE. Per-step evaluation of a run:
+python -m trm_jax.lm_eval --workdir DIR.
+"""
+
+import sys, pathlib  # noqa: E401
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import ml_collections  # noqa: E402
+
+import common  # noqa: E402
+from trm_jax import config as model_configs  # noqa: E402
+
+VARIANTS = ("cpu", "cpu_k1", "accel")
+
+
+def get_config(arg=None):
+  variant, local = common.parse_variant(arg, VARIANTS)
+  variant = variant or "cpu"
+  accel = variant == "accel"
+  seq_len = 64 if accel else 32
+  config = ml_collections.ConfigDict()
+  config.model = model_configs.model_config(
+      seq_len=seq_len, vocab_size=259, hidden_size=512 if accel else 128,
+      num_heads=8 if accel else 4, num_layers=6 if accel else 2, expansion=4.0,
+      pos_encodings="rope", puzzle_emb_ndim=0, puzzle_emb_len=0, scheme="rlrp",
+      halt_max_steps=1, halt_exploration_prob=0.0, loss_type="softmax",
+      compute_dtype="bfloat16" if accel else "float32")
+  config.model.scheme_options = dict(
+      K=8 if accel else (1 if variant == "cpu_k1" else 4), alpha=0.5, gradient="full",
+      weights="linear", rl_weight=1.0, rl_span="answer", penalty_weight=0.1, margin=0.0)
+  config.data = common.data_spec("rlrp", dict(
+      name=f"rlrp_{'accel' if accel else 'cpu'}", seq_len=seq_len,
+      num_train=200_000 if accel else 20_000, num_test=2048 if accel else 512,
+      add_digits=5 if accel else 3, mul_digits=3 if accel else 2, seed=0, text_files=(),
+      test_fraction=0.1, reasoning_ratio=0.5))
+  batch = 256 if accel else 64
+  steps = 20_000 if accel else 1_500
+  config.train = common.train_recipe(
+      global_batch_size=batch, epochs=1000, eval_interval=1000, max_steps=steps,
+      lr=1e-3 if not accel else 3e-4, lr_warmup_steps=200, lr_min_ratio=0.1,
+      optimizer="adamw", weight_decay=0.01, puzzle_emb_lr=1e-2, ema=False,
+      log_every_steps=100, checkpoint_every_steps=500 if not accel else 5000)
+  config.eval = common.eval_recipe(global_batch_size=256 if not accel else 1024)
+  config.mesh_shape = common.DEFAULT_MESH
+  if local:
+    config = common.runlocal(config, num_train=512, num_test=64)
+    config.model.num_layers = 2
+  return config

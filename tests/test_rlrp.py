@@ -1,0 +1,299 @@
+"""RLRP: the causal LM with latent refinement (schemes/rlrp.py), its corpora (data/lm.py), the
+routed stream (pipeline.RoutedIndex) and a run through main.run + lm_eval."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from trm_jax import act, losses
+from trm_jax import config as model_configs
+from trm_jax import model as model_lib
+from trm_jax.config import ModelSpec
+from trm_jax.data import lm, pipeline
+from trm_jax.schemes import rlrp
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def tiny_spec(**options):
+  cfg = model_configs.model_config(
+      seq_len=8, vocab_size=16, hidden_size=32, num_heads=2, num_layers=1, expansion=2.0,
+      puzzle_emb_ndim=0, puzzle_emb_len=0, scheme="rlrp", halt_max_steps=1,
+      compute_dtype="float32", loss_type="softmax")
+  cfg.scheme_options = dict(K=3, **options)
+  return ModelSpec.from_config(cfg)
+
+
+def run_step(spec, params, inputs, record=True):
+  batch = {"inputs": inputs, "labels": inputs, "puzzle_identifiers": jnp.zeros(len(inputs), int)}
+  state = act.refresh(spec, act.initial_state(spec, batch), batch)
+  return act.advance(params, None, spec, state, training=False, record=record)[1]
+
+
+# ----------------------------------------------------------------------------------- model --
+
+
+def test_a_tokens_logits_do_not_depend_on_later_tokens():
+  spec = tiny_spec()
+  params = model_lib.init_params(spec, jax.random.key(0))
+  inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
+  changed = inputs.at[:, 5:].set((inputs[:, 5:] + 7) % 16)
+  a, b = run_step(spec, params, inputs), run_step(spec, params, changed)
+  assert a.trace.shape == (3, 2, 8, 16)
+  np.testing.assert_array_equal(a.trace[:, :, :5], b.trace[:, :, :5])  # every step k
+  assert np.abs(a.trace[:, :, 5:] - b.trace[:, :, 5:]).max() > 1e-3  # later ones do
+  np.testing.assert_array_equal(a.logits, a.trace[-1])
+  # The same block without the mask mixes later tokens into earlier positions.
+  from trm_jax import nn
+  from flax import nnx
+  x = jax.random.normal(jax.random.key(2), (1, 8, 32))
+  x2 = x.at[:, 6:].add(1.0)
+  for causal, expect_equal in ((True, True), (False, False)):
+    block = nn.Block(spec, rngs=nnx.Rngs(3), causal=causal)
+    rope = nn.rope_tables(spec)
+    same = np.allclose(block(x, rope)[:, :6], block(x2, rope)[:, :6], atol=1e-6)
+    assert same == expect_equal, causal
+
+
+def test_k_steps_scan_and_forward_passes():
+  spec = tiny_spec()
+  assert model_lib.forward_passes_per_step(spec) == 1 + 3
+  params = model_lib.init_params(spec, jax.random.key(0))
+  inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
+  readout = run_step(spec, params, inputs)
+  # Step by step by hand: u_0 = h, u_k = u_{k-1} + alpha tanh(g([u, h])).
+  m = model_lib.merge(spec, params)
+  h = m.hidden(inputs)
+  u = h
+  for k in range(3):
+    u = u + 0.5 * jnp.tanh(m.g(m.g_in(jnp.concatenate([u, h], -1))))
+    np.testing.assert_allclose(readout.trace[k], m.lm_head(h + m.proj(u)), atol=1e-5)
+  l_0 = model_lib.scheme_of(spec).answer_logits(
+      params, None, spec, {"inputs": inputs.astype(jnp.int32)})
+  np.testing.assert_allclose(l_0, m.lm_head(h + m.proj(h)), atol=1e-5)
+
+
+def test_truncated_gradient_is_the_same_forward_with_other_gradients():
+  full, truncated = tiny_spec(), tiny_spec(gradient="truncated")
+  params = model_lib.init_params(full, jax.random.key(0))
+  inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
+
+  def last_step_loss(p, spec):
+    return run_step(spec, p, inputs).logits[..., 0].sum()
+
+  np.testing.assert_array_equal(run_step(full, params, inputs).logits,
+                                run_step(truncated, params, inputs).logits)
+  g_full = jax.grad(last_step_loss)(params, full)["g_in"]["kernel"]
+  g_trunc = jax.grad(last_step_loss)(params, truncated)["g_in"]["kernel"]
+  assert np.abs(g_full - g_trunc).max() > 1e-6
+  assert np.abs(g_trunc).max() > 0
+
+
+def test_bad_fields_are_named():
+  cfg = model_configs.model_config(seq_len=8, vocab_size=16, puzzle_emb_ndim=0,
+                                   puzzle_emb_len=0, scheme="rlrp", halt_max_steps=2)
+  with pytest.raises(ValueError, match="'halt_max_steps' = 2"):
+    ModelSpec.from_config(cfg)
+  cfg.halt_max_steps = 1
+  cfg.scheme_options = {"weights": "cubic"}
+  with pytest.raises(ValueError, match="'scheme_options.weights' = 'cubic'"):
+    ModelSpec.from_config(cfg)
+  cfg.scheme_options = {"K": 0}
+  with pytest.raises(ValueError, match="'scheme_options.K' = 0"):
+    ModelSpec.from_config(cfg)
+
+
+# ---------------------------------------------------------------------------------- losses --
+
+
+def test_convex_weights():
+  np.testing.assert_allclose(rlrp.convex_weights(4, "uniform"), [0.25] * 4)
+  np.testing.assert_allclose(rlrp.convex_weights(4, "linear"), [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
+  np.testing.assert_allclose(rlrp.convex_weights(4, "last"), [0, 0, 0, 1])
+  np.testing.assert_allclose(rlrp.convex_weights(1, "linear"), [1.0])
+
+
+def test_soft_rl_and_its_answer_span_mask_by_hand():
+  # K=2 steps, one row, 3 tokens, 2 classes; labels [0, 1, 1].
+  logits = jnp.asarray([[[[0.0, 0.0], [0.0, math_log(3)], [math_log(3), 0.0]]],
+                        [[[math_log(4), 0.0], [0.0, 0.0], [0.0, math_log(9)]]]])
+  labels = jnp.asarray([[0, 1, 1]])
+  # p_k(y*): step 1: 1/2, 3/4, 1/4; step 2: 4/5, 1/2, 9/10.
+  everything = jnp.ones((1, 3), bool)
+  expected_all = -((0.5 + 0.75 + 0.25) / 3 + (0.8 + 0.5 + 0.9) / 3) / 2
+  np.testing.assert_allclose(rlrp.soft_rl(logits, labels, everything), [expected_all], rtol=1e-6)
+  answer = jnp.asarray([[False, True, True]])
+  expected_answer = -((0.75 + 0.25) / 2 + (0.5 + 0.9) / 2) / 2
+  np.testing.assert_allclose(rlrp.soft_rl(logits, labels, answer), [expected_answer], rtol=1e-6)
+  np.testing.assert_allclose(rlrp.soft_rl(logits, labels, jnp.zeros((1, 3), bool)), [0.0])
+
+
+def math_log(x):
+  return float(np.log(x))
+
+
+def test_improvement_penalty_by_hand():
+  ce = jnp.asarray([[1.0, 2.0, 0.3], [0.5, 2.5, 0.3]])  # [K=2, B=3]
+  np.testing.assert_allclose(rlrp.improvement_penalty(ce, 0.1), [0.0, 0.6, 0.1], atol=1e-6)
+  np.testing.assert_allclose(rlrp.improvement_penalty(ce, 0.0), [0.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_loss_routes_rl_and_penalty_to_reasoning_rows_only():
+  spec = tiny_spec(rl_weight=0.5, penalty_weight=0.25, margin=0.1, weights="linear")
+  scheme = model_lib.scheme_of(spec)
+  logits = jax.random.normal(jax.random.key(0), (3, 2, 8, 16))
+  labels = jax.random.randint(jax.random.key(1), (2, 8), 0, 16).at[:, 6:].set(-100)
+  answer = jnp.zeros((2, 8), bool).at[:, 3:6].set(True)
+  readout = rlrp.Readout(logits[-1], jnp.zeros(2), jnp.zeros(2), None, {"step_logits": logits})
+  carry = {"steps": jnp.ones(2, jnp.int32)}
+  ce = rlrp.step_cross_entropy(logits, labels)
+  ds = (rlrp.convex_weights(3, "linear")[:, None] * ce).sum(0)
+  rl = rlrp.soft_rl(logits, labels, answer)
+  imp = rlrp.improvement_penalty(ce, 0.1)
+  for reasoning in ([1, 1], [0, 0], [1, 0]):
+    r = np.asarray(reasoning, bool)
+    data = {"reasoning": jnp.asarray(reasoning), "answer_mask": answer}
+    total, metrics = scheme.loss(spec, readout, labels, carry, data, jnp.ones(2, bool))
+    expected = ds.sum() + 0.5 * rl[r].sum() + 0.25 * imp[r].sum()
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+    assert metrics["count"] == r.sum()
+    np.testing.assert_allclose(metrics["step2_ce_loss"], ce[1].sum(), rtol=1e-6)
+  # By hand, the CE of step 1 row 0: mean over the 6 labelled tokens of -log softmax.
+  log_p = jax.nn.log_softmax(logits[0, 0])
+  np.testing.assert_allclose(ce[0, 0], -np.mean([log_p[t, labels[0, t]] for t in range(6)]),
+                             rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ data --
+
+
+def corpus_config(**overrides):
+  values = dict(name="t", seq_len=16, num_train=300, num_test=60, add_digits=3, mul_digits=2,
+                seed=0)
+  values.update(overrides)
+  return lm.CorpusConfig.from_config(values)
+
+
+def test_arithmetic_corpus_is_seeded_unique_disjoint_and_correct():
+  train, test = lm.arithmetic_problems(corpus_config())
+  assert (train, test) == lm.arithmetic_problems(corpus_config())
+  assert (train, test) != lm.arithmetic_problems(corpus_config(seed=1))
+  assert len(train) == 300 and len(test) == 60
+
+  def key(problem):
+    expression = problem.split("=")[0]
+    op = "+" if "+" in expression else "*"
+    a, b = map(int, expression.split(op))
+    return op, min(a, b), max(a, b)
+
+  keys_train, keys_test = [key(p) for p in train], [key(p) for p in test]
+  assert len(set(keys_train)) == 300 and len(set(keys_test)) == 60  # unique, swaps included
+  assert not set(keys_train) & set(keys_test)
+  for problem in train + test:
+    expression, answer = problem.split("=")
+    assert int(answer) == eval(expression)  # noqa: S307 (digits and one operator)
+  records = lm.arithmetic_records(test, 16)
+  for i, problem in enumerate(test):
+    assert lm.decode(records["inputs"][i]) == problem
+    assert lm.decode(records["labels"][i][records["answer_mask"][i]]) == problem.split("=")[1]
+    assert records["labels"][i][records["answer_mask"][i].nonzero()[0][-1] + 1] == lm.EOS
+  with pytest.raises(ValueError, match="seq_len = 4"):
+    lm.arithmetic_records(test, 4)
+  with pytest.raises(ValueError, match="only .* distinct problems"):
+    lm.arithmetic_problems(corpus_config(num_train=500, add_digits=1, mul_digits=1))
+
+
+def test_text_windows_split_per_file_and_bad_files_are_named(tmp_path):
+  good = tmp_path / "good.txt"
+  good.write_text("abcdefghij" * 20, encoding="utf-8")  # 200 bytes: 11 windows of 17
+  train, test = lm.fluency_records([good], 16, 0.2)
+  assert len(train["inputs"]) == 9 and len(test["inputs"]) == 2
+  np.testing.assert_array_equal(train["labels"][:, :-1], train["inputs"][:, 1:])
+  assert lm.decode(test["inputs"][0]) == ("abcdefghij" * 20)[9 * 17:9 * 17 + 16]
+  assert not train["reasoning"].any() and not train["answer_mask"].any()
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes("first line\nsecond: caf\u00e9\n".encode("latin-1"))
+  with pytest.raises(ValueError, match=r"latin1.txt: not UTF-8 text \(line 2"):
+    lm.fluency_records([latin1], 16, 0.2)
+  empty = tmp_path / "empty.txt"
+  empty.write_text(" \n")
+  with pytest.raises(ValueError, match="empty.txt: empty text file"):
+    lm.fluency_records([empty], 16, 0.2)
+  with pytest.raises(ValueError, match="good.txt: 200 bytes is too short"):
+    lm.fluency_records([good], 128, 0.2)
+  with pytest.raises(FileNotFoundError, match="missing.txt does not exist"):
+    corpus_config(text_files=(str(tmp_path / "missing.txt"),)).files()
+  # The shipped sample is valid UTF-8 and small.
+  sample = corpus_config().files()
+  assert sample and sum(p.stat().st_size for p in sample) < 300_000
+  assert all(lm.read_text(p) for p in sample)
+
+
+def test_routed_stream_ratio_homogeneous_batches_shards_and_resume():
+  index = pipeline.RoutedIndex(40, 100, 0.25)
+  plan = index.plan(seed=3, global_batch_size=4)
+  flags = np.asarray([plan.is_reasoning(j) for j in range(400)])
+  assert flags.sum() == 100
+  windows = np.lib.stride_tricks.sliding_window_view(flags, 8).sum(-1)
+  assert set(windows) == {2}  # evenly interleaved, not just right on average
+  records = np.asarray([plan(p) for p in range(400 * 4)]).reshape(400, 4)
+  assert ((records < 40) == flags[:, None]).all()  # a batch is one source
+  reasoning = records[flags].ravel()
+  for epoch in range(len(reasoning) // 40):  # each source: a permutation per pass
+    assert sorted(reasoning[40 * epoch:40 * (epoch + 1)]) == list(range(40))
+
+  arrays = {"inputs": np.arange(140)[:, None].repeat(3, 1), "labels": np.ones((140, 3), int),
+            "puzzle_identifier": np.zeros(140, int), "reasoning": (np.arange(140) < 40) * 1,
+            "answer_mask": np.zeros((140, 3), bool)}
+  source = pipeline.ArraySource(arrays)
+  make = lambda p, n: iter(pipeline.train_dataset(source, index, seed=3, global_batch_size=4,
+                                                  num_epochs=3, process_index=p, process_count=n))
+  one, shards = make(0, 1), [make(0, 2), make(1, 2)]
+  for j in range(20):
+    batch = next(one)
+    assert batch["reasoning"].tolist() == [int(flags[j])] * 4
+    np.testing.assert_array_equal(batch["inputs"][:, 0], records[j])
+    parts = [next(s)["inputs"][:, 0] for s in shards]
+    assert sorted(np.concatenate(parts)) == sorted(records[j])
+  state = one.get_state()
+  expected = next(one)
+  resumed = make(0, 1)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)["inputs"], expected["inputs"])
+  with pytest.raises(ValueError, match="needs fluency records"):
+    pipeline.RoutedIndex(10, 0, 0.5).plan(0, 2)
+
+
+# ------------------------------------------------------------------------------ end to end --
+
+
+def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
+  from trm_jax import lm_eval, main, runs
+  spec_file = importlib.util.spec_from_file_location("exp_rlrp", EXPERIMENTS / "rlrp.py")
+  module = importlib.util.module_from_spec(spec_file)
+  spec_file.loader.exec_module(module)
+  cfg = module.get_config("cpu,runlocal")
+  cfg.data.builder_config.num_train, cfg.data.builder_config.num_test = 64, 32
+  cfg.train.max_steps, cfg.train.log_every_steps = 4, 1
+  cfg.eval.global_batch_size = 32
+  result = main.run(cfg, str(tmp_path))
+  assert result["count"] == 32 and 0 <= result["exact_accuracy"] <= 1
+  assert result["forward_passes_per_example"] == 1 + 4
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [l for l in lines if l["kind"] == "train"]
+  assert len(train) == 4 and all(np.isfinite(l["lm_loss"]) for l in train)
+  assert {f"step{k}_ce_loss" for k in range(1, 5)} <= set(train[0])
+  # batches alternate: fluency rows (count 0) then arithmetic rows (count 32)
+  assert [l["count"] for l in train] == [0, 32, 0, 32]
+  assert "4" in [p.name for p in (tmp_path / "checkpoints").iterdir()]
+  out = lm_eval.evaluate_run(runs.load(tmp_path), batch_size=16, max_examples=20)
+  assert len(out["arithmetic"]["points"]) == 4 == len(out["fluency"]["points"])
+  assert out["arithmetic"]["examples"] == 20
+  assert all(np.isfinite(p["margin"]) for p in out["fluency"]["points"])
+  assert "| 4 |" in lm_eval.format_steps(out)

@@ -1,0 +1,244 @@
+"""The RLRP corpora: generated arithmetic (reasoning) and local plain text (fluency), as records.
+
+    config.data.builder = 'rlrp'
+    config.data.builder_config:
+      name             a label for the run's data (nothing is written to disk)
+      seq_len          tokens per record (inputs and next-token labels)
+      num_train, num_test   arithmetic problems in each split
+      add_digits, mul_digits  the most digits of each operand of an addition / multiplication
+      seed             the arithmetic corpus's seed
+      text_files       UTF-8 files or directories of *.txt ('' or (): the sample shipped in
+                       trm_jax/data/text, see its NOTICE.md)
+      test_fraction    the tail of each text file held out for evaluation
+      reasoning_ratio  the share of training batches that are arithmetic (pipeline.RoutedIndex)
+
+Tokenizer: bytes. Id 0 is PAD, 1 BOS, 2 EOS, byte b is b + 3 (vocabulary 259). A byte
+tokenizer needs no training and no files, never meets an unknown symbol (the fluency text has
+non-ASCII characters), and keeps every digit its own token, so the answer span of `123*45=5535`
+is exactly its digits; the cost, longer sequences, is small at these lengths.
+
+Records (in-memory arrays; the corpora are generated or read in seconds, so they are rebuilt
+from the config rather than stored): `inputs` [L], `labels` [L] (the next token; PAD where
+there is none, ignored by the loss), `answer_mask` [L] (labels that are answer digits),
+`reasoning` (1 for arithmetic rows) and `puzzle_identifier` (always 0: no puzzle table).
+An arithmetic row is one problem, `BOS 123*45=5535 EOS`, padded; a fluency row is a window of
+L + 1 consecutive bytes of one file (windows do not overlap; the last `test_fraction` of each
+file's windows are the test split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from trm_jax.data.pipeline import ArraySource, RoutedIndex
+
+PAD, BOS, EOS = 0, 1, 2
+BYTE_OFFSET = 3
+VOCAB_SIZE = 256 + BYTE_OFFSET
+SAMPLE_DIR = pathlib.Path(__file__).parent / "text"
+FIELD = "config.data.builder_config"
+
+
+def encode(text: str) -> np.ndarray:
+  return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + BYTE_OFFSET
+
+
+def decode(ids: Sequence[int]) -> str:
+  return bytes(int(i) - BYTE_OFFSET for i in ids if i >= BYTE_OFFSET).decode("utf-8", "replace")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+  name: str = "rlrp"
+  seq_len: int = 32
+  num_train: int = 20_000
+  num_test: int = 512
+  add_digits: int = 3
+  mul_digits: int = 2
+  seed: int = 0
+  text_files: Any = ()
+  test_fraction: float = 0.1
+  reasoning_ratio: float = 0.5
+
+  @classmethod
+  def from_config(cls, values) -> "CorpusConfig":
+    if isinstance(values, cls):
+      return values
+    values = values.to_dict() if hasattr(values, "to_dict") else dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"{FIELD} has unknown field(s) {unknown} for 'rlrp'; known: "
+                       f"{sorted(known)}")
+    config = cls(**values)
+    for name in ("seq_len", "num_train", "num_test", "add_digits", "mul_digits"):
+      value = getattr(config, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{FIELD}.{name} = {value!r}: must be a positive integer")
+    for name in ("test_fraction", "reasoning_ratio"):
+      if not 0 <= getattr(config, name) <= 1:
+        raise ValueError(f"{FIELD}.{name} = {getattr(config, name)!r}: must be in [0, 1]")
+    return config
+
+  def files(self) -> list[pathlib.Path]:
+    entries = self.text_files
+    if isinstance(entries, str):
+      entries = [entries] if entries else []
+    paths = []
+    for entry in (entries or [SAMPLE_DIR]):
+      path = pathlib.Path(entry)
+      if path.is_dir():
+        found = sorted(path.glob("*.txt"))
+        if not found:
+          raise FileNotFoundError(f"{FIELD}.text_files: directory {path} holds no *.txt file")
+        paths += found
+      elif path.is_file():
+        paths.append(path)
+      else:
+        raise FileNotFoundError(f"{FIELD}.text_files: {path} does not exist")
+    return paths
+
+
+# ------------------------------------------------------------------------------ arithmetic --
+
+
+def _operand(rng: np.random.Generator, max_digits: int) -> int:
+  """A number whose digit count is uniform in 1..max_digits (so short and long operands mix)."""
+  digits = int(rng.integers(1, max_digits + 1))
+  return int(rng.integers(0 if digits == 1 else 10 ** (digits - 1), 10**digits))
+
+
+def arithmetic_problems(config: CorpusConfig) -> tuple[list[str], list[str]]:
+  """(train, test) problems like '123*45=5535', drawn from `config.seed`. No problem repeats,
+  and none is in both splits even with its operands swapped (a+b and b+a are one problem)."""
+  rng = np.random.default_rng(config.seed)
+  wanted = config.num_train + config.num_test
+  seen, problems = set(), []
+  for _ in range(50 * wanted):
+    if len(problems) == wanted:
+      break
+    op = "+" if rng.random() < 0.5 else "*"
+    a = _operand(rng, config.add_digits if op == "+" else config.mul_digits)
+    b = _operand(rng, config.add_digits if op == "+" else config.mul_digits)
+    key = (op, min(a, b), max(a, b))
+    if key in seen:
+      continue
+    seen.add(key)
+    problems.append(f"{a}{op}{b}={a + b if op == '+' else a * b}")
+  if len(problems) < wanted:
+    raise ValueError(f"{FIELD}: only {len(problems)} distinct problems found for num_train + "
+                     f"num_test = {wanted} with add_digits={config.add_digits}, mul_digits="
+                     f"{config.mul_digits}; ask for fewer or allow more digits")
+  return problems[config.num_test:], problems[:config.num_test]
+
+
+def arithmetic_records(problems: Sequence[str], seq_len: int) -> dict[str, np.ndarray]:
+  """One row per problem: BOS problem EOS, inputs/labels shifted by one, the answer digits
+  (after '=') marked in `answer_mask`."""
+  n = len(problems)
+  inputs = np.zeros((n, seq_len), np.int32)
+  labels = np.zeros((n, seq_len), np.int32)
+  answer = np.zeros((n, seq_len), bool)
+  for i, problem in enumerate(problems):
+    tokens = np.concatenate([[BOS], encode(problem), [EOS]])
+    if len(tokens) - 1 > seq_len:
+      raise ValueError(f"{FIELD}.seq_len = {seq_len}: problem {problem!r} needs "
+                       f"{len(tokens) - 1} tokens")
+    inputs[i, :len(tokens) - 1] = tokens[:-1]
+    labels[i, :len(tokens) - 1] = tokens[1:]
+    equals = problem.index("=")
+    # labels[j] is token j + 1; the answer's digits are tokens equals + 2 .. len - 2.
+    answer[i, equals + 1:len(tokens) - 2] = True
+  return {"inputs": inputs, "labels": labels, "answer_mask": answer,
+          "reasoning": np.ones((n,), np.int32)}
+
+
+# -------------------------------------------------------------------------------- fluency --
+
+
+def read_text(path: pathlib.Path) -> str:
+  """The file's text; ValueError naming the file (and the line) when it is empty or not UTF-8."""
+  raw = path.read_bytes()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as error:
+    line = raw[:error.start].count(b"\n") + 1
+    raise ValueError(f"{path}: not UTF-8 text (line {line}, byte {error.start}: "
+                     f"{error.reason}); {FIELD}.text_files must name UTF-8 files") from None
+  if not text.strip():
+    raise ValueError(f"{path}: empty text file; {FIELD}.text_files must name files with text")
+  return text
+
+
+def fluency_records(paths: Sequence[pathlib.Path], seq_len: int, test_fraction: float
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(train, test) windows of seq_len + 1 bytes; each file's last windows are its test part."""
+  splits = {"train": [], "test": []}
+  for path in paths:
+    tokens = encode(read_text(path))
+    windows = tokens[:len(tokens) // (seq_len + 1) * (seq_len + 1)].reshape(-1, seq_len + 1)
+    num_test = int(round(len(windows) * test_fraction))
+    if len(windows) - num_test < 1 or (test_fraction > 0 and num_test < 1):
+      raise ValueError(f"{path}: {len(tokens)} bytes is too short for train and test windows "
+                       f"of {FIELD}.seq_len + 1 = {seq_len + 1} bytes")
+    splits["train"].append(windows[:len(windows) - num_test])
+    splits["test"].append(windows[len(windows) - num_test:])
+  out = []
+  for name in ("train", "test"):
+    windows = np.concatenate(splits[name]) if splits[name] else np.zeros((0, seq_len + 1))
+    windows = windows.astype(np.int32)
+    n = len(windows)
+    out.append({"inputs": windows[:, :-1], "labels": windows[:, 1:],
+                "answer_mask": np.zeros((n, seq_len), bool),
+                "reasoning": np.zeros((n,), np.int32)})
+  return out[0], out[1]
+
+
+# ------------------------------------------------------------------------------- datasets --
+
+
+def _source(*parts: dict[str, np.ndarray]) -> ArraySource:
+  arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  arrays["puzzle_identifier"] = np.zeros((len(arrays["inputs"]),), np.int32)
+  return ArraySource(arrays)
+
+
+@dataclasses.dataclass
+class Corpora:
+  arithmetic_train: dict[str, np.ndarray]
+  arithmetic_test: dict[str, np.ndarray]
+  fluency_train: dict[str, np.ndarray]
+  fluency_test: dict[str, np.ndarray]
+
+
+def corpora(builder_config) -> Corpora:
+  config = CorpusConfig.from_config(builder_config)
+  train, test = arithmetic_problems(config)
+  fluency_train, fluency_test = fluency_records(config.files(), config.seq_len,
+                                                config.test_fraction)
+  return Corpora(arithmetic_records(train, config.seq_len),
+                 arithmetic_records(test, config.seq_len), fluency_train, fluency_test)
+
+
+def answer_only(records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The records with labels outside the answer span set to PAD (ignored)."""
+  return dict(records, labels=np.where(records["answer_mask"], records["labels"], PAD))
+
+
+def prepare(data_cfg):
+  """`datasets.Prepared` for builder 'rlrp': the training stream routes whole batches to the
+  arithmetic or the text records (ratio `reasoning_ratio`); the test split is the held-out
+  arithmetic supervised on its answer digits only, so the run's evaluation table reads answer
+  exact match at step K (per refinement step: trm_jax/lm_eval.py)."""
+  from trm_jax.data.datasets import Prepared  # datasets imports this module
+  config = CorpusConfig.from_config(data_cfg.builder_config)
+  data = corpora(config)
+  index = RoutedIndex(len(data.arithmetic_train["inputs"]), len(data.fluency_train["inputs"]),
+                      config.reasoning_ratio)
+  metadata = {"seq_len": config.seq_len, "vocab_size": VOCAB_SIZE, "num_puzzle_identifiers": 1}
+  return Prepared(_source(data.arithmetic_train, data.fluency_train), index,
+                  _source(answer_only(data.arithmetic_test)), metadata)

@@ -1,0 +1,223 @@
+"""RLRP-style recursive latent refinement of a causal LM (../shared/spec/RLRP.md: the abstract of
+"Emergent Reasoning via Recursive Latent Reinforcement Pretraining" fixes the shape; the
+equations are trm_jax's choices).
+
+A causal transformer (the project's post-norm blocks, RoPE, SwiGLU, causal attention) gives the
+final hidden states h [B, L, D]. A shared latent head refines a latent per token K times,
+u_0 = h,
+    u_k = u_{k-1} + alpha * tanh(g([u_{k-1}, h])),    logits_k = lm_head(h + proj(u_k)),
+as a `jax.lax.scan` over k (g: a linear map of [u, h] to D, then a SwiGLU; proj: linear). No
+token is added to the sequence. One supervision step per batch (halt_max_steps 1): the Readout
+holds logits_K, with `record` every logits_k as its trace (the analysis's readout points, the
+reference of point 1 being logits_0 = lm_head(h + proj(h)), `answer_logits`).
+
+Loss of a batch (sums over rows; per-row CEs are means over the row's next-token labels):
+  deep supervision  sum_k w_k CE_k, w on the simplex: `weights` uniform | linear (w_k ∝ k) |
+                    last (w_K = 1);
+  soft RL           reasoning rows: -mean_k mean_tokens p_k(y*) (softmax probability of the
+                    true next token; `rl_span` answer: only the answer digits, all: every
+                    label), weight `rl_weight`;
+  improvement       reasoning rows: relu(CE_K - CE_1 + margin), weight `penalty_weight`.
+Routing is in the data: a batch's rows are all arithmetic (`reasoning` = 1) or all text
+(pipeline.RoutedIndex); text rows get the deep supervision only.
+
+Options (`model.scheme_options`): K (refinement steps, 1 = the baseline with the same
+parameters), alpha (step size in [0, 1]), gradient (full: through all K updates; truncated: each
+update starts from a detached u_{k-1}, so step k's loss reaches the head and the backbone through
+step k only), weights, rl_weight, rl_span, penalty_weight, margin (in [0, 1]).
+
+Forward passes per supervision step: 1 + K, the backbone once plus K calls of the head (g and
+the read-out); a head call costs far less than a backbone call (2 linear layers against
+num_layers attention + SwiGLU blocks), so this counts calls, not FLOPs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from trm_jax import losses, nn, recursion
+from trm_jax import model as model_lib
+from trm_jax.config import ModelSpec
+from trm_jax.recursion import Readout
+
+
+class RLRPModel(nnx.Module):
+  """Token embedding, causal blocks, the LM head and the latent refinement head (g, proj)."""
+
+  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+    pdt, D = spec.jnp_param_dtype, spec.hidden_size
+    self.spec = spec
+    self.embed_tokens = nnx.Param(nn.trunc_normal(rngs.params(), (spec.vocab_size, D), D**-0.5,
+                                                  pdt))
+    self.layers = nnx.List([nn.Block(spec, rngs=rngs, causal=True)
+                            for _ in range(spec.num_layers)])
+    self.lm_head = nn.Linear(D, spec.vocab_size, rngs=rngs, param_dtype=pdt)
+    self.g_in = nn.Linear(2 * D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+    self.g = nn.SwiGLU(D, spec.expansion, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+    self.proj = nn.Linear(D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+
+  def hidden(self, inputs_BL: jax.Array) -> jax.Array:
+    """h [B, L, D]: the causal backbone's final hidden states."""
+    spec = self.spec
+    cdt = spec.jnp_compute_dtype
+    h = math.sqrt(spec.hidden_size) * jnp.take(self.embed_tokens[...].astype(cdt),
+                                               inputs_BL.astype(jnp.int32), axis=0)
+    rope = nn.rope_tables(spec) if spec.pos_encodings == "rope" else None
+    for layer in self.layers:
+      h = layer(h, rope)
+    return h
+
+  def update(self, u_BLD: jax.Array, h_BLD: jax.Array, alpha: float) -> jax.Array:
+    return u_BLD + alpha * jnp.tanh(self.g(self.g_in(jnp.concatenate([u_BLD, h_BLD], -1))))
+
+  def readout(self, u_BLD: jax.Array, h_BLD: jax.Array) -> jax.Array:
+    return self.lm_head(h_BLD + self.proj(u_BLD)).astype(jnp.float32)
+
+
+def refine(model: RLRPModel, h_BLD: jax.Array, steps: int, alpha: float, truncated: bool
+           ) -> jax.Array:
+  """logits_k for k = 1..K, [K, B, L, V] (a scan over k; u_0 = h)."""
+  def body(u, _):
+    if truncated:
+      u = jax.lax.stop_gradient(u)
+    u = model.update(u, h_BLD, alpha)
+    return u, model.readout(u, h_BLD)
+
+  _, logits = jax.lax.scan(body, h_BLD, None, length=steps)
+  return logits
+
+
+def convex_weights(steps: int, kind: str) -> jax.Array:
+  """[K] non-negative weights summing to 1."""
+  k = jnp.arange(1, steps + 1, dtype=jnp.float32)
+  if kind == "uniform":
+    return jnp.full((steps,), 1.0 / steps)
+  if kind == "linear":
+    return k / k.sum()
+  if kind == "last":
+    return (k == steps).astype(jnp.float32)
+  raise ValueError(f"deep-supervision weights {kind!r}; choose uniform, linear or last")
+
+
+def step_cross_entropy(logits_KBLV: jax.Array, labels_BL: jax.Array, loss_type: str = "softmax"
+                       ) -> jax.Array:
+  """[K, B]: each row's mean next-token CE over its labels at every step (0 without labels)."""
+  mask = labels_BL != losses.IGNORE_LABEL_ID
+  token = jax.vmap(lambda l: losses.TOKEN_LOSSES[loss_type](l, labels_BL, mask))(logits_KBLV)
+  return token.sum(-1) / jnp.maximum(mask.sum(-1), 1)[None]
+
+
+def soft_rl(logits_KBLV: jax.Array, labels_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+  """[B]: -mean_k mean_{tokens in mask} p_k(y*) (0 for a row without masked tokens)."""
+  safe = jnp.where(mask_BL, labels_BL, 0)
+  probs = jax.nn.softmax(logits_KBLV.astype(jnp.float32), axis=-1)
+  p_true = jnp.take_along_axis(probs, jnp.broadcast_to(safe, probs.shape[:-1])[..., None],
+                               axis=-1)[..., 0]  # [K, B, L]
+  per_step = (jnp.sum(jnp.where(mask_BL[None], p_true, 0.0), -1)
+              / jnp.maximum(mask_BL.sum(-1), 1)[None])  # [K, B]
+  return -per_step.mean(0)
+
+
+def improvement_penalty(ce_KB: jax.Array, margin: float) -> jax.Array:
+  """[B]: relu(CE_K - CE_1 + margin)."""
+  return jax.nn.relu(ce_KB[-1] - ce_KB[0] + margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLRP(recursion.Scheme):
+  name: str = "rlrp"
+  options = {"K": (4,), "alpha": (0.5,), "gradient": ("full", "truncated"),
+             "weights": ("uniform", "linear", "last"), "rl_weight": (1.0,),
+             "rl_span": ("answer", "all"), "penalty_weight": (0.0,), "margin": (0.0,)}
+
+  def validate(self, spec):
+    super().validate(spec)
+    def fail(field, why):
+      raise ValueError(f"model config field '{field}' = {getattr(spec, field)!r}: {why} "
+                       "(scheme 'rlrp')")
+    if spec.halt_max_steps != 1:
+      fail("halt_max_steps", "must be 1: one supervision step per batch, the K refinements "
+           "are inside it (scheme_options.K)")
+    if spec.mlp_t:
+      fail("mlp_t", "must be False: a causal LM mixes tokens by causal attention")
+    if spec.puzzle_emb_ndim:
+      fail("puzzle_emb_ndim", "must be 0: a language model has no puzzle table")
+    if spec.pos_encodings not in ("rope", "none"):
+      fail("pos_encodings", "must be 'rope' or 'none'")
+
+  def build(self, spec, rngs):
+    return RLRPModel(spec, rngs=rngs)
+
+  def initial_carry(self, spec, batch_size):
+    """The row's tokens: all a row's state is (`answer_logits` reads from them)."""
+    return {"inputs": jnp.zeros((batch_size, spec.seq_len), jnp.int32)}
+
+  def refresh(self, spec, carry, fresh, batch, rng):
+    del spec, rng
+    inputs = batch["inputs"].astype(jnp.int32)
+    return dict(carry, inputs=jnp.where(fresh[:, None], inputs, carry["inputs"]))
+
+  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+    del rows, t, rng, training
+    model = model_lib.merge(spec, params)
+    inputs = data["inputs"].astype(jnp.int32)
+    logits = refine(model, model.hidden(inputs), self.option(spec, "K"),
+                    self.option(spec, "alpha"), self.option(spec, "gradient") == "truncated")
+    zeros = jnp.zeros(inputs.shape[:1], jnp.float32)
+    return (dict(carry, inputs=inputs),
+            Readout(logits[-1], zeros, zeros, logits if record else None,
+                    {"step_logits": logits}))
+
+  def answer_logits(self, params, rows, spec, carry):
+    """logits_0 = lm_head(h + proj(u_0)) with u_0 = h: the readout before any refinement."""
+    del rows
+    model = model_lib.merge(spec, params)
+    h = model.hidden(carry["inputs"])
+    return model.readout(h, h)
+
+  def forward_passes(self, spec):
+    return 1 + self.option(spec, "K")
+
+  def loss(self, spec, readout, targets, carry, data, halted):
+    logits = readout.extras["step_logits"]  # [K, B, L, V]
+    K, B = logits.shape[:2]
+    mask = targets != losses.IGNORE_LABEL_ID
+    reasoning = data["reasoning"].astype(bool) if "reasoning" in data else jnp.zeros((B,), bool)
+    answer = data["answer_mask"].astype(bool) & mask if "answer_mask" in data else mask & False
+    ce = step_cross_entropy(logits, targets, spec.loss_type)  # [K, B]
+    lm_loss = jnp.sum(convex_weights(K, self.option(spec, "weights"))[:, None] * ce)
+    rl_mask = answer if self.option(spec, "rl_span") == "answer" else mask
+    rl_loss = jnp.sum(jnp.where(reasoning, soft_rl(logits, targets, rl_mask), 0.0))
+    improvement_loss = jnp.sum(jnp.where(
+        reasoning, improvement_penalty(ce, self.option(spec, "margin")), 0.0))
+    total = (lm_loss + self.option(spec, "rl_weight") * rl_loss
+             + self.option(spec, "penalty_weight") * improvement_loss)
+
+    # Answer metrics on reasoning rows (teacher-forced: every answer digit is the argmax given
+    # the true prefix, which for greedy decoding is the same as generating the whole answer).
+    counts = answer.sum(-1)
+    valid = halted & reasoning & (counts > 0)
+    correct = (jnp.argmax(logits, -1) == targets[None]) & answer[None]  # [K, B, L]
+    exact = valid[None] & (correct.sum(-1) == counts[None])  # [K, B]
+    stop = jax.lax.stop_gradient
+    metrics = {
+        "count": valid.sum(),
+        "accuracy": jnp.sum(jnp.where(valid, correct[-1].sum(-1) / jnp.maximum(counts, 1), 0.0)),
+        "exact_accuracy": exact[-1].sum(),
+        "steps": jnp.where(valid, carry["steps"], 0).sum(),
+        "lm_loss": stop(lm_loss),
+        "rl_loss": stop(rl_loss),
+        "improvement_loss": stop(improvement_loss),
+    }
+    for k in range(K):
+      metrics[f"step{k + 1}_ce_loss"] = stop(ce[k].sum())
+      metrics[f"exact_accuracy_step{k + 1}"] = exact[k].sum()
+    return total, {k: v.astype(jnp.float32) for k, v in metrics.items()}
+
+
+recursion.register(RLRP())
