@@ -37,6 +37,7 @@ def main():
   mesh = sharding.make_mesh(tuple(int(x) for x in args.mesh.split("x")))
   run = trm_jax.load(args.run, mesh=mesh)
   cfg = run.config
+  cfg.eval.max_batches = 0  # the whole test split (several batches, the last one padded)
   spec = ModelSpec.from_config(run.model_config)
   strategy = inference.Strategy.from_config(cfg.eval)
   rows_per_device = {}

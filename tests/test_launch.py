@@ -2,6 +2,7 @@
 back by the launchers' own code, exact dry-run output, and a local 2-run sweep that resumes."""
 
 import json
+import shutil
 import os
 import pathlib
 import subprocess
@@ -238,17 +239,20 @@ def test_local_sweep_runs_and_resumes(tmp_path, repo_cwd):
   root = tmp_path / "runs"
   args = ["--config", str(experiment), "--sweep", "seeds", "--root", str(root),
           "--parallel", "2", "--config.train.log_every_steps=1", "--config.eval.max_batches=1",
-          "--config.train.epochs=20", "--config.train.eval_interval=20"]  # max_steps decides
-  assert launch_cli.main(args + ["--config.train.max_steps=3"]) == 0
+          "--config.train.epochs=20", "--config.train.eval_interval=20",  # max_steps decides
+          "--config.train.max_steps=5", "--config.train.checkpoint_every_steps=3"]
+  assert launch_cli.main(args) == 0
   workdirs = [root / "seeds" / "seed=0", root / "seeds" / "seed=1"]
   for workdir in workdirs:
-    assert _train_lines(workdir) == [1, 2, 3]
-    assert _checkpoints(workdir) == [3]
+    assert _train_lines(workdir) == [1, 2, 3, 4, 5]
+    assert _checkpoints(workdir) == [3, 5]
     assert (workdir / "eval_table.txt").is_file()
     assert "exact_accuracy:" in (workdir / local.LOG_FILE).read_text()  # the run's own output
+    shutil.rmtree(workdir / "checkpoints" / "5")  # as if preempted before its last save
   assert json.loads((workdirs[1] / "config.json").read_text())["train"]["seed"] == 1
-  # Launched again with more steps: each run continues from its checkpoint, same workdir.
-  assert launch_cli.main(args + ["--config.train.max_steps=5"]) == 0
+  # Launched again, the same command: each run continues from its checkpoint, same workdir,
+  # one metrics record per step.
+  assert launch_cli.main(args) == 0
   for workdir in workdirs:
     assert "resumed from checkpoint step 3" in (workdir / local.LOG_FILE).read_text()
     assert _train_lines(workdir) == [1, 2, 3, 4, 5]
