@@ -3,8 +3,9 @@
 A checkpoint holds three checkpointables:
   state  - the train state pytree (params, optimiser, EMA, puzzle table, ACT carry, step, RNG);
   loop   - the data iterator's state (the next stream position), as a small pytree;
-  config - the run's resolved experiment config as JSON ({"json": text}), so that a checkpoint
-           copied or moved on its own still says what it is (`trm_jax.load` reads it).
+  config - the run's resolved experiment config as UTF-8 JSON bytes ({"json": uint8 array}; an
+           array, not a string leaf, so it is stored like every other leaf), so that a
+           checkpoint copied or moved on its own still says what it is (`trm_jax.load`).
 Orbax writes into a temporary directory and renames it when complete, so a killed save leaves
 no half checkpoint under a step name; `restore_latest` still verifies that what it loads is
 complete and falls back to the previous good checkpoint, with a message, when it is not.
@@ -17,6 +18,7 @@ import pathlib
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from orbax.checkpoint import v1 as ocp
 
@@ -37,7 +39,8 @@ class CheckpointManager:
                config: dict[str, Any] | None = None):
     self.directory = pathlib.Path(directory).absolute()
     # Saved in every checkpoint (see the module docstring).
-    self._config = None if config is None else {"json": json.dumps(config, default=str)}
+    self._config = None if config is None else {
+        "json": np.frombuffer(json.dumps(config, default=str).encode(), np.uint8).copy()}
     policies = [ocp.training.save_decision_policies.FixedIntervalPolicy(save_interval_steps),
                 ocp.training.save_decision_policies.PreemptionCheckpointingPolicy()]
     preserve = [ocp.training.preservation_policies.LatestN(keep)]
@@ -100,4 +103,5 @@ def load_config(step_dir) -> dict[str, Any] | None:
   checkpoint has none (written before configs were saved in checkpoints)."""
   if not (pathlib.Path(step_dir) / "config").is_dir():
     return None
-  return json.loads(ocp.load_checkpointables(step_dir, {"config": None})["config"]["json"])
+  text = ocp.load_checkpointables(step_dir, {"config": None})["config"]["json"]
+  return json.loads(np.asarray(text, np.uint8).tobytes().decode())
