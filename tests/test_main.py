@@ -48,18 +48,25 @@ def test_sudoku_smoke_pipeline_end_to_end(tmp_path, capsys):
   assert list((tmp_path / "tb").iterdir())
 
 
-def test_arc_runlocal_reports_pass_at_k(tmp_path):
+def tiny_arc_config():
+  """ARC-1 ,runlocal on the fixture tasks (their test split has several augmentations per
+  task), batches of 8 / 16, one H and L cycle, 2 supervision steps."""
   cfg = load_config("arc", "arc1,runlocal")
   cfg.data.manual_dir = str(FIXTURE_ARC)
   cfg.data.builder_config.subsets = ("training", "evaluation")
-  cfg.train.epochs = 1
-  cfg.train.eval_interval = 1
   cfg.train.global_batch_size = 8
   cfg.eval.global_batch_size = 16
-  cfg.eval.max_batches = 0
   cfg.model.L_cycles = 1
   cfg.model.H_cycles = 1
   cfg.model.halt_max_steps = 2
+  return cfg
+
+
+def test_arc_runlocal_reports_pass_at_k(tmp_path):
+  cfg = tiny_arc_config()
+  cfg.train.epochs = 1
+  cfg.train.eval_interval = 1
+  cfg.eval.max_batches = 0
   result = main.run(cfg, str(tmp_path))
   assert {"pass@1", "pass@2", "pass@1000"} <= set(result)
   assert all(0.0 <= result[k] <= 1.0 for k in result if k.startswith("pass@"))

@@ -52,17 +52,10 @@ def arc_run(tmp_path_factory):
   """A tiny ARC run (one training step) on the fixture tasks: its test split has several
   augmentations per task, so pass@K votes over many rows."""
   from trm_jax import main
-  from tests.test_main import FIXTURE_ARC, load_config
-  cfg = load_config("arc", "arc1,runlocal")
-  cfg.data.manual_dir = str(FIXTURE_ARC)
-  cfg.data.builder_config.subsets = ("training", "evaluation")
-  cfg.train.global_batch_size = 8
+  from tests.test_main import tiny_arc_config
+  cfg = tiny_arc_config()
   cfg.train.max_steps = 1
-  cfg.eval.global_batch_size = 16
   cfg.eval.max_batches = 1  # the run's own evaluation; the tests below evaluate everything
-  cfg.model.L_cycles = 1
-  cfg.model.H_cycles = 1
-  cfg.model.halt_max_steps = 2
   workdir = tmp_path_factory.mktemp("arc")
   main.run(cfg, str(workdir))
   return workdir

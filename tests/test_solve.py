@@ -24,7 +24,7 @@ from trm_jax import inference, main, solve
 from trm_jax.config import ModelSpec
 from trm_jax.data import arc, arc_eval, datasets, pipeline
 
-from tests.test_main import FIXTURE_ARC, load_config, small_smoke_config
+from tests.test_main import FIXTURE_ARC, small_smoke_config, tiny_arc_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,15 +55,7 @@ def maze_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def arc_run(tmp_path_factory):
-  cfg = load_config("arc", "arc1,runlocal")
-  cfg.data.manual_dir = str(FIXTURE_ARC)
-  cfg.data.builder_config.subsets = ("training", "evaluation")
-  cfg.train.global_batch_size = 8
-  cfg.eval.global_batch_size = 16
-  cfg.model.L_cycles = 1
-  cfg.model.H_cycles = 1
-  cfg.model.halt_max_steps = 2
-  return _train(cfg, tmp_path_factory.mktemp("arc"))
+  return _train(tiny_arc_config(), tmp_path_factory.mktemp("arc"))
 
 
 def _solve(run, text, name="puzzles.txt", **kwargs):
