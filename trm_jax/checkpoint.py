@@ -104,4 +104,6 @@ def load_config(step_dir) -> dict[str, Any] | None:
   if not (pathlib.Path(step_dir) / "config").is_dir():
     return None
   text = ocp.load_checkpointables(step_dir, {"config": None})["config"]["json"]
+  if isinstance(text, str):  # written as a string leaf by the first version of this format
+    return json.loads(text)
   return json.loads(np.asarray(text, np.uint8).tobytes().decode())

@@ -72,7 +72,7 @@ import sys
 from typing import Any, Iterable, Iterator, TextIO
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
@@ -503,7 +503,8 @@ def main(argv):
   import trm_jax
 
   if not FLAGS["verbosity"].present:  # libraries' INFO lines (Orbax) would bury the error lines
-    logging.set_verbosity(logging.WARNING)
+    from trm_jax import console
+    console.quiet_libraries()
   for module in FLAGS.imports:
     importlib.import_module(module)
   try:
