@@ -69,11 +69,13 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
     colour = colours[i % len(colours)]
     prefix = f"{label}: " if several else ""
     losses = [(r["step"], r["lm_loss"]) for r in train if "lm_loss" in r]
+    marker = "." if len(train) < 3 else None  # a line of one point draws nothing
     if losses:
-      loss_ax.plot(*zip(*losses), color=colour, lw=1.2, label=label if several else None)
+      loss_ax.plot(*zip(*losses), color=colour, lw=1.2, marker=marker,
+                   label=label if several else None)
     if train:
       acc_ax.plot([r["step"] for r in train], [r["exact_accuracy"] for r in train],
-                  color=colour, lw=1.2, label=f"{prefix}training batches")
+                  color=colour, lw=1.2, marker=marker, label=f"{prefix}training batches")
     if evals:
       acc_ax.plot([r["step"] for r in evals], [r["exact_accuracy"] for r in evals], "o--",
                   color=colour, ms=5, lw=0.8, label=f"{prefix}held-out")
