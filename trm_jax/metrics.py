@@ -5,24 +5,36 @@ metrics.jsonl holds one JSON object per logged step ({"step", "kind": "train" | 
 A resumed run first drops the records after the step it resumes from (the steps a crash made
 it train twice), so the file keeps one record per step and kind; TensorBoard is told the same
 with `purge_step`, which hides the older events from that step on.
+
+The workdir may be on an object store (trm_jax/paths.py), where a file cannot be appended to
+and every flush writes the whole object again: the writer keeps its records and appends them
+at each `flush` (every record locally; on an object store at most every
+REMOTE_FLUSH_SECONDS, and whenever the training loop flushes: evaluations, checkpoints,
+close). A crash loses only the records not yet flushed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
+import shutil
+import tempfile
 import time
 from typing import Any
 
 import jax
+from etils import epath
+
+from trm_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
+# On an object store, the least time between two flushes that `write` makes itself.
+REMOTE_FLUSH_SECONDS = 30.0
 
 
-def read(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+def read(workdir: paths.PathLike) -> list[dict[str, Any]]:
   """The records of `workdir`/metrics.jsonl, in file order."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path}: missing; `python -m trm_jax.main` writes it during training")
   records = []
@@ -36,11 +48,11 @@ def read(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
   return records
 
 
-def drop_after(workdir: str | pathlib.Path, step: int) -> int:
+def drop_after(workdir: paths.PathLike, step: int) -> int:
   """Rewrites metrics.jsonl without the records of steps after `step` (and a last line that a
   crash cut short); returns how many lines it dropped. The new file replaces the old one
   atomically (a crash leaves one or the other)."""
-  path = pathlib.Path(workdir) / METRICS_FILE
+  path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return 0
   lines = path.read_text().splitlines(keepends=True)
@@ -51,44 +63,75 @@ def drop_after(workdir: str | pathlib.Path, step: int) -> int:
     return 0
   partial = path.with_name(path.name + ".partial")
   partial.write_text("".join(kept))
-  os.replace(partial, path)
+  partial.replace(path)
   return len(lines) - len(kept)
 
 
 class MetricWriter:
-  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed).
+  """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed) in tb/.
 
   Only process 0 writes; on the others every call is a no-op. `resume_step`: the checkpoint
   step the run resumes from; records after it are dropped first (see the module docstring).
+  On an object store the event files are written to a local temporary directory and copied
+  into tb/ at each flush (tensorboardX's own gs:// writer uploads again whenever it is
+  garbage-collected).
   """
 
-  def __init__(self, workdir: str | pathlib.Path, resume_step: int | None = None):
+  def __init__(self, workdir: paths.PathLike, resume_step: int | None = None):
     self.active = jax.process_index() == 0
     if not self.active:
       return
     from tensorboardX import SummaryWriter
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     purge_step = None
     if resume_step is not None:
       drop_after(workdir, resume_step)
       purge_step = resume_step + 1
-    self._jsonl = open(workdir / METRICS_FILE, "a")
-    self._tb = SummaryWriter(str(workdir / "tb"), purge_step=purge_step)
+    self._path = workdir / METRICS_FILE
+    self._lines: list[str] = []
+    self._tb_dir = workdir / "tb"
+    remote = paths.is_remote(workdir)
+    self._flush_seconds = REMOTE_FLUSH_SECONDS if remote else 0.0
+    self._last_flush = time.monotonic()
+    self._tb_local = tempfile.mkdtemp(prefix="trm_jax_tb_") if remote else None
+    self._tb = SummaryWriter(self._tb_local or str(self._tb_dir), purge_step=purge_step)
 
   def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
     if not self.active:
       return
-    self._jsonl.write(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
-    self._jsonl.flush()
+    self._lines.append(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
     for name, value in metrics.items():
       self._tb.add_scalar(f"{kind}/{name}", value, step)
+    if time.monotonic() - self._last_flush >= self._flush_seconds:
+      self.flush()
+
+  def flush(self) -> None:
+    """Appends the records written since the last flush to metrics.jsonl; flushes TensorBoard."""
+    if not self.active:
+      return
+    if self._lines:
+      paths.append_text(self._path, "".join(self._lines))
+      self._lines = []
     self._tb.flush()
+    self._copy_tb()
+    self._last_flush = time.monotonic()
+
+  def _copy_tb(self) -> None:
+    if self._tb_local is None:
+      return
+    self._tb_dir.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(self._tb_local):
+      with open(os.path.join(self._tb_local, name), "rb") as f:
+        (self._tb_dir / name).write_bytes(f.read())
 
   def close(self) -> None:
     if not self.active:
       return
-    self._jsonl.close()
+    self.flush()
     self._tb.close()
+    if self._tb_local is not None:
+      self._copy_tb()
+      shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
 class Throughput:
