@@ -86,7 +86,8 @@ def test_skypilot_dry_run_text(repo_cwd, capsys):
   code = launch_cli.main(["--config", SUDOKU, "--sweep", "smoke", "--root", "gs://b/runs",
                           "--backend", "skypilot", "--accelerator", "tpu-v5p-16", "--spot",
                           "--only", "lr=0.003,seed=2", "--dry_run",
-                          "--config.data.manual_dir=gs://b/data"])
+                          "--config.data.manual_dir=gs://b/data",
+                          "--config.data.data_dir=/mnt/shared/tfds"])
   assert code == 0
   assert capsys.readouterr().out == textwrap.dedent(f"""\
       # trm-smoke-lr-0-003-seed-2.yaml
@@ -100,9 +101,18 @@ def test_skypilot_dry_run_text(repo_cwd, capsys):
           max_restarts_on_errors: 0
       setup: bash launch/setup.sh tpu
       run: |
-        python3 -m trm_jax.main --config experiments/sudoku.py:smoke --workdir gs://b/runs/smoke/lr=0.003,seed=2 --config.train.lr=0.003 --config.train.seed=2 --config.data.manual_dir=gs://b/data
+        python3 -m trm_jax.main --config experiments/sudoku.py:smoke --workdir gs://b/runs/smoke/lr=0.003,seed=2 --config.train.lr=0.003 --config.train.seed=2 --config.data.manual_dir=gs://b/data --config.data.data_dir=/mnt/shared/tfds
       # $ sky jobs launch --yes --detach-run --name trm-smoke-lr-0-003-seed-2 trm-smoke-lr-0-003-seed-2.yaml
       """)
+
+
+def test_a_bucket_root_needs_a_local_data_dir(repo_cwd, capsys):
+  """The TFDS data would default to ROOT/SWEEP/RUN/tfds, on the bucket, where array_record
+  cannot write: refused at launch, naming the field."""
+  code = launch_cli.main(["--config", SUDOKU, "--sweep", "smoke", "--root", "gs://b/runs",
+                          "--backend", "skypilot", "--accelerator", "tpu-v5p-16", "--dry_run"])
+  assert code == 2
+  assert "config field 'data.data_dir' = 'gs://b/runs/smoke/" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- slurm --

@@ -54,7 +54,9 @@ def test_names_and_runlocal():
                        sweep.zip_(sweep.axis("train.seed", [0, 1]),
                                   sweep.axis("eval.seed", [1, 0])),
                        sweep.axis("model.L_cycles", [1]), sweep.axis("mesh_shape", [(-1, 1)]))
-  expanded = sweep.expand(SUDOKU, "s", runs, "gs://bucket/runs", runlocal=True)
+  # (TFDS data cannot live in the bucket: a local data_dir for every run.)
+  expanded = sweep.expand(SUDOKU, "s", runs, "gs://bucket/runs", runlocal=True,
+                          common_flags=["--config.data.data_dir=/data/tfds"])
   # Only what differs between runs names them; a key whose last part is ambiguous stays whole.
   assert [r.name for r in expanded] == [
       "config=smoke,train.seed=0,eval.seed=1", "config=smoke,train.seed=1,eval.seed=0",
@@ -62,7 +64,8 @@ def test_names_and_runlocal():
   assert expanded[2].config == "experiments/sudoku.py:dis_smoke,runlocal"
   assert expanded[2].workdir == "gs://bucket/runs/s/config=dis_smoke,train.seed=0,eval.seed=1"
   assert expanded[0].flags == ("--config.train.seed=0", "--config.eval.seed=1",
-                               "--config.model.L_cycles=1", "--config.mesh_shape=(-1, 1)")
+                               "--config.model.L_cycles=1", "--config.mesh_shape=(-1, 1)",
+                               "--config.data.data_dir=/data/tfds")
   for run in expanded:
     config = sweep.check(run)
     assert config.mesh_shape == (-1, 1) and config.model.L_cycles == 1

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import json
-import pathlib
 import sys
 import time
 from typing import Any
 
 from absl import app, flags
+from etils import epath
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (or a checkpoint directory)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
@@ -177,12 +177,13 @@ def format_strategies(rows, scorers=()) -> str:
   return "\n".join(lines)
 
 
-def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib.Path]:
+def plot(summary: dict[str, Any], out: epath.Path, title: str) -> list[epath.Path]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
   from trm_jax import analysis as analysis_lib
+  from trm_jax.plot import save_figure
 
   points = summary["points"]
   passes = [p["forward_passes"] for p in points]
@@ -217,7 +218,7 @@ def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib
       ax.axvline(x, color="grey", lw=0.5, ls=":")
   fig.tight_layout()
   paths = [out / "trajectory.png"]
-  fig.savefig(paths[-1], dpi=120)
+  save_figure(fig, paths[-1])
   plt.close(fig)
 
   histogram = np.asarray(summary["last_useful_point_histogram"])
@@ -231,7 +232,7 @@ def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib
                f"{summary['forward_passes_per_example']:g} passes")
   fig.tight_layout()
   paths.append(out / "last_useful.png")
-  fig.savefig(paths[-1], dpi=120)
+  save_figure(fig, paths[-1])
   plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(8, 5))
@@ -251,7 +252,7 @@ def plot(summary: dict[str, Any], out: pathlib.Path, title: str) -> list[pathlib
   ax.legend(loc="lower right", fontsize=7)
   fig.tight_layout()
   paths.append(out / "frontier.png")
-  fig.savefig(paths[-1], dpi=120)
+  save_figure(fig, paths[-1])
   plt.close(fig)
   return paths
 
@@ -300,7 +301,7 @@ def main(argv):
                     ws=ws, ks=ks, margin_w=_MARGIN_W.value, scorers=scorers,
                     cfg_ws=_floats(_CFG_WS.value, "cfg_ws"), rollouts=_pairs(_ROLLOUTS.value))
   summary.update(workdir=str(run.workdir), split=_SPLIT.value, seconds=time.time() - start)
-  out = pathlib.Path(_OUT.value) if _OUT.value else run.workdir / "analysis"
+  out = epath.Path(_OUT.value) if _OUT.value else run.workdir / "analysis"
   out.mkdir(parents=True, exist_ok=True)
   title = f"{summary['scheme']} step {run.step}, {_SPLIT.value}"
   text = "\n\n".join([f"{title}: {summary['examples']} examples, "

@@ -6,21 +6,25 @@ A checkpoint holds three checkpointables:
   config - the run's resolved experiment config as UTF-8 JSON bytes ({"json": uint8 array}; an
            array, not a string leaf, so it is stored like every other leaf), so that a
            checkpoint copied or moved on its own still says what it is (`trm_jax.load`).
-Orbax writes into a temporary directory and renames it when complete, so a killed save leaves
-no half checkpoint under a step name; `restore_latest` still verifies that what it loads is
-complete and falls back to the previous good checkpoint, with a message, when it is not.
+Orbax writes into a temporary directory and renames it when complete (on gs://, which has no
+atomic rename, it marks the directory complete with a commit_success.txt file instead), so a
+killed save leaves no half checkpoint under a step name; `restore_latest` still verifies that
+what it loads is complete and falls back to the previous good checkpoint, with a message, when
+it is not.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from orbax.checkpoint import v1 as ocp
+
+from trm_jax import paths
 
 
 def _abstract(tree):
@@ -37,7 +41,7 @@ class CheckpointManager:
   def __init__(self, directory, *, save_interval_steps: int, keep: int = 3,
                keep_best: int = 0, best_metric: str = "exact_accuracy",
                config: dict[str, Any] | None = None):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = paths.absolute(directory)
     # Saved in every checkpoint (see the module docstring).
     self._config = None if config is None else {
         "json": np.frombuffer(json.dumps(config, default=str).encode(), np.uint8).copy()}
@@ -101,7 +105,7 @@ class CheckpointManager:
 def load_config(step_dir) -> dict[str, Any] | None:
   """The resolved experiment config saved in one checkpoint's directory, or None when the
   checkpoint has none (written before configs were saved in checkpoints)."""
-  if not (pathlib.Path(step_dir) / "config").is_dir():
+  if not (epath.Path(step_dir) / "config").is_dir():
     return None
   text = ocp.load_checkpointables(step_dir, {"config": None})["config"]["json"]
   if isinstance(text, str):  # written as a string leaf by the first version of this format

@@ -20,16 +20,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import pathlib
 import re
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from trm_jax import config as config_lib
 from trm_jax import model as model_lib
+from trm_jax import paths
 from trm_jax.config import ModelSpec
 
 _STRIP_PREFIXES = ("_orig_mod.", "model.")
@@ -233,17 +234,17 @@ def official_arch(model_config) -> dict[str, Any]:
   return arch
 
 
-def save_params(params: model_lib.Params, directory: str | pathlib.Path) -> None:
+def save_params(params: model_lib.Params, directory: paths.PathLike) -> None:
   from orbax.checkpoint import v1 as ocp
-  ocp.save(pathlib.Path(directory).absolute(), params)
+  ocp.save(paths.absolute(directory), params)
 
 
-def load_params(directory: str | pathlib.Path, model_config) -> model_lib.Params:
+def load_params(directory: paths.PathLike, model_config) -> model_lib.Params:
   from orbax.checkpoint import v1 as ocp
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           model_lib.abstract_params(model_config))
-  return ocp.load(pathlib.Path(directory).absolute(), abstract)
+  return ocp.load(paths.absolute(directory), abstract)
 
 
 def _split_override(text: str) -> tuple[str, str]:
@@ -269,7 +270,7 @@ def cli(argv: list[str] | None = None) -> None:
   if args.preset:
     cfg = config_lib.PRESETS[args.preset]()
   else:
-    text = pathlib.Path(args.official_config).read_text()
+    text = epath.Path(args.official_config).read_text()
     if args.official_config.endswith((".yaml", ".yml")):
       import yaml  # Only for this optional path.
       loaded = yaml.safe_load(text)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pathlib
 import sys
 from typing import Any, Mapping
 
@@ -102,7 +101,7 @@ def main(argv):
   options = flags.FLAGS
   run = trm_jax.load(options.workdir, options.step)
   result = evaluate_run(run, batch_size=options.batch_size, max_examples=options.max_examples)
-  out = pathlib.Path(run.workdir) / "lm_eval"
+  out = run.workdir / "lm_eval"
   out.mkdir(parents=True, exist_ok=True)
   text = format_steps(result)
   (out / "lm_eval.txt").write_text(text + "\n")

@@ -12,7 +12,10 @@ show.
 
 Writes to the workdir: config.json (the resolved config), metrics.jsonl (one JSON object per
 logged step and per evaluation, with throughput: see trm_jax/metrics.py), TensorBoard event
-files under tb/, eval_table.txt, and plots/*.png (trm_jax/plot.py).
+files under tb/, eval_table.txt, and plots/*.png (trm_jax/plot.py). The workdir may be a
+bucket (gs://BUCKET/runs/x, with the `gcs` extra: trm_jax/paths.py), and so may
+data.manual_dir; the TFDS data (data.data_dir, by default <workdir>/tfds) must then be given
+a local directory: array_record files are local-only (`datasets.check_data_dir`).
 
 Run again with the same --workdir to resume from its newest checkpoint. A resume with a config
 that differs from the workdir's config.json is refused, naming the fields, unless
@@ -33,7 +36,6 @@ _HOST_MALLOC = host_memory.configure(os.environ.get("TRM_JAX_HOST_MALLOC", "auto
 
 import functools
 import json
-import pathlib
 import signal
 import sys
 import time
@@ -44,6 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from trm_jax import checkpoint as checkpoint_lib
@@ -52,6 +55,7 @@ from trm_jax import flops as flops_lib
 from trm_jax import inference
 from trm_jax import metrics as metrics_lib
 from trm_jax import model as model_lib
+from trm_jax import paths
 from trm_jax import runs as runs_lib
 from trm_jax import sharding as sharding_lib
 from trm_jax import train as train_lib
@@ -147,12 +151,29 @@ def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
   return model_cfg
 
 
+def data_folders(cfg: ml_collections.ConfigDict, workdir: str) -> tuple[str, ...]:
+  """Sets the data folders left empty to folders of the workdir: data.data_dir to
+  <workdir>/tfds and, for generated data, data.manual_dir to <workdir>/raw; returns the fields
+  it set. Raises ValueError naming data.data_dir where TFDS cannot keep a dataset (a bucket:
+  `datasets.check_data_dir`)."""
+  in_workdir = ()
+  workdir_path = epath.Path(workdir)
+  if not cfg.data.data_dir:
+    cfg.data.data_dir = str(workdir_path / "tfds")
+    in_workdir += ("data.data_dir",)
+  if cfg.data.get("generate") and cfg.data.generate.get("kind") and not cfg.data.manual_dir:
+    cfg.data.manual_dir = str(workdir_path / "raw")
+    in_workdir += ("data.manual_dir",)
+  datasets.check_data_dir(cfg.data, defaulted="data.data_dir" in in_workdir)
+  return in_workdir
+
+
 class ConfigChangeError(ValueError):
   """A resume whose config differs from the run's config.json, without --allow_config_change."""
 
 
-def config_changes_on_resume(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
-                             checkpoint_dir: pathlib.Path, allow: bool,
+def config_changes_on_resume(cfg: ml_collections.ConfigDict, workdir: epath.Path,
+                             checkpoint_dir: epath.Path, allow: bool,
                              in_workdir: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
   """The fields `cfg` would change in the run it resumes ({} when there is no checkpoint to
   resume). Raises ConfigChangeError naming them unless `allow` or they are EXECUTION_FIELDS.
@@ -224,7 +245,7 @@ def arc_evaluator_for(cfg: ml_collections.ConfigDict):
   return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
 
 
-def report_eval(result: dict[str, Any], path: pathlib.Path,
+def report_eval(result: dict[str, Any], path: epath.Path,
                 console: console_lib.Console) -> None:
   """Process 0 prints the evaluation table and writes it to `path`."""
   table = format_eval_table(result)
@@ -375,7 +396,7 @@ def run_header(workdir_path, mesh, spec: ModelSpec, trainable, puzzle_table, cfg
   processes = f" over {jax.process_count()} processes" if jax.process_count() > 1 else ""
   table = f" (+{puzzle_table.size:,} in the puzzle table)" if puzzle_table is not None else ""
   return [
-      ("workdir", str(workdir_path.absolute())),
+      ("workdir", str(paths.absolute(workdir_path))),
       ("devices", f"{jax.device_count()} x {kind}{processes}"),
       ("mesh", ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items())),
       ("model", f"{spec.scheme}, {model_lib.count_params(trainable):,} parameters{table}, up "
@@ -388,8 +409,8 @@ def run_header(workdir_path, mesh, spec: ModelSpec, trainable, puzzle_table, cfg
   ]
 
 
-def evaluate_checkpoint(cfg, data, mesh, checkpoint_path: pathlib.Path,
-                        workdir_path: pathlib.Path, console: console_lib.Console,
+def evaluate_checkpoint(cfg, data, mesh, checkpoint_path: epath.Path,
+                        workdir_path: epath.Path, console: console_lib.Console,
                         data_seconds: float) -> dict[str, Any]:
   """--eval_only: the newest checkpoint's evaluation weights, with the model config saved in
   it, evaluated on this config's test data with this config's `eval` strategy. Only the
@@ -433,16 +454,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   # Shapes are filled in from the data later; fields (and the eval strategy) checked now.
   inference.Strategy.from_config(cfg.eval).validate(ModelSpec.from_config(cfg.model))
   console = console_lib.Console()
-  workdir_path = pathlib.Path(workdir)
+  workdir_path = epath.Path(workdir)
+  in_workdir = data_folders(cfg, workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
-  in_workdir = ()
-  if not cfg.data.data_dir:
-    cfg.data.data_dir = str(workdir_path / "tfds")
-    in_workdir += ("data.data_dir",)
-  if cfg.data.get("generate") and cfg.data.generate.get("kind") and not cfg.data.manual_dir:
-    cfg.data.manual_dir = str(workdir_path / "raw")
-    in_workdir += ("data.manual_dir",)
-  checkpoint_path = pathlib.Path(checkpoint_dir) if checkpoint_dir else workdir_path / "checkpoints"
+  checkpoint_path = epath.Path(checkpoint_dir) if checkpoint_dir else workdir_path / "checkpoints"
   # Before anything is built or compiled (every process reads config.json before process 0
   # rewrites it, which it does after the "dataset built" barrier).
   config_changes = {} if eval_only else config_changes_on_resume(
@@ -582,10 +597,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
         writer.write(step, "eval", {**eval_metrics, "seconds": eval_seconds})
         console.line(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f} "
                      f"({eval_seconds:.1f}s)")
-      if checkpoints.maybe_save(step, state, {"data_iterator": train_iter.get_state()},
-                                force=terminate.requested or step == total_steps,
-                                metrics=eval_metrics):
+      saved = checkpoints.maybe_save(step, state, {"data_iterator": train_iter.get_state()},
+                                     force=terminate.requested or step == total_steps,
+                                     metrics=eval_metrics)
+      if saved:
         console.line(f"step {step}: saving checkpoint {checkpoints.directory / str(step)}")
+      if saved or eval_metrics is not None:  # (a resume keeps the records up to its checkpoint)
+        writer.flush()
       bar.update(1)
       if terminate.requested:
         checkpoints.wait()
@@ -620,16 +638,16 @@ def mfu_inputs(device, num_devices: int, spec: ModelSpec, train_cfg, total_steps
   return step_flops, peak * 1e12 * num_devices if peak else None
 
 
-def write_plots(workdir: pathlib.Path, console: console_lib.Console) -> None:
+def write_plots(workdir: epath.Path, console: console_lib.Console) -> None:
   """The run's curves (trm_jax/plot.py) into workdir/plots; a failure only warns."""
   from trm_jax import plot
   try:
-    paths = plot.plot_runs([workdir], workdir / "plots")
+    written = plot.plot_runs([workdir], workdir / "plots")
   except Exception as error:  # noqa: BLE001  (the run itself has succeeded)
     logging.warning("could not plot %s (%s: %s); `python -m trm_jax.plot --workdir %s` "
                     "retries", workdir, type(error).__name__, error, workdir)
     return
-  console.line(f"plots: {', '.join(str(p) for p in paths)}")
+  console.line(f"plots: {', '.join(str(p) for p in written)}")
 
 
 def initialize_distributed() -> None:

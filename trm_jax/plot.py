@@ -17,19 +17,21 @@ workdir's name. `python -m trm_jax.main` writes <workdir>/plots at the end of a 
 from __future__ import annotations
 
 import argparse
-import pathlib
 import re
 from typing import Any, Sequence
 
+from etils import epath
+
 from trm_jax import metrics as metrics_lib
+from trm_jax import paths as paths_lib
 
 _STEP_KEY = re.compile(r"^exact_accuracy_step(\d+)$")
 
 
-def run_labels(workdirs: Sequence[pathlib.Path]) -> list[str]:
+def run_labels(workdirs: Sequence[paths_lib.PathLike]) -> list[str]:
   """Each workdir's name, or its whole path where two runs share a name."""
-  names = [pathlib.Path(w).absolute().name for w in workdirs]
-  return [name if names.count(name) == 1 else str(pathlib.Path(w).absolute())
+  names = [paths_lib.absolute(w).name for w in workdirs]
+  return [name if names.count(name) == 1 else str(paths_lib.absolute(w))
           for name, w in zip(names, workdirs)]
 
 
@@ -40,8 +42,8 @@ def per_step_accuracy(record: dict[str, Any]) -> list[float]:
   return [value for _, value in steps]
 
 
-def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
-              ) -> list[pathlib.Path]:
+def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
+              ) -> list[epath.Path]:
   """Writes curves.png (and eval_per_step.png once a run has evaluated) into `out`; returns the
   paths written."""
   import matplotlib
@@ -49,7 +51,7 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
   import matplotlib.pyplot as plt
   import matplotlib.ticker
 
-  workdirs = [pathlib.Path(w) for w in workdirs]
+  workdirs = [epath.Path(w) for w in workdirs]
   runs = []
   for label, workdir in zip(run_labels(workdirs), workdirs):
     records = metrics_lib.read(workdir)
@@ -58,7 +60,7 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
     if not train and not evals:
       raise ValueError(f"{workdir / metrics_lib.METRICS_FILE}: no train or eval records yet")
     runs.append((label, train, evals))
-  out = pathlib.Path(out)
+  out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   several = len(runs) > 1
@@ -93,7 +95,7 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
       ax.legend(fontsize=8)
   fig.tight_layout()
   paths.append(out / "curves.png")
-  fig.savefig(paths[-1], dpi=120)
+  save_figure(fig, paths[-1])
   plt.close(fig)
 
   evaluated = [(label, [r for r in evals if per_step_accuracy(r)]) for label, _, evals in runs]
@@ -118,9 +120,15 @@ def plot_runs(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
     ax.legend(fontsize=8, title="evaluation at training step" if not several else None)
     fig.tight_layout()
     paths.append(out / "eval_per_step.png")
-    fig.savefig(paths[-1], dpi=120)
+    save_figure(fig, paths[-1])
     plt.close(fig)
   return paths
+
+
+def save_figure(fig, path: epath.Path, dpi: int = 120) -> None:
+  """`fig` as a PNG at `path` (local or gs://: matplotlib writes into the opened file)."""
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=dpi)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -132,10 +140,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--out", help="output directory (default <workdir>/plots; required with "
                       "several workdirs)")
   args = parser.parse_args(argv)
-  workdirs = [pathlib.Path(w) for w in args.workdir]
+  workdirs = [epath.Path(w) for w in args.workdir]
   if len(workdirs) > 1 and not args.out:
     parser.error("--out is required with several --workdir (it is where the overlay goes)")
-  out = pathlib.Path(args.out) if args.out else workdirs[0] / "plots"
+  out = epath.Path(args.out) if args.out else workdirs[0] / "plots"
   paths = plot_runs(workdirs, out)
   print("wrote " + ", ".join(str(p) for p in paths))
   if not any(p.name == "eval_per_step.png" for p in paths):

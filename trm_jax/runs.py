@@ -1,6 +1,7 @@
 """A training run's directory, read back: its resolved config and its evaluation weights.
 
     run = trm_jax.load("/tmp/smoke")            # a workdir, its checkpoints/ or one step's dir
+    run = trm_jax.load("gs://BUCKET/runs/x")    # on a bucket as well (trm_jax/paths.py)
     run.params, run.model_config, run.config, run.step
 
 Nothing of the training run is rebuilt (no optimiser, no data stream, no example batch): the
@@ -19,42 +20,54 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import pathlib
+import os
 from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 from orbax.checkpoint import v1 as ocp
 
-from trm_jax import checkpoint as checkpoint_lib, sharding as sharding_lib, train as train_lib
+from trm_jax import checkpoint as checkpoint_lib, paths, sharding as sharding_lib
+from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
 
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 ABSENT = "<absent>"
+# On gs:// (no atomic rename) Orbax writes a step's directory in place and marks it complete
+# with this file last.
+COMMIT_SUCCESS_FILE = "commit_success.txt"
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  workdir: pathlib.Path
+  workdir: epath.Path
   config: ml_collections.ConfigDict        # the resolved experiment config
   model_config: ml_collections.ConfigDict  # with the dataset's shapes filled in
   params: dict[str, Any]                   # evaluation weights
   step: int                                # the checkpoint's training step
-  checkpoint: pathlib.Path
+  checkpoint: epath.Path
 
 
-def checkpoint_steps(checkpoints: pathlib.Path) -> list[int]:
+def _complete(step_dir: epath.Path) -> bool:
+  if not (step_dir / "state").is_dir():
+    return False
+  return not os.fspath(step_dir).startswith("gs://") or (step_dir / COMMIT_SUCCESS_FILE).exists()
+
+
+def checkpoint_steps(checkpoints: paths.PathLike) -> list[int]:
   """The steps of the complete checkpoints in a checkpoints directory (none if it is absent)."""
+  checkpoints = epath.Path(checkpoints)
   if not checkpoints.is_dir():
     return []
   return sorted(int(p.name) for p in checkpoints.iterdir()
-                if p.name.isdigit() and (p / "state").is_dir())
+                if p.name.isdigit() and _complete(p))
 
 
-def _locate(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, pathlib.Path]:
+def _locate(path: paths.PathLike, step: int | None) -> tuple[epath.Path, epath.Path]:
   """(workdir, checkpoint step directory) for a workdir, a checkpoints dir or a step dir."""
-  path = path.expanduser().absolute()
+  path = paths.absolute(path)
   if not path.exists():
     raise FileNotFoundError(f"{path}: no such run directory or checkpoint")
   if (path / "state").is_dir():  # a step directory
@@ -70,7 +83,7 @@ def _locate(path: pathlib.Path, step: int | None) -> tuple[pathlib.Path, pathlib
   return checkpoints.parent, chosen
 
 
-def load(path: str | pathlib.Path, step: int | None = None, *,
+def load(path: paths.PathLike, step: int | None = None, *,
          mesh: jax.sharding.Mesh | None = None) -> Run:
   """The run at `path` (workdir, its checkpoints directory, or one checkpoint's directory).
 
@@ -78,7 +91,7 @@ def load(path: str | pathlib.Path, step: int | None = None, *,
   rules, `trm_jax.sharding`), as every process of a multi-process run must; without, onto this
   process's first local device.
   """
-  workdir, checkpoint = _locate(pathlib.Path(path), step)
+  workdir, checkpoint = _locate(path, step)
   saved = checkpoint_lib.load_config(checkpoint)
   if saved is not None:
     config = ml_collections.ConfigDict(saved)
@@ -124,11 +137,10 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tu
   return differences
 
 
-def record_config_change(workdir: str | pathlib.Path, step: int,
+def record_config_change(workdir: paths.PathLike, step: int,
                          differences: dict[str, tuple[Any, Any]]) -> None:
   """Appends {"step", "time", "changes": {field: [old, new]}} to the run's
   config_changes.jsonl: the config.json before `step`'s resume held the old values."""
   record = {"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "changes": {field: list(change) for field, change in differences.items()}}
-  with open(pathlib.Path(workdir) / CONFIG_CHANGES_FILE, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  paths.append_text(epath.Path(workdir) / CONFIG_CHANGES_FILE, json.dumps(record) + "\n")

@@ -73,6 +73,7 @@ from typing import Any, Iterable, Iterator, TextIO
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 FLAGS = flags.FLAGS
 
@@ -484,7 +485,7 @@ def solve_text(run, text: str, name: str, *, trace: bool = False, submission: st
       errors += unknown
     if submission:
       entries = evaluator.submission() if evaluator is not None else {}
-      pathlib.Path(submission).write_text(json.dumps(entries))
+      epath.Path(submission).write_text(json.dumps(entries))
       print(f"# wrote {submission}: {len(entries)} task{'s' * (len(entries) != 1)}", file=out)
   elif puzzles:
     solve_grids(solver, puzzles, render, out)
@@ -512,7 +513,7 @@ def main(argv):
     if FLAGS.input == "-":
       text, name = sys.stdin.read(), STDIN
     else:
-      path = pathlib.Path(FLAGS.input)
+      path = epath.Path(FLAGS.input)
       text, name = path.read_text(encoding="utf-8"), str(path)
     return solve_text(run, text, name, trace=FLAGS.trace, submission=FLAGS.submission,
                       batch_size=FLAGS.batch_size, halt=FLAGS.halt, task_id=FLAGS.task_id,

@@ -211,7 +211,7 @@ def check(run: Run) -> ml_collections.ConfigDict:
     if parsed != declared:
       raise ValueError(f"run {run.name!r}: override {key!r} = {value!r} reads back from the "
                        f"command line as {parsed!r}")
-  _validate_experiment(config, run.name)
+  _validate_experiment(config, run.name, run.workdir)
   return config
 
 
@@ -232,12 +232,14 @@ def _check_key(config: ml_collections.ConfigDict, key: str, run_name: str) -> No
     node, path = node[part], path + [part]
 
 
-def _validate_experiment(config: ml_collections.ConfigDict, run_name: str) -> None:
+def _validate_experiment(config: ml_collections.ConfigDict, run_name: str, workdir: str
+                         ) -> None:
   from trm_jax import inference
   from trm_jax.config import ModelSpec
-  from trm_jax.main import validate_experiment
+  from trm_jax.main import data_folders, validate_experiment
   try:
     validate_experiment(config)
     inference.Strategy.from_config(config.eval).validate(ModelSpec.from_config(config.model))
+    data_folders(ml_collections.ConfigDict(config.to_dict()), workdir)  # as the run will set them
   except ValueError as error:
     raise ValueError(f"run {run_name!r}: {error}") from error

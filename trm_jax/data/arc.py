@@ -17,10 +17,10 @@ import functools
 import hashlib
 import json
 import os
-import pathlib
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 PAD_ID = 0
 EOS_ID = 1
@@ -70,7 +70,7 @@ class ArcTask:
 
 
 def _read_json(path: PathLike):
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"ARC file not found: {path}")
   try:
@@ -182,7 +182,7 @@ def load_subsets(data_dir: PathLike, subsets: Sequence[str],
     raise ValueError(f"duplicate subset names in {list(subsets)}")
   result = {}
   for subset in subsets:
-    base = pathlib.Path(data_dir) / f"{prefix}_{subset}"
+    base = epath.Path(data_dir) / f"{prefix}_{subset}"
     solutions = base.with_name(f"{base.name}_solutions.json")
     result[subset] = load_tasks(base.with_name(f"{base.name}_challenges.json"),
                                 solutions if solutions.is_file() else None)

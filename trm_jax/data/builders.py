@@ -1,6 +1,6 @@
 """TFDS builders (array_record, no TensorFlow) for every puzzle dataset.
 
-Each builder reads local files (`manual_dir`: the official CSVs, the kaggle ARC JSON) or
+Each builder reads files (`manual_dir`, local or gs://: the official CSVs, the kaggle ARC JSON) or
 generates its data (N-Queens), and writes records in generation order (shuffling disabled) so
 that groups and puzzles are contiguous runs; the run lengths go into the dataset metadata as a
 `PuzzleIndex` (see pipeline.py), with `seq_len`, `vocab_size` and `num_puzzle_identifiers`.
@@ -13,11 +13,11 @@ read and validated before anything is written.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from trm_jax.data import arc, maze, nqueens, sudoku
@@ -54,10 +54,10 @@ def _one_example_per_puzzle(inputs, labels, puzzles_per_group: int, puzzle_ids=N
   return SplitData(ArraySource(arrays), index, int(arrays["puzzle_identifier"].max(initial=0)) + 1)
 
 
-def _manual_file(manual_dir, name: str) -> pathlib.Path:
+def _manual_file(manual_dir, name: str) -> epath.Path:
   if manual_dir is None:
-    raise FileNotFoundError(f"this dataset is built from local files: pass manual_dir with {name}")
-  path = pathlib.Path(manual_dir) / name
+    raise FileNotFoundError(f"this dataset is built from files: pass manual_dir with {name}")
+  path = epath.Path(manual_dir) / name
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found (manual_dir must contain {name})")
   return path
@@ -310,7 +310,7 @@ class Arc(_PuzzleBuilder):
   def _build_splits(self, manual_dir):
     cfg = self.builder_config
     if manual_dir is None:
-      raise FileNotFoundError("ARC is built from local files: pass manual_dir with the kaggle JSON")
+      raise FileNotFoundError("ARC is built from files: pass manual_dir with the kaggle JSON")
     tasks = arc.load_subsets(manual_dir, cfg.subsets, cfg.prefix)
     examples = arc.build_examples(tasks, cfg.test_set_name, cfg.num_aug, cfg.seed)
     return {split: SplitData(_ArcRecords(ex), _arc_index(ex), ex.num_puzzle_identifiers)

@@ -3,8 +3,8 @@
     config.data.builder         'sudoku' | 'maze' | 'arc' | 'nqueens' (TFDS builders), or
                                 'rlrp' (in-memory corpora for the RLRP language model, lm.py)
     config.data.builder_config  fields of that builder's BuilderConfig (incl. its `name`)
-    config.data.manual_dir      local source files (official CSV / kaggle JSON)
-    config.data.data_dir        where TFDS datasets live
+    config.data.manual_dir      source files (official CSV / kaggle JSON); local or gs://
+    config.data.data_dir        where TFDS datasets live; a local directory (check_data_dir)
     config.data.generate        optional: {kind, size/side, num_train, num_test, seed,
                                 min_difficulty}; writes the CSVs into manual_dir first when
                                 they are not there (the CPU smoke run)
@@ -13,12 +13,13 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 import ml_collections
 import tensorflow_datasets as tfds
+from etils import epath
 
+from trm_jax import paths
 from trm_jax.data import builders, generate, lm
 from trm_jax.data.pipeline import PuzzleIndex, RoutedIndex
 
@@ -88,7 +89,23 @@ def builder_config_for(data_cfg: ml_collections.ConfigDict):
   return predefined
 
 
+def check_data_dir(data_cfg: ml_collections.ConfigDict, defaulted: bool = False) -> None:
+  """Raises ValueError naming data.data_dir when it is a URL (gs://): the array_record files
+  of a TFDS dataset are written and read by array_record's C++ code (TFDS's writer, grain's
+  reader), which opens local files only. `defaulted`: the value is the workdir's tfds folder."""
+  if data_cfg.builder in IN_MEMORY or not data_cfg.data_dir:
+    return
+  if paths.is_remote(data_cfg.data_dir):
+    default = " (the default, <workdir>/tfds)" if defaulted else ""
+    raise ValueError(
+        f"config field 'data.data_dir' = {data_cfg.data_dir!r}{default}: TFDS datasets are "
+        "array_record files, which array_record's C++ writer and reader open on the local "
+        "filesystem only; give a local directory (--config.data.data_dir=DIR; the workdir and "
+        "data.manual_dir may stay on the bucket)")
+
+
 def builder_for(data_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  check_data_dir(data_cfg)
   config = builder_config_for(data_cfg)
   return BUILDERS[data_cfg.builder][0](data_dir=data_cfg.data_dir or None, config=config,
                      file_format="array_record")
@@ -102,10 +119,10 @@ def check_sources(data_cfg: ml_collections.ConfigDict, builder) -> None:
   what = f"the '{data_cfg.builder}/{builder.builder_config.name}' dataset is built from"
   if not data_cfg.manual_dir:
     raise FileNotFoundError(
-        f"config.data.manual_dir is not set: {what} local files {required} "
+        f"config.data.manual_dir is not set: {what} files {required} "
         f"({builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}); pass "
         f"--config.data.manual_dir=DIR with DIR holding them")
-  manual = pathlib.Path(data_cfg.manual_dir)
+  manual = epath.Path(data_cfg.manual_dir)
   missing = [name for name in required if not (manual / name).is_file()]
   if missing:
     raise FileNotFoundError(
@@ -115,7 +132,7 @@ def check_sources(data_cfg: ml_collections.ConfigDict, builder) -> None:
 
 def _generate_sources(data_cfg) -> None:
   gen = data_cfg.generate
-  manual = pathlib.Path(data_cfg.manual_dir)
+  manual = epath.Path(data_cfg.manual_dir)
   if (manual / "train.csv").is_file() and (manual / "test.csv").is_file():
     return
   if gen.kind == "sudoku":
@@ -135,6 +152,11 @@ def prepare(data_cfg: ml_collections.ConfigDict, build: bool = True) -> Prepared
   if data_cfg.get("generate") and data_cfg.generate.get("kind") and build:
     _generate_sources(data_cfg)
   builder = builder_for(data_cfg)
+  if not build and not builder.is_prepared():
+    raise FileNotFoundError(
+        f"dataset '{data_cfg.builder}/{builder.builder_config.name}' is not under "
+        f"config.data.data_dir = {data_cfg.data_dir!r} on this host, where process 0 built it: "
+        "on several hosts data.data_dir must be a directory every host sees (a shared mount)")
   if build and not builder.is_prepared():
     check_sources(data_cfg, builder)
     builder.download_and_prepare(

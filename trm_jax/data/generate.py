@@ -9,23 +9,23 @@ Writes DIR/train.csv and DIR/test.csv. Test puzzles never appear in the training
 from __future__ import annotations
 
 import argparse
-import pathlib
 import time
 
 import numpy as np
+from etils import epath
 
 from trm_jax.data import maze, sudoku
 
 
 def _write_split(out_dir, data, make_set, write_csv, num_train: int, num_test: int,
-                 what: str) -> tuple[pathlib.Path, pathlib.Path]:
+                 what: str) -> tuple[epath.Path, epath.Path]:
   """Writes the first num_train + num_test distinct puzzles of `data` as train.csv / test.csv."""
   _, first = np.unique(data.questions, axis=0, return_index=True)
   keep = np.sort(first)
   if len(keep) < num_train + num_test:
     raise RuntimeError(f"only {len(keep)} distinct {what} puzzles were generated; "
                        f"{num_train + num_test} needed")
-  out = pathlib.Path(out_dir)
+  out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = out / "train.csv", out / "test.csv"
   for path, rows in zip(paths, (keep[:num_train], keep[num_train:num_train + num_test])):
@@ -39,7 +39,7 @@ def _oversample(num_train: int, num_test: int) -> int:
 
 
 def sudoku_csvs(out_dir, size: int, num_train: int, num_test: int, seed: int = 0,
-                min_backtracks: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+                min_backtracks: int = 0) -> tuple[epath.Path, epath.Path]:
   data = sudoku.generate(_oversample(num_train, num_test), size, np.random.default_rng(seed),
                          min_backtracks)
   return _write_split(out_dir, data, lambda q, a, r: sudoku.SudokuSet(q, a, r, size),
@@ -47,7 +47,7 @@ def sudoku_csvs(out_dir, size: int, num_train: int, num_test: int, seed: int = 0
 
 
 def maze_csvs(out_dir, side: int, num_train: int, num_test: int, seed: int = 0,
-              min_path_length: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+              min_path_length: int = 0) -> tuple[epath.Path, epath.Path]:
   data = maze.generate(_oversample(num_train, num_test), side, np.random.default_rng(seed),
                        min_path_length)
   return _write_split(out_dir, data, lambda q, a, r: maze.MazeSet(q, a, r, side),

@@ -1,4 +1,4 @@
-"""The RLRP corpora: generated arithmetic (reasoning) and local plain text (fluency), as records.
+"""The RLRP corpora: generated arithmetic (reasoning) and plain text (fluency), as records.
 
     config.data.builder = 'rlrp'
     config.data.builder_config:
@@ -7,8 +7,8 @@
       num_train, num_test   arithmetic problems in each split
       add_digits, mul_digits  the most digits of each operand of an addition / multiplication
       seed             the arithmetic corpus's seed
-      text_files       UTF-8 files or directories of *.txt ('' or (): the sample shipped in
-                       trm_jax/data/text, see its NOTICE.md)
+      text_files       UTF-8 files or directories of *.txt, local or gs:// ('' or (): the
+                       sample shipped in trm_jax/data/text, see its NOTICE.md)
       test_fraction    the tail of each text file held out for evaluation
       reasoning_ratio  the share of training batches that are arithmetic (pipeline.RoutedIndex)
 
@@ -29,17 +29,17 @@ file's windows are the test split).
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 from trm_jax.data.pipeline import ArraySource, RoutedIndex
 
 PAD, BOS, EOS = 0, 1, 2
 BYTE_OFFSET = 3
 VOCAB_SIZE = 256 + BYTE_OFFSET
-SAMPLE_DIR = pathlib.Path(__file__).parent / "text"
+SAMPLE_DIR = epath.Path(__file__).parent / "text"
 FIELD = "config.data.builder_config"
 
 
@@ -84,13 +84,13 @@ class CorpusConfig:
         raise ValueError(f"{FIELD}.{name} = {getattr(config, name)!r}: must be in [0, 1]")
     return config
 
-  def files(self) -> list[pathlib.Path]:
+  def files(self) -> list[epath.Path]:
     entries = self.text_files
     if isinstance(entries, str):
       entries = [entries] if entries else []
     paths = []
     for entry in (entries or [SAMPLE_DIR]):
-      path = pathlib.Path(entry)
+      path = epath.Path(entry)
       if path.is_dir():
         found = sorted(path.glob("*.txt"))
         if not found:
@@ -160,7 +160,7 @@ def arithmetic_records(problems: Sequence[str], seq_len: int) -> dict[str, np.nd
 # -------------------------------------------------------------------------------- fluency --
 
 
-def read_text(path: pathlib.Path) -> str:
+def read_text(path: epath.Path) -> str:
   """The file's text; ValueError naming the file (and the line) when it is empty or not UTF-8."""
   raw = path.read_bytes()
   try:
@@ -174,7 +174,7 @@ def read_text(path: pathlib.Path) -> str:
   return text
 
 
-def fluency_records(paths: Sequence[pathlib.Path], seq_len: int, test_fraction: float
+def fluency_records(paths: Sequence[epath.Path], seq_len: int, test_fraction: float
                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """(train, test) windows of seq_len + 1 bytes; each file's last windows are its test part."""
   splits = {"train": [], "test": []}

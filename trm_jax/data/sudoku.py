@@ -16,11 +16,13 @@ import dataclasses
 import functools
 import math
 import os
-import pathlib
 import random
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from etils import epath
+
+from trm_jax import paths
 
 BOX_SHAPES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}  # box rows x box cols
 CSV_HEADER = ("source", "question", "answer", "rating")
@@ -41,7 +43,7 @@ def vocab_size(size: int) -> int:
 class CsvRows:
   """Raw columns of a puzzle CSV; `lines[i]` is the 1-based file line where row i starts."""
 
-  path: pathlib.Path
+  path: epath.Path
   sources: list[str]
   questions: list[str]
   answers: list[str]
@@ -54,12 +56,13 @@ class CsvRows:
 
 def read_csv_rows(path: PathLike) -> CsvRows:
   """Reads a `source,question,answer,rating` CSV, checking the header and the column count."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"puzzle CSV not found: {path}")
   columns = ([], [], [], [])
   lines = []
-  with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
+  # -sig: tolerate a byte-order mark
+  with paths.open_text(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
@@ -144,7 +147,7 @@ def write_csv_rows(path: PathLike, sources: Sequence[str] | None, questions: Seq
                    answers: Sequence[str], ratings: np.ndarray) -> None:
   if sources is None:
     sources = [""] * len(questions)
-  with pathlib.Path(path).open("w", newline="", encoding="utf-8") as f:
+  with paths.open_text(epath.Path(path), "w", newline="", encoding="utf-8") as f:
     writer = csv.writer(f, lineterminator="\n")
     writer.writerow(CSV_HEADER)
     writer.writerows(zip(sources, questions, answers, map(format_rating, ratings)))

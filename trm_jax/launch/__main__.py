@@ -3,7 +3,8 @@ r"""Launch a sweep declared in an experiment file (its `get_sweep`).
     python -m trm_jax.launch --config experiments/sudoku.py --sweep smoke --root runs \
         --backend local --parallel 2 [--config.train.max_steps=100 ...] [--dry_run]
     python -m trm_jax.launch --config experiments/sudoku.py --sweep official \
-        --root gs://BUCKET/runs --backend skypilot --accelerator tpu-v5p-16 --spot
+        --root gs://BUCKET/runs --backend skypilot --accelerator tpu-v5p-16 --spot \
+        --config.data.data_dir=/mnt/shared/tfds   # TFDS data: a directory every host sees
     python -m trm_jax.launch --config experiments/arc.py --sweep schemes \
         --root /shared/runs --backend slurm --num_nodes 2 --gpus_per_node 8 --partition gpu
 
