@@ -51,7 +51,7 @@ def read(workdir: paths.PathLike) -> list[dict[str, Any]]:
 def drop_after(workdir: paths.PathLike, step: int) -> int:
   """Rewrites metrics.jsonl without the records of steps after `step` (and a last line that a
   crash cut short); returns how many lines it dropped. The new file replaces the old one
-  atomically (a crash leaves one or the other)."""
+  atomically (a crash leaves one or the other; an object is replaced whole when written)."""
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return 0
@@ -61,6 +61,9 @@ def drop_after(workdir: paths.PathLike, step: int) -> int:
   kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
   if len(kept) == len(lines):
     return 0
+  if paths.is_remote(path):
+    path.write_text("".join(kept))
+    return len(lines) - len(kept)
   partial = path.with_name(path.name + ".partial")
   partial.write_text("".join(kept))
   partial.replace(path)
