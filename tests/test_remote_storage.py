@@ -1,5 +1,5 @@
 """Workdirs and source data on gs://, through the real code path (epath over gcsfs, Orbax over
-tensorstore, TensorBoard over google-cloud-storage) against a local GCS emulator.
+tensorstore) against a local GCS emulator.
 
 TFDS datasets (data.data_dir) stay local: array_record's C++ writer and reader cannot open
 gs:// (test_a_bucket_data_dir_is_refused_naming_the_field).
