@@ -12,9 +12,13 @@ import socket
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
-from tests.test_experiments import write_official_sources
+import trm_jax
+from tests.test_experiments import load_experiment, write_official_sources
 from tests.test_main import small_smoke_config
+from trm_jax import main, metrics, paths
+from trm_jax.data import datasets
 
 BUCKET = "gs://bucket"
 
@@ -45,18 +49,14 @@ def gcs():
 
 
 def _listing(path) -> set[str]:
-  from etils import epath
   return {p.name for p in epath.Path(path).iterdir()}
 
 
 def _records(workdir):
-  from trm_jax import metrics
   return [(r["step"], r["kind"]) for r in metrics.read(workdir)]
 
 
 def test_paths_on_a_bucket(gcs):
-  from etils import epath
-  from trm_jax import paths
   path = epath.Path(f"{gcs}/paths/log.jsonl")
   paths.append_text(path, "a\n")
   paths.append_text(path, "b\n")  # an object has no append: read and written again
@@ -69,7 +69,6 @@ def test_paths_on_a_bucket(gcs):
 
 
 def test_metrics_on_a_bucket_keep_one_record_per_step_after_a_resume(gcs):
-  from trm_jax import metrics
   workdir = f"{gcs}/metrics"
   writer = metrics.MetricWriter(workdir)
   for step in range(1, 5):  # ran to step 4; the checkpoint it resumes from is step 2
@@ -87,7 +86,6 @@ def test_metrics_on_a_bucket_keep_one_record_per_step_after_a_resume(gcs):
 
 
 def test_a_bucket_data_dir_is_refused_naming_the_field(tmp_path):
-  from trm_jax import main
   cfg = small_smoke_config()
   with pytest.raises(ValueError, match=r"'data\.data_dir' = 'gs://b/run/tfds' \(the default.*"
                                        "give a local directory"):
@@ -99,9 +97,6 @@ def test_a_bucket_data_dir_is_refused_naming_the_field(tmp_path):
 
 def test_official_sources_are_read_from_a_bucket(gcs, tmp_path):
   """A dataset built from official-format CSVs in a gs:// manual_dir (copied there)."""
-  from etils import epath
-  from tests.test_experiments import load_experiment
-  from trm_jax.data import datasets
   cfg = load_experiment("sudoku").get_config("mlp,runlocal")
   write_official_sources(cfg.data, tmp_path / "raw")
   manual = epath.Path(f"{gcs}/official")
@@ -113,8 +108,6 @@ def test_official_sources_are_read_from_a_bucket(gcs, tmp_path):
 
 
 def test_a_run_on_a_bucket_trains_resumes_loads_and_evaluates(gcs, tmp_path, capsys):
-  import trm_jax
-  from trm_jax import main
   workdir = f"{gcs}/run"
   cfg = small_smoke_config()  # generates its CSVs into the workdir: manual_dir on the bucket
   cfg.data.data_dir = str(tmp_path / "tfds")
@@ -133,7 +126,6 @@ def test_a_run_on_a_bucket_trains_resumes_loads_and_evaluates(gcs, tmp_path, cap
   assert f"resumed from checkpoint step 3 in {workdir}/checkpoints" in capsys.readouterr().out
   assert _records(workdir) == [(1, "train"), (2, "train"), (3, "train"), (3, "eval"),
                                (4, "train"), (4, "eval")]
-  from etils import epath
   change = json.loads(epath.Path(f"{workdir}/config_changes.jsonl").read_text())
   assert change["step"] == 3 and change["changes"] == {"train.max_steps": [3, 4]}
 
