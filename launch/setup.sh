@@ -11,4 +11,4 @@ case "${1:-}" in
   *) sed -n '2,6p' "$0"; exit 2 ;;
 esac
 python3 -m pip install --quiet --upgrade pip
-python3 -m pip install --quiet -e . "$jax"
+python3 -m pip install --quiet -e ".[gcs]" "$jax"  # gcsfs: gs:// workdirs
