@@ -39,8 +39,9 @@ def run_step(spec, params, inputs, record=True):
 # ----------------------------------------------------------------------------------- model --
 
 
-def test_a_tokens_logits_do_not_depend_on_later_tokens():
-  spec = tiny_spec()
+@pytest.mark.parametrize("head", ["attention", "mlp"])
+def test_a_tokens_logits_do_not_depend_on_later_tokens(head):
+  spec = tiny_spec(head=head)
   params = model_lib.init_params(spec, jax.random.key(0))
   inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
   changed = inputs.at[:, 5:].set((inputs[:, 5:] + 7) % 16)
@@ -61,8 +62,9 @@ def test_a_tokens_logits_do_not_depend_on_later_tokens():
     assert same == expect_equal, causal
 
 
-def test_k_steps_scan_and_forward_passes():
-  spec = tiny_spec()
+@pytest.mark.parametrize("head", ["attention", "mlp"])
+def test_k_steps_scan_and_forward_passes(head):
+  spec = tiny_spec(head=head)
   assert model_lib.forward_passes_per_step(spec) == 1 + 3
   params = model_lib.init_params(spec, jax.random.key(0))
   inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
@@ -72,7 +74,7 @@ def test_k_steps_scan_and_forward_passes():
   h = m.hidden(inputs)
   u = h
   for k in range(3):
-    u = u + 0.5 * jnp.tanh(m.g(m.g_in(jnp.concatenate([u, h], -1))))
+    u = u + 0.5 * jnp.tanh(m.head(m.g_in(jnp.concatenate([u, h], -1))))
     np.testing.assert_allclose(readout.trace[k], m.lm_head(h + m.proj(u)), atol=1e-5)
   l_0 = model_lib.scheme_of(spec).answer_logits(
       params, None, spec, {"inputs": inputs.astype(jnp.int32)})
@@ -142,6 +144,10 @@ def test_improvement_penalty_by_hand():
   ce = jnp.asarray([[1.0, 2.0, 0.3], [0.5, 2.5, 0.3]])  # [K=2, B=3]
   np.testing.assert_allclose(rlrp.improvement_penalty(ce, 0.1), [0.0, 0.6, 0.1], atol=1e-6)
   np.testing.assert_allclose(rlrp.improvement_penalty(ce, 0.0), [0.0, 0.5, 0.0], atol=1e-6)
+  # Its gradient moves CE_K only (+1 where the relu is active), never CE_1.
+  grad = jax.grad(lambda c: rlrp.improvement_penalty(c, 0.1).sum())(ce)
+  np.testing.assert_array_equal(grad[0], [0.0, 0.0, 0.0])
+  np.testing.assert_array_equal(grad[-1], [0.0, 1.0, 1.0])
 
 
 def test_loss_routes_rl_and_penalty_to_reasoning_rows_only():

@@ -6,8 +6,15 @@ A causal transformer (the project's post-norm blocks, RoPE, SwiGLU, causal atten
 final hidden states h [B, L, D]. A shared latent head refines a latent per token K times,
 u_0 = h,
     u_k = u_{k-1} + alpha * tanh(g([u_{k-1}, h])),    logits_k = lm_head(h + proj(u_k)),
-as a `jax.lax.scan` over k (g: a linear map of [u, h] to D, then a SwiGLU; proj: linear). No
-token is added to the sequence. One supervision step per batch (halt_max_steps 1): the Readout
+as a `jax.lax.scan` over k (g: a linear map of [u, h] to D, then the shared head, proj: linear).
+No token is added to the sequence. The head (`head` option) is either
+  attention  one causal post-norm block (attention + SwiGLU, the backbone's kind): each
+             refinement also reads the refined latents of earlier tokens, so K steps add K
+             blocks of depth that the K = 1 baseline, with the same parameters, does not have;
+  mlp        a SwiGLU applied to each token alone: a refinement can only re-read its own token's
+             h, never what the backbone failed to gather from other tokens.
+The default is attention: with the per-token head, step K did not beat step 1 on held-out
+arithmetic (BUILD_NOTES, "RLRP"); an answer digit depends on carries from other tokens. One supervision step per batch (halt_max_steps 1): the Readout
 holds logits_K, with `record` every logits_k as its trace (the analysis's readout points, the
 reference of point 1 being logits_0 = lm_head(h + proj(h)), `answer_logits`).
 
@@ -17,12 +24,13 @@ Loss of a batch (sums over rows; per-row CEs are means over the row's next-token
   soft RL           reasoning rows: -mean_k mean_tokens p_k(y*) (softmax probability of the
                     true next token; `rl_span` answer: only the answer digits, all: every
                     label), weight `rl_weight`;
-  improvement       reasoning rows: relu(CE_K - CE_1 + margin), weight `penalty_weight`.
+  improvement       reasoning rows: relu(CE_K - sg(CE_1) + margin), weight `penalty_weight`
+                    (sg: stop-gradient: it moves step K down, not step 1 up).
 Routing is in the data: a batch's rows are all arithmetic (`reasoning` = 1) or all text
 (pipeline.RoutedIndex); text rows get the deep supervision only.
 
 Options (`model.scheme_options`): K (refinement steps, 1 = the baseline with the same
-parameters), alpha (step size in [0, 1]), gradient (full: through all K updates; truncated: each
+parameters), head (attention | mlp), alpha (step size in [0, 1]), gradient (full: through all K updates; truncated: each
 update starts from a detached u_{k-1}, so step k's loss reaches the head and the backbone through
 step k only), weights, rl_weight, rl_span, penalty_weight, margin (in [0, 1]).
 
@@ -49,7 +57,7 @@ from trm_jax.recursion import Readout
 class RLRPModel(nnx.Module):
   """Token embedding, causal blocks, the LM head and the latent refinement head (g, proj)."""
 
-  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+  def __init__(self, spec: ModelSpec, *, head: str, rngs: nnx.Rngs):
     pdt, D = spec.jnp_param_dtype, spec.hidden_size
     self.spec = spec
     self.embed_tokens = nnx.Param(nn.trunc_normal(rngs.params(), (spec.vocab_size, D), D**-0.5,
@@ -58,8 +66,14 @@ class RLRPModel(nnx.Module):
                             for _ in range(spec.num_layers)])
     self.lm_head = nn.Linear(D, spec.vocab_size, rngs=rngs, param_dtype=pdt)
     self.g_in = nn.Linear(2 * D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
-    self.g = nn.SwiGLU(D, spec.expansion, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+    if head == "attention":
+      self.g = nn.Block(spec, rngs=rngs, causal=True)
+    else:
+      self.g = nn.SwiGLU(D, spec.expansion, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
     self.proj = nn.Linear(D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+
+  def rope(self):
+    return nn.rope_tables(self.spec) if self.spec.pos_encodings == "rope" else None
 
   def hidden(self, inputs_BL: jax.Array) -> jax.Array:
     """h [B, L, D]: the causal backbone's final hidden states."""
@@ -67,13 +81,16 @@ class RLRPModel(nnx.Module):
     cdt = spec.jnp_compute_dtype
     h = math.sqrt(spec.hidden_size) * jnp.take(self.embed_tokens[...].astype(cdt),
                                                inputs_BL.astype(jnp.int32), axis=0)
-    rope = nn.rope_tables(spec) if spec.pos_encodings == "rope" else None
+    rope = self.rope()
     for layer in self.layers:
       h = layer(h, rope)
     return h
 
+  def head(self, x_BLD: jax.Array) -> jax.Array:
+    return self.g(x_BLD, self.rope()) if isinstance(self.g, nn.Block) else self.g(x_BLD)
+
   def update(self, u_BLD: jax.Array, h_BLD: jax.Array, alpha: float) -> jax.Array:
-    return u_BLD + alpha * jnp.tanh(self.g(self.g_in(jnp.concatenate([u_BLD, h_BLD], -1))))
+    return u_BLD + alpha * jnp.tanh(self.head(self.g_in(jnp.concatenate([u_BLD, h_BLD], -1))))
 
   def readout(self, u_BLD: jax.Array, h_BLD: jax.Array) -> jax.Array:
     return self.lm_head(h_BLD + self.proj(u_BLD)).astype(jnp.float32)
@@ -124,14 +141,16 @@ def soft_rl(logits_KBLV: jax.Array, labels_BL: jax.Array, mask_BL: jax.Array) ->
 
 
 def improvement_penalty(ce_KB: jax.Array, margin: float) -> jax.Array:
-  """[B]: relu(CE_K - CE_1 + margin)."""
-  return jax.nn.relu(ce_KB[-1] - ce_KB[0] + margin)
+  """[B]: relu(CE_K - CE_1 + margin), with CE_1 held fixed (stop-gradient): the penalty pushes
+  step K below step 1, never step 1 up. Through CE_1 it can reach the same value by making
+  step 1 worse, which is what it did (BUILD_NOTES, "RLRP")."""
+  return jax.nn.relu(ce_KB[-1] - jax.lax.stop_gradient(ce_KB[0]) + margin)
 
 
 @dataclasses.dataclass(frozen=True)
 class RLRP(recursion.Scheme):
   name: str = "rlrp"
-  options = {"K": (4,), "alpha": (0.5,), "gradient": ("full", "truncated"),
+  options = {"K": (4,), "head": ("attention", "mlp"), "alpha": (0.5,), "gradient": ("full", "truncated"),
              "weights": ("uniform", "linear", "last"), "rl_weight": (1.0,),
              "rl_span": ("answer", "all"), "penalty_weight": (0.0,), "margin": (0.0,)}
 
@@ -151,7 +170,7 @@ class RLRP(recursion.Scheme):
       fail("pos_encodings", "must be 'rope' or 'none'")
 
   def build(self, spec, rngs):
-    return RLRPModel(spec, rngs=rngs)
+    return RLRPModel(spec, head=self.option(spec, "head"), rngs=rngs)
 
   def initial_carry(self, spec, batch_size):
     """The row's tokens: all a row's state is (`answer_logits` reads from them)."""
