@@ -1,7 +1,8 @@
 r"""DIS against TRM at equal network size on CPU-scale tasks: accuracy per forward pass.
 
     python benchmarks/dis_vs_trm.py --root /tmp/dis_vs_trm [--tasks sudoku6,nqueens8]
-        [--methods trm,dis,dis_halt] [--epochs N] [--max_examples 500]
+        [--methods trm,dis,dis_halt] [--epochs N] [--lr_min_ratio R] [--dis_n_sup N]
+        [--max_examples 500]
 
 Methods (same network, optimiser, data and epochs; only the recursion and supervision differ):
   trm       TRM with the official recursion: T=3, n=6, N_sup=16, ACT Q head with exploration
@@ -45,7 +46,8 @@ ROLLOUTS = ((4, 0.3),)  # test-time scaling: (K, noise scale); K x the passes of
 TASKS = ("sudoku6", "nqueens8")
 
 
-def make_config(task: str, method: str, epochs: int | None):
+def make_config(task: str, method: str, epochs: int | None, lr_min_ratio: float | None = None,
+                dis_n_sup: int = 6):
   from experiments import common
   from experiments import sudoku
   config = sudoku.get_config("smoke")  # network, optimiser and (for sudoku6) data
@@ -59,11 +61,13 @@ def make_config(task: str, method: str, epochs: int | None):
   if epochs:
     config.train.epochs = epochs
     config.train.eval_interval = epochs
+  if lr_min_ratio is not None:  # cosine decay from lr to lr * ratio after the warm-up
+    config.train.lr_min_ratio = lr_min_ratio
   model = config.model
   if method == "trm":
     model.H_cycles, model.L_cycles, model.halt_max_steps = 3, 6, 16
   else:
-    common.dis(model, n_sup=6)
+    common.dis(model, n_sup=dis_n_sup)
     if method == "dis_halt":
       model.scheme_options.halting = "learned"
     if method == "dis_cfg":
@@ -71,14 +75,14 @@ def make_config(task: str, method: str, epochs: int | None):
   return config
 
 
-def train(task: str, method: str, workdir: pathlib.Path, epochs: int | None) -> dict:
+def train(task: str, method: str, workdir: pathlib.Path, settings: list[str]) -> dict:
   """Trains in a child process (timed); returns {seconds, train_passes_per_example}."""
   done = workdir / "eval_table.txt"
   timing = workdir / "benchmark_timing.json"
   if not (done.exists() and timing.exists()):
     start = time.time()
     subprocess.run([sys.executable, __file__, "--child", f"{task}:{method}", "--root",
-                    str(workdir), "--epochs", str(epochs or 0)], check=True, cwd=ROOT)
+                    str(workdir), *settings], check=True, cwd=ROOT)
     timing.write_text(json.dumps({"seconds": time.time() - start}))
   seconds = json.loads(timing.read_text())["seconds"]
   # Measured training passes: the examples that finished in the last logged steps.
@@ -179,6 +183,10 @@ def main() -> int:
   p.add_argument("--tasks", default=",".join(TASKS))
   p.add_argument("--methods", default=",".join(METHODS))
   p.add_argument("--epochs", type=int, default=0, help="training epochs (0: the task default)")
+  p.add_argument("--lr_min_ratio", type=float, default=None,
+                 help="every method: cosine decay to lr x this (default: the task's, constant)")
+  p.add_argument("--dis_n_sup", type=int, default=6,
+                 help="supervision steps of the DIS methods (official: 6 for ARC)")
   p.add_argument("--max_examples", type=int, default=500)
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -187,7 +195,8 @@ def main() -> int:
   if args.child:  # train one run in this process
     task, method = args.child.split(":")
     from trm_jax import main as main_lib
-    main_lib.run(make_config(task, method, args.epochs or None), str(root))
+    main_lib.run(make_config(task, method, args.epochs or None, args.lr_min_ratio,
+                             args.dis_n_sup), str(root))
     return 0
 
   tasks = [t for t in args.tasks.split(",") if t]
@@ -195,14 +204,18 @@ def main() -> int:
   for name, allowed, given in (("--tasks", TASKS, tasks), ("--methods", METHODS, methods)):
     if not given or any(x not in allowed for x in given):
       raise SystemExit(f"{name}: choose from {allowed}")
+  if args.dis_n_sup < 1 or not (args.lr_min_ratio is None or 0 <= args.lr_min_ratio <= 1):
+    raise SystemExit("--dis_n_sup must be >= 1 and --lr_min_ratio in [0, 1]")
+  settings = ["--epochs", str(args.epochs), "--dis_n_sup", str(args.dis_n_sup)] + (
+      [] if args.lr_min_ratio is None else ["--lr_min_ratio", str(args.lr_min_ratio)])
   root.mkdir(parents=True, exist_ok=True)
-  everything = {}
+  everything = {"settings": " ".join(settings)}
   for task in tasks:
     results = {}
     for method in methods:
       workdir = root / f"{task}_{method}"
       print(f"[{task} {method}] training in {workdir} ...", flush=True)
-      results[method] = train(task, method, workdir, args.epochs or None)
+      results[method] = train(task, method, workdir, settings)
       print(f"[{task} {method}] analysing ...", flush=True)
       results[method]["analysis"] = analyze(task, method, workdir, args.max_examples)
     everything[task] = results

@@ -13,6 +13,18 @@ import pytest  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_under_basetemp(tmp_path_factory):
+  """Temporary files go under pytest's base directory (pruned to the last 3 sessions): TFDS's
+  DatasetInfo.initialize_from_bucket leaves an empty `/tmp/tmp*tfds` directory for every
+  builder made before its dataset exists, some 600 in a full run."""
+  import tempfile
+  before = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
+  yield
+  tempfile.tempdir = before
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
 

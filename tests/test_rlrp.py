@@ -7,11 +7,10 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from trm_jax import act, losses
+from trm_jax import act
 from trm_jax import config as model_configs
 from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
@@ -150,8 +149,10 @@ def test_improvement_penalty_by_hand():
   np.testing.assert_array_equal(grad[-1], [0.0, 1.0, 1.0])
 
 
-def test_loss_routes_rl_and_penalty_to_reasoning_rows_only():
-  spec = tiny_spec(rl_weight=0.5, penalty_weight=0.25, margin=0.1, weights="linear")
+@pytest.mark.parametrize("penalty_span", ["answer", "all"])
+def test_loss_routes_rl_and_penalty_to_reasoning_rows_only(penalty_span):
+  spec = tiny_spec(rl_weight=0.5, penalty_weight=0.25, margin=0.1, weights="linear",
+                   penalty_span=penalty_span)
   scheme = model_lib.scheme_of(spec)
   logits = jax.random.normal(jax.random.key(0), (3, 2, 8, 16))
   labels = jax.random.randint(jax.random.key(1), (2, 8), 0, 16).at[:, 6:].set(-100)
@@ -161,7 +162,9 @@ def test_loss_routes_rl_and_penalty_to_reasoning_rows_only():
   ce = rlrp.step_cross_entropy(logits, labels)
   ds = (rlrp.convex_weights(3, "linear")[:, None] * ce).sum(0)
   rl = rlrp.soft_rl(logits, labels, answer)
-  imp = rlrp.improvement_penalty(ce, 0.1)
+  # The penalty's CEs: over the answer digits (tokens 3-5) only, or over every label.
+  answer_ce = rlrp.step_cross_entropy(logits, jnp.where(answer, labels, -100))
+  imp = rlrp.improvement_penalty(answer_ce if penalty_span == "answer" else ce, 0.1)
   for reasoning in ([1, 1], [0, 0], [1, 0]):
     r = np.asarray(reasoning, bool)
     data = {"reasoning": jnp.asarray(reasoning), "answer_mask": answer}
@@ -174,6 +177,8 @@ def test_loss_routes_rl_and_penalty_to_reasoning_rows_only():
   log_p = jax.nn.log_softmax(logits[0, 0])
   np.testing.assert_allclose(ce[0, 0], -np.mean([log_p[t, labels[0, t]] for t in range(6)]),
                              rtol=1e-6)
+  np.testing.assert_allclose(answer_ce[0, 0],
+                             -np.mean([log_p[t, labels[0, t]] for t in range(3, 6)]), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ data --

@@ -25,14 +25,18 @@ Loss of a batch (sums over rows; per-row CEs are means over the row's next-token
                     true next token; `rl_span` answer: only the answer digits, all: every
                     label), weight `rl_weight`;
   improvement       reasoning rows: relu(CE_K - sg(CE_1) + margin), weight `penalty_weight`
-                    (sg: stop-gradient: it moves step K down, not step 1 up).
+                    (sg: stop-gradient: it moves step K down, not step 1 up); the CEs of the
+                    penalty are over `penalty_span` answer: the answer digits (the default),
+                    all: every label. Over every label the prompt's digits, random and so
+                    unpredictable at every step, dominate a row's CE and hide the answer's
+                    step gap (BUILD_NOTES, "RLRP").
 Routing is in the data: a batch's rows are all arithmetic (`reasoning` = 1) or all text
 (pipeline.RoutedIndex); text rows get the deep supervision only.
 
 Options (`model.scheme_options`): K (refinement steps, 1 = the baseline with the same
 parameters), head (attention | mlp), alpha (step size in [0, 1]), gradient (full: through all K updates; truncated: each
 update starts from a detached u_{k-1}, so step k's loss reaches the head and the backbone through
-step k only), weights, rl_weight, rl_span, penalty_weight, margin (in [0, 1]).
+step k only), weights, rl_weight, rl_span, penalty_weight, penalty_span, margin (in [0, 1]).
 
 Forward passes per supervision step: 1 + K, the backbone once plus K calls of the head (g and
 the read-out); a head call costs far less than a backbone call (2 linear layers against
@@ -152,7 +156,8 @@ class RLRP(recursion.Scheme):
   name: str = "rlrp"
   options = {"K": (4,), "head": ("attention", "mlp"), "alpha": (0.5,), "gradient": ("full", "truncated"),
              "weights": ("uniform", "linear", "last"), "rl_weight": (1.0,),
-             "rl_span": ("answer", "all"), "penalty_weight": (0.0,), "margin": (0.0,)}
+             "rl_span": ("answer", "all"), "penalty_weight": (0.0,),
+             "penalty_span": ("answer", "all"), "margin": (0.0,)}
 
   def validate(self, spec):
     super().validate(spec)
@@ -212,8 +217,10 @@ class RLRP(recursion.Scheme):
     lm_loss = jnp.sum(convex_weights(K, self.option(spec, "weights"))[:, None] * ce)
     rl_mask = answer if self.option(spec, "rl_span") == "answer" else mask
     rl_loss = jnp.sum(jnp.where(reasoning, soft_rl(logits, targets, rl_mask), 0.0))
+    span_ce = ce if self.option(spec, "penalty_span") == "all" else step_cross_entropy(
+        logits, jnp.where(answer, targets, losses.IGNORE_LABEL_ID), spec.loss_type)
     improvement_loss = jnp.sum(jnp.where(
-        reasoning, improvement_penalty(ce, self.option(spec, "margin")), 0.0))
+        reasoning, improvement_penalty(span_ce, self.option(spec, "margin")), 0.0))
     total = (lm_loss + self.option(spec, "rl_weight") * rl_loss
              + self.option(spec, "penalty_weight") * improvement_loss)
 
