@@ -6,12 +6,14 @@
 #
 #   benchmarks/gpu_compare.sh OFFICIAL_DIS_TREE OFFICIAL_TRM_TREE OUTDIR [CHECK ...]
 #
-# CHECKs (default all): attention dis_arc_medium dis_nqueens trm_sudoku_mlp_t. Each has its own
-# time limit so that one slow compile cannot eat the others.
+# CHECKs (default all): attention dis_arc_medium dis_arc_medium_native dis_nqueens
+# trm_sudoku_mlp_t. Each has its own time limit so that one slow compile cannot eat the others.
+# dis_arc_medium_native is dis_arc_medium with matmul=xla_native (bf16 dot outputs, the lead
+# for the GPU training step; BUILD_NOTES, "GPU").
 set -uo pipefail
 dis=$1 trm=$2 out=$3
 shift 3
-checks=${*:-attention dis_arc_medium dis_nqueens trm_sudoku_mlp_t}
+checks=${*:-attention dis_arc_medium dis_arc_medium_native dis_nqueens trm_sudoku_mlp_t}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +31,8 @@ for check in $checks; do
     attention) echo "=== attention"; timeout 90 python3 "$here/attention_check.py" \
                  --config arc_dis_medium --batch_size 32 2>&1 | tee "$out/attention.log" ;;
     dis_arc_medium) compare dis_arc_medium 170 --official "$dis" --config arc_dis_medium --batch_sizes 512 ;;
+    dis_arc_medium_native) compare dis_arc_medium_native 170 --official "$dis" --config arc_dis_medium \
+                             --batch_sizes 512 --jax_model_overrides matmul=xla_native ;;
     dis_nqueens) compare dis_nqueens 100 --official "$dis" --config nqueens_dis --batch_sizes 512 ;;
     trm_sudoku_mlp_t) compare trm_sudoku_mlp_t 140 --official "$trm" --config sudoku_mlp_t --batch_sizes 512 ;;
     *) echo "unknown check $check"; exit 2 ;;

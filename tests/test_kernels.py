@@ -135,7 +135,11 @@ def test_swiglu_activation_is_exact_for_every_bf16_gate_value(isa):
   np.testing.assert_array_equal(f64(h)[finite], act_ref[finite])
 
 
-@ISA
+@pytest.mark.parametrize("isa", ["xla", "xla_native", *(
+    pytest.param(isa, marks=pytest.mark.skipif(
+        not cpu_gemm.available(isa),
+        reason=f"{isa} kernel unavailable: {cpu_gemm.unavailable_reason(isa)}"))
+    for isa in cpu_gemm.ISAS)])
 @pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512)])
 def test_swiglu_and_matmul_gradients_match_float64(M, K, I, isa):
   rng = np.random.default_rng(M * K)
@@ -184,6 +188,7 @@ def test_model_logits_kernel_close_to_xla(isa):
 
 def test_dispatch_rules(monkeypatch):
   assert km.kernel_isa("xla", jnp.bfloat16) is None
+  assert km.kernel_isa("xla_native", jnp.bfloat16) is None
   assert km.kernel_isa("auto", jnp.float32) is None
   assert km.kernel_isa("amx", jnp.float32) is None and km.kernel_isa("avx512", jnp.float32) is None
   with pytest.raises(ValueError, match="matmul implementation"):

@@ -20,7 +20,7 @@ POS_ENCODINGS = ("rope", "learned", "none")
 LOSS_TYPES = ("stablemax", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
-MATMUL_IMPLS = ("auto", "xla", "amx", "avx512")
+MATMUL_IMPLS = ("auto", "xla", "xla_native", "amx", "avx512")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 

@@ -3,6 +3,10 @@
 `impl` (model config field `matmul`):
   "xla"    - XLA's dot, asked for an fp32 result and rounded back (on CPU this reaches XLA's
              YNNPACK bf16 kernels, twice as fast as a bf16-output dot; identical numerics).
+  "xla_native" - XLA's dot with its result in the operands' dtype (cuBLAS accumulates a bf16
+             GEMM in fp32 and rounds once in its epilogue: the same numerics without an fp32
+             output written to memory). The GPU candidate against "xla" (BUILD_NOTES, "GPU"),
+             not a default anywhere until measured.
   "amx"    - the AMX GEMM of cpu_gemm.cc on CPU (the forward and both backward GEMMs), XLA's
              dot on any other platform; an error if the kernel is unavailable.
   "avx512" - the same GEMM built for AVX512-BF16 (AMD Zen 4/5, and any AMX CPU); same rules.
@@ -32,6 +36,10 @@ def xla_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
+def xla_native_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  return jnp.dot(x, w)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_matmul(x: jax.Array, w: jax.Array, isa: str) -> jax.Array:
   return _kernel_fwd(x, w, isa)[0]
@@ -57,8 +65,8 @@ def _kernel_bwd(isa, res, g):
 _kernel_matmul.defvjp(_kernel_fwd, _kernel_bwd)
 
 
-def xla_swiglu(x: jax.Array, w: jax.Array) -> jax.Array:
-  gate, up = jnp.split(xla_matmul(x, w), 2, axis=-1)
+def xla_swiglu(x: jax.Array, w: jax.Array, dot=xla_matmul) -> jax.Array:
+  gate, up = jnp.split(dot(x, w), 2, axis=-1)
   return jax.nn.silu(gate) * up
 
 
@@ -94,7 +102,7 @@ def kernel_isa(impl: str, dtype) -> str | None:
   dot (decided at trace time; the model config's `matmul` is part of the jit key)."""
   if impl not in IMPLS:
     raise ValueError(f"matmul implementation {impl!r}; choose one of {IMPLS}")
-  if impl == "xla" or jnp.dtype(dtype) != jnp.bfloat16 or not single_cpu_device():
+  if impl in ("xla", "xla_native") or jnp.dtype(dtype) != jnp.bfloat16 or not single_cpu_device():
     return None
   if impl == "auto":
     return cpu_gemm.best()
@@ -108,7 +116,7 @@ def matmul(x: jax.Array, w: jax.Array, impl: str = "auto") -> jax.Array:
   """x [..., K] @ w [K, N] -> [..., N] in x.dtype (w must already be in x.dtype)."""
   isa = kernel_isa(impl, x.dtype)
   if isa is None:
-    return xla_matmul(x, w)
+    return xla_native_matmul(x, w) if impl == "xla_native" else xla_matmul(x, w)
   return jax.lax.platform_dependent(x, w, cpu=functools.partial(_kernel_matmul, isa=isa),
                                     default=xla_matmul)
 
@@ -122,6 +130,6 @@ def swiglu(x: jax.Array, w: jax.Array, impl: str = "auto") -> jax.Array:
   """
   isa = kernel_isa(impl, x.dtype)
   if isa is None or (w.shape[-1] // 2) % 16:
-    return xla_swiglu(x, w)
+    return xla_swiglu(x, w, xla_native_matmul if impl == "xla_native" else xla_matmul)
   return jax.lax.platform_dependent(x, w, cpu=functools.partial(_kernel_swiglu, isa=isa),
                                     default=xla_swiglu)
