@@ -80,6 +80,27 @@ def test_k_steps_scan_and_forward_passes(head):
   np.testing.assert_allclose(l_0, m.lm_head(h + m.proj(h)), atol=1e-5)
 
 
+def test_step_embedding_starts_at_zero_and_conditions_each_step():
+  plain, embedded = tiny_spec(), tiny_spec(step_embed=True)
+  params = model_lib.init_params(embedded, jax.random.key(0))
+  assert params["step_embed"].shape == (3, 32)
+  inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
+  without = {k: v for k, v in params.items() if k != "step_embed"}
+  # Zero at init: the same logits as the head without it.
+  np.testing.assert_array_equal(run_step(embedded, params, inputs).trace,
+                                run_step(plain, without, inputs).trace)
+  # Step k's row enters step k only: by hand, u_k = u + alpha tanh(g(W[u, h] + e_k)).
+  e = jax.random.normal(jax.random.key(2), (3, 32))
+  params = dict(params, step_embed=e)
+  trace = run_step(embedded, params, inputs).trace
+  m = model_lib.merge(embedded, params)
+  h = m.hidden(inputs)
+  u = h
+  for k in range(3):
+    u = u + 0.5 * jnp.tanh(m.head(m.g_in(jnp.concatenate([u, h], -1)) + e[k][None, None]))
+    np.testing.assert_allclose(trace[k], m.lm_head(h + m.proj(u)), atol=1e-5)
+
+
 def test_truncated_gradient_is_the_same_forward_with_other_gradients():
   full, truncated = tiny_spec(), tiny_spec(gradient="truncated")
   params = model_lib.init_params(full, jax.random.key(0))

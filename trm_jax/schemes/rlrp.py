@@ -7,7 +7,9 @@ final hidden states h [B, L, D]. A shared latent head refines a latent per token
 u_0 = h,
     u_k = u_{k-1} + alpha * tanh(g([u_{k-1}, h])),    logits_k = lm_head(h + proj(u_k)),
 as a `jax.lax.scan` over k (g: a linear map of [u, h] to D, then the shared head, proj: linear).
-No token is added to the sequence. The head (`head` option) is either
+With `step_embed`, a learned row e_k per step (zero at init) is added to g's input,
+g(W[u, h] + e_k): the step index, which DIS gives its network, for the head. No token is added to
+the sequence. The head (`head` option) is either
   attention  one causal post-norm block (attention + SwiGLU, the backbone's kind): each
              refinement also reads the refined latents of earlier tokens, so K steps add K
              blocks of depth that the K = 1 baseline, with the same parameters, does not have;
@@ -34,9 +36,9 @@ Routing is in the data: a batch's rows are all arithmetic (`reasoning` = 1) or a
 (pipeline.RoutedIndex); text rows get the deep supervision only.
 
 Options (`model.scheme_options`): K (refinement steps, 1 = the baseline with the same
-parameters), head (attention | mlp), alpha (step size in [0, 1]), gradient (full: through all K updates; truncated: each
-update starts from a detached u_{k-1}, so step k's loss reaches the head and the backbone through
-step k only), weights, rl_weight, rl_span, penalty_weight, penalty_span, margin (in [0, 1]).
+parameters), head (attention | mlp), step_embed (False | True), alpha (step size in [0, 1]),
+gradient (full: through all K updates; truncated: each update starts from a detached u_{k-1},
+so step k's loss reaches the head and the backbone through step k only), weights, rl_weight, rl_span, penalty_weight, penalty_span, margin (in [0, 1]).
 
 Forward passes per supervision step: 1 + K, the backbone once plus K calls of the head (g and
 the read-out); a head call costs far less than a backbone call (2 linear layers against
@@ -61,7 +63,8 @@ from trm_jax.recursion import Readout
 class RLRPModel(nnx.Module):
   """Token embedding, causal blocks, the LM head and the latent refinement head (g, proj)."""
 
-  def __init__(self, spec: ModelSpec, *, head: str, rngs: nnx.Rngs):
+  def __init__(self, spec: ModelSpec, *, head: str, steps: int, step_embed: bool,
+               rngs: nnx.Rngs):
     pdt, D = spec.jnp_param_dtype, spec.hidden_size
     self.spec = spec
     self.embed_tokens = nnx.Param(nn.trunc_normal(rngs.params(), (spec.vocab_size, D), D**-0.5,
@@ -75,6 +78,9 @@ class RLRPModel(nnx.Module):
     else:
       self.g = nn.SwiGLU(D, spec.expansion, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
     self.proj = nn.Linear(D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+    # e_k, one row per refinement step, zero at init (the unconditioned head), added to the
+    # head's input: the step index DIS gives its network, here for the refinement head.
+    self.step_embed = nnx.Param(jnp.zeros((steps, D), pdt)) if step_embed else None
 
   def rope(self):
     return nn.rope_tables(self.spec) if self.spec.pos_encodings == "rope" else None
@@ -93,8 +99,13 @@ class RLRPModel(nnx.Module):
   def head(self, x_BLD: jax.Array) -> jax.Array:
     return self.g(x_BLD, self.rope()) if isinstance(self.g, nn.Block) else self.g(x_BLD)
 
-  def update(self, u_BLD: jax.Array, h_BLD: jax.Array, alpha: float) -> jax.Array:
-    return u_BLD + alpha * jnp.tanh(self.head(self.g_in(jnp.concatenate([u_BLD, h_BLD], -1))))
+  def update(self, u_BLD: jax.Array, h_BLD: jax.Array, alpha: float, k: jax.Array | int = 0
+             ) -> jax.Array:
+    """u_k from u_{k-1}; k (0-based) selects the step embedding when there is one."""
+    x = self.g_in(jnp.concatenate([u_BLD, h_BLD], -1))
+    if self.step_embed is not None:
+      x = x + self.step_embed[...][k].astype(x.dtype)[None, None]
+    return u_BLD + alpha * jnp.tanh(self.head(x))
 
   def readout(self, u_BLD: jax.Array, h_BLD: jax.Array) -> jax.Array:
     return self.lm_head(h_BLD + self.proj(u_BLD)).astype(jnp.float32)
@@ -103,13 +114,13 @@ class RLRPModel(nnx.Module):
 def refine(model: RLRPModel, h_BLD: jax.Array, steps: int, alpha: float, truncated: bool
            ) -> jax.Array:
   """logits_k for k = 1..K, [K, B, L, V] (a scan over k; u_0 = h)."""
-  def body(u, _):
+  def body(u, k):
     if truncated:
       u = jax.lax.stop_gradient(u)
-    u = model.update(u, h_BLD, alpha)
+    u = model.update(u, h_BLD, alpha, k)
     return u, model.readout(u, h_BLD)
 
-  _, logits = jax.lax.scan(body, h_BLD, None, length=steps)
+  _, logits = jax.lax.scan(body, h_BLD, jnp.arange(steps))
   return logits
 
 
@@ -154,7 +165,8 @@ def improvement_penalty(ce_KB: jax.Array, margin: float) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class RLRP(recursion.Scheme):
   name: str = "rlrp"
-  options = {"K": (4,), "head": ("attention", "mlp"), "alpha": (0.5,), "gradient": ("full", "truncated"),
+  options = {"K": (4,), "head": ("attention", "mlp"), "step_embed": (False, True),
+             "alpha": (0.5,), "gradient": ("full", "truncated"),
              "weights": ("uniform", "linear", "last"), "rl_weight": (1.0,),
              "rl_span": ("answer", "all"), "penalty_weight": (0.0,),
              "penalty_span": ("answer", "all"), "margin": (0.0,)}
@@ -175,7 +187,8 @@ class RLRP(recursion.Scheme):
       fail("pos_encodings", "must be 'rope' or 'none'")
 
   def build(self, spec, rngs):
-    return RLRPModel(spec, head=self.option(spec, "head"), rngs=rngs)
+    return RLRPModel(spec, head=self.option(spec, "head"), steps=self.option(spec, "K"),
+                     step_embed=self.option(spec, "step_embed"), rngs=rngs)
 
   def initial_carry(self, spec, batch_size):
     """The row's tokens: all a row's state is (`answer_logits` reads from them)."""
