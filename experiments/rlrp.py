@@ -8,9 +8,10 @@ r"""RLRP-style recursive latent refinement of a small causal LM (trm_jax/schemes
   --config experiments/rlrp.py:accel   an accelerator run: hidden 512, 6 blocks, K = 8, bf16,
                                        5-digit additions and 3-digit multiplications
 Append ,runlocal for a CPU check of the code path (20 steps). Options of the head and the
-losses: --config.model.scheme_options.{K,head,step_embed,alpha,gradient,weights,rl_weight,rl_span,
-penalty_weight,penalty_span,margin}; the routing ratio: --config.data.builder_config.reasoning_ratio; own
-text: --config.data.builder_config.text_files=DIR_OR_FILE. Per-step evaluation of a run:
+losses: --config.model.scheme_options.{K,head,step_embed,alpha,gradient,weights,rl_weight,
+rl_span,penalty_weight,penalty_span,margin}; the routing ratio:
+--config.data.builder_config.reasoning_ratio; own text:
+--config.data.builder_config.text_files=DIR_OR_FILE. Per-step evaluation of a run:
 python -m trm_jax.lm_eval --workdir DIR.
 """
 
@@ -40,9 +41,8 @@ def get_config(arg=None):
   # penalty_weight 0: the penalty did not widen the step gap on CPU (BUILD_NOTES, "RLRP").
   config.model.scheme_options = dict(
       K=8 if accel else (1 if variant == "cpu_k1" else 4), head="attention", step_embed=False,
-      alpha=0.5,
-      gradient="full", weights="linear", rl_weight=1.0, rl_span="answer", penalty_weight=0.0,
-      penalty_span="answer", margin=0.0)
+      alpha=0.5, gradient="full", weights="linear", rl_weight=1.0, rl_span="answer",
+      penalty_weight=0.0, penalty_span="answer", margin=0.0)
   config.data = common.data_spec("rlrp", dict(
       name=f"rlrp_{'accel' if accel else 'cpu'}", seq_len=seq_len,
       num_train=200_000 if accel else 20_000, num_test=2048 if accel else 512,
