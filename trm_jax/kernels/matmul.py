@@ -102,7 +102,8 @@ def kernel_isa(impl: str, dtype) -> str | None:
   dot (decided at trace time; the model config's `matmul` is part of the jit key)."""
   if impl not in IMPLS:
     raise ValueError(f"matmul implementation {impl!r}; choose one of {IMPLS}")
-  if impl in ("xla", "xla_native") or jnp.dtype(dtype) != jnp.bfloat16 or not single_cpu_device():
+  if (impl in ("xla", "xla_native") or jnp.dtype(dtype) != jnp.bfloat16
+      or not single_cpu_device()):
     return None
   if impl == "auto":
     return cpu_gemm.best()

@@ -16,9 +16,11 @@ the sequence. The head (`head` option) is either
   mlp        a SwiGLU applied to each token alone: a refinement can only re-read its own token's
              h, never what the backbone failed to gather from other tokens.
 The default is attention: with the per-token head, step K did not beat step 1 on held-out
-arithmetic (BUILD_NOTES, "RLRP"); an answer digit depends on carries from other tokens. One supervision step per batch (halt_max_steps 1): the Readout
-holds logits_K, with `record` every logits_k as its trace (the analysis's readout points, the
-reference of point 1 being logits_0 = lm_head(h + proj(h)), `answer_logits`).
+arithmetic (BUILD_NOTES, "RLRP"); an answer digit depends on carries from other tokens.
+
+One supervision step per batch (halt_max_steps 1): the Readout holds logits_K, with `record`
+every logits_k as its trace (the analysis's readout points, the reference of point 1 being
+logits_0 = lm_head(h + proj(h)), `answer_logits`).
 
 Loss of a batch (sums over rows; per-row CEs are means over the row's next-token labels):
   deep supervision  sum_k w_k CE_k, w on the simplex: `weights` uniform | linear (w_k ∝ k) |
@@ -38,7 +40,8 @@ Routing is in the data: a batch's rows are all arithmetic (`reasoning` = 1) or a
 Options (`model.scheme_options`): K (refinement steps, 1 = the baseline with the same
 parameters), head (attention | mlp), step_embed (False | True), alpha (step size in [0, 1]),
 gradient (full: through all K updates; truncated: each update starts from a detached u_{k-1},
-so step k's loss reaches the head and the backbone through step k only), weights, rl_weight, rl_span, penalty_weight, penalty_span, margin (in [0, 1]).
+so step k's loss reaches the head and the backbone through step k only), weights, rl_weight,
+rl_span, penalty_weight, penalty_span, margin (in [0, 1]).
 
 Forward passes per supervision step: 1 + K, the backbone once plus K calls of the head (g and
 the read-out); a head call costs far less than a backbone call (2 linear layers against
