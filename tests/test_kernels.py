@@ -19,11 +19,12 @@ from trm_jax import config as config_lib
 from trm_jax.kernels import cpu_gemm
 from trm_jax.kernels import matmul as km
 
-ISA = pytest.mark.parametrize("isa", [
+KERNEL_ISAS = [
     pytest.param(isa, marks=pytest.mark.skipif(
         not cpu_gemm.available(isa),
         reason=f"{isa} kernel unavailable: {cpu_gemm.unavailable_reason(isa)}"))
-    for isa in cpu_gemm.ISAS])
+    for isa in cpu_gemm.ISAS]
+ISA = pytest.mark.parametrize("isa", KERNEL_ISAS)
 
 
 @pytest.mark.parametrize("isa", cpu_gemm.ISAS)
@@ -135,11 +136,7 @@ def test_swiglu_activation_is_exact_for_every_bf16_gate_value(isa):
   np.testing.assert_array_equal(f64(h)[finite], act_ref[finite])
 
 
-@pytest.mark.parametrize("isa", ["xla", "xla_native", *(
-    pytest.param(isa, marks=pytest.mark.skipif(
-        not cpu_gemm.available(isa),
-        reason=f"{isa} kernel unavailable: {cpu_gemm.unavailable_reason(isa)}"))
-    for isa in cpu_gemm.ISAS)])
+@pytest.mark.parametrize("isa", ["xla", "xla_native", *KERNEL_ISAS])
 @pytest.mark.parametrize("M,K,I", [(64, 64, 256), (45, 97, 512)])
 def test_swiglu_and_matmul_gradients_match_float64(M, K, I, isa):
   rng = np.random.default_rng(M * K)

@@ -40,6 +40,11 @@ def xla_native_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return jnp.dot(x, w)
 
 
+def _xla_dot(impl: str):
+  """XLA's dot for `impl` where no kernel runs: bf16 output for xla_native, else fp32 rounded."""
+  return xla_native_matmul if impl == "xla_native" else xla_matmul
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _kernel_matmul(x: jax.Array, w: jax.Array, isa: str) -> jax.Array:
   return _kernel_fwd(x, w, isa)[0]
@@ -117,7 +122,7 @@ def matmul(x: jax.Array, w: jax.Array, impl: str = "auto") -> jax.Array:
   """x [..., K] @ w [K, N] -> [..., N] in x.dtype (w must already be in x.dtype)."""
   isa = kernel_isa(impl, x.dtype)
   if isa is None:
-    return xla_native_matmul(x, w) if impl == "xla_native" else xla_matmul(x, w)
+    return _xla_dot(impl)(x, w)
   return jax.lax.platform_dependent(x, w, cpu=functools.partial(_kernel_matmul, isa=isa),
                                     default=xla_matmul)
 
@@ -131,6 +136,6 @@ def swiglu(x: jax.Array, w: jax.Array, impl: str = "auto") -> jax.Array:
   """
   isa = kernel_isa(impl, x.dtype)
   if isa is None or (w.shape[-1] // 2) % 16:
-    return xla_swiglu(x, w, xla_native_matmul if impl == "xla_native" else xla_matmul)
+    return xla_swiglu(x, w, _xla_dot(impl))
   return jax.lax.platform_dependent(x, w, cpu=functools.partial(_kernel_swiglu, isa=isa),
                                     default=xla_swiglu)

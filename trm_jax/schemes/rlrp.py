@@ -139,12 +139,24 @@ def convex_weights(steps: int, kind: str) -> jax.Array:
   raise ValueError(f"deep-supervision weights {kind!r}; choose uniform, linear or last")
 
 
+def token_cross_entropy(logits_KBLV: jax.Array, labels_BL: jax.Array, loss_type: str = "softmax"
+                        ) -> jax.Array:
+  """[K, B, L]: every step's next-token CE (0 where the label is ignored)."""
+  mask = labels_BL != losses.IGNORE_LABEL_ID
+  return jax.vmap(lambda l: losses.TOKEN_LOSSES[loss_type](l, labels_BL, mask))(logits_KBLV)
+
+
+def row_mean(token_KBL: jax.Array, mask_BL: jax.Array) -> jax.Array:
+  """[K, B]: the mean of each row's token values over its mask (0 for an empty mask)."""
+  return (jnp.sum(jnp.where(mask_BL[None], token_KBL, 0.0), -1)
+          / jnp.maximum(mask_BL.sum(-1), 1)[None])
+
+
 def step_cross_entropy(logits_KBLV: jax.Array, labels_BL: jax.Array, loss_type: str = "softmax"
                        ) -> jax.Array:
   """[K, B]: each row's mean next-token CE over its labels at every step (0 without labels)."""
-  mask = labels_BL != losses.IGNORE_LABEL_ID
-  token = jax.vmap(lambda l: losses.TOKEN_LOSSES[loss_type](l, labels_BL, mask))(logits_KBLV)
-  return token.sum(-1) / jnp.maximum(mask.sum(-1), 1)[None]
+  return row_mean(token_cross_entropy(logits_KBLV, labels_BL, loss_type),
+                  labels_BL != losses.IGNORE_LABEL_ID)
 
 
 def soft_rl(logits_KBLV: jax.Array, labels_BL: jax.Array, mask_BL: jax.Array) -> jax.Array:
@@ -229,12 +241,12 @@ class RLRP(recursion.Scheme):
     mask = targets != losses.IGNORE_LABEL_ID
     reasoning = data["reasoning"].astype(bool) if "reasoning" in data else jnp.zeros((B,), bool)
     answer = data["answer_mask"].astype(bool) & mask if "answer_mask" in data else mask & False
-    ce = step_cross_entropy(logits, targets, spec.loss_type)  # [K, B]
+    token_ce = token_cross_entropy(logits, targets, spec.loss_type)  # [K, B, L]
+    ce = row_mean(token_ce, mask)  # [K, B]
     lm_loss = jnp.sum(convex_weights(K, self.option(spec, "weights"))[:, None] * ce)
     rl_mask = answer if self.option(spec, "rl_span") == "answer" else mask
     rl_loss = jnp.sum(jnp.where(reasoning, soft_rl(logits, targets, rl_mask), 0.0))
-    span_ce = ce if self.option(spec, "penalty_span") == "all" else step_cross_entropy(
-        logits, jnp.where(answer, targets, losses.IGNORE_LABEL_ID), spec.loss_type)
+    span_ce = ce if self.option(spec, "penalty_span") == "all" else row_mean(token_ce, answer)
     improvement_loss = jnp.sum(jnp.where(
         reasoning, improvement_penalty(span_ce, self.option(spec, "margin")), 0.0))
     total = (lm_loss + self.option(spec, "rl_weight") * rl_loss
