@@ -89,6 +89,25 @@ def _batch(spec, batch_size, seed=0):
                                                          batch_size), jnp.int32)}
 
 
+def test_paired_exact_test_by_hand():
+  # 12 fixed, 5 broken, 3 right in both, 4 wrong in both: n = 17 discordant problems,
+  # P(X <= 5 | Bin(17, 1/2)) = (1 + 17 + 136 + 680 + 2380 + 6188) / 2**17 = 9402 / 131072.
+  before = np.array([0] * 12 + [1] * 5 + [1] * 3 + [0] * 4)
+  after = np.array([1] * 12 + [0] * 5 + [1] * 3 + [0] * 4)
+  out = analysis.paired_exact_test(before, after)
+  assert (out["fixed"], out["broken"], out["problems"]) == (12, 5, 24)
+  assert out["p_value"] == pytest.approx(2 * 9402 / 131072, rel=1e-12)
+  assert out["difference"] == pytest.approx((15 - 8) / 24)
+  # symmetric in direction; an even split and no discordant problem give p = 1
+  assert analysis.paired_exact_test(after, before)["p_value"] == out["p_value"]
+  assert analysis.paired_exact_test([0, 1, 1, 0], [1, 0, 1, 0])["p_value"] == 1.0
+  assert analysis.paired_exact_test([1, 0], [1, 0])["p_value"] == 1.0
+  # 10 fixed, none broken: 2 / 2**10
+  assert analysis.paired_exact_test([0] * 10, [1] * 10)["p_value"] == pytest.approx(2 / 1024)
+  with pytest.raises(ValueError, match="equal 1-D shapes"):
+    analysis.paired_exact_test([0, 1], [0, 1, 1])
+
+
 @pytest.mark.parametrize("scheme", ["trm", "dis", "hrm", "trm_singlez"])
 def test_recorded_readouts_end_with_the_unrecorded_logits(scheme):
   cfg = _tiny(scheme)

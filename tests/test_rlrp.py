@@ -1,6 +1,7 @@
 """RLRP: the causal LM with latent refinement (schemes/rlrp.py), its corpora (data/lm.py), the
 routed stream (pipeline.RoutedIndex) and a run through main.run + lm_eval."""
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -329,3 +330,24 @@ def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
   assert out["arithmetic"]["examples"] == 20
   assert all(np.isfinite(p["margin"]) for p in out["fluency"]["points"])
   assert "| 4 |" in lm_eval.format_steps(out)
+  arith = out["arithmetic"]
+  assert arith["paired_with_step1"][0]["fixed"] == arith["paired_with_step1"][0]["broken"] == 0
+  ops = arith["by_operation"]
+  assert ops["+"]["examples"] + ops["*"]["examples"] == 20
+  for k, point in enumerate(arith["points"]):  # the split by operation adds up to the whole
+    total = sum(ops[op]["examples"] * ops[op]["exact_accuracy"][k] for op in ops)
+    assert total == pytest.approx(20 * point["exact_accuracy"])
+    pair = arith["paired_with_step1"][k]
+    assert pair["difference"] == pytest.approx(point["exact_accuracy"]
+                                               - arith["points"][0]["exact_accuracy"])
+  # paired with itself as the baseline: nothing fixed or broken
+  run = runs.load(tmp_path)
+  against_self = lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=run)
+  assert against_self["baseline"]["paired"]["fixed"] == 0
+  assert against_self["baseline"]["paired"]["p_value"] == 1.0
+  assert "against the baseline" in lm_eval.format_steps(against_self)
+  config = run.config.copy_and_resolve_references()
+  config.data.builder_config.seed = 1  # other held-out problems: cannot be paired
+  other = dataclasses.replace(run, config=config)
+  with pytest.raises(ValueError, match="not those of"):
+    lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=other)

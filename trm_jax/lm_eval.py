@@ -10,6 +10,10 @@ deterministically) and reads every refinement step's logits (`Readout.trace`) th
               (teacher-forced, equal to greedy decoding of the answer), CE and the advantage
               margin between consecutive steps;
   fluency     labels = every next byte of the held-out text windows: CE, perplexity, margin.
+On the arithmetic it also pairs the readouts problem by problem (McNemar's exact test,
+`analysis.paired_exact_test`): every step k against step 1, and with `--baseline DIR` (another
+RLRP run with the same held-out problems, e.g. the K = 1 baseline) this run's step K against the
+baseline's last step; and it splits exact match by operation (+, *).
 Writes <workdir>/lm_eval/{lm_eval.txt, lm_eval.json} and prints the table.
 """
 
@@ -31,13 +35,16 @@ def _define_flags() -> None:
   flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
   flags.DEFINE_integer("max_examples", 0, "examples per corpus (0: all)")
   flags.DEFINE_integer("batch_size", 256, "examples per batch")
+  flags.DEFINE_string("baseline", None, "another RLRP run (or checkpoint) on the same held-out "
+                      "arithmetic: its last step is paired with this run's step K")
   flags.mark_flags_as_required(["workdir"])
 
 
 def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
-                   max_examples: int = 0) -> dict[str, Any]:
-  """`analysis.summarize` of every refinement step over `records` (inputs, labels with PAD
-  ignored); a point is one step, its forward passes the head calls so far."""
+                   max_examples: int = 0) -> tuple[dict[str, Any], Any]:
+  """(`analysis.summarize` of every refinement step over `records` (inputs, labels with PAD
+  ignored), a point being one step and its forward passes the head calls so far; the per-row
+  exact match [K, n], 0/1)."""
   import jax
   import numpy as np
   from trm_jax import analysis, losses
@@ -45,7 +52,7 @@ def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
 
   n = len(records["inputs"]) if not max_examples else min(max_examples, len(records["inputs"]))
   trace = jax.jit(functools.partial(analysis.trajectory, spec=spec))
-  sums, last_useful = None, []
+  sums, last_useful, exact = None, [], []
   for start in range(0, n, batch_size):
     rows = np.minimum(np.arange(start, start + batch_size), n - 1)  # the last batch padded
     valid = np.arange(start, start + batch_size) < n
@@ -57,40 +64,94 @@ def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
     batch_sums = {k: (np.asarray(stats[k]) * valid).sum(-1) for k in analysis.POINT_SUMS}
     sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
     last_useful.append(analysis.last_useful_point(stats["changed"])[valid])
+    exact.append(np.asarray(stats["exact"])[:, valid])
   points = len(sums["tokens"])
-  return analysis.summarize(sums, np.concatenate(last_useful), n, passes_per_point=1,
-                            points_per_step=points)
+  return (analysis.summarize(sums, np.concatenate(last_useful), n, passes_per_point=1,
+                             points_per_step=points),
+          np.concatenate(exact, axis=1).astype(bool))
 
 
-def evaluate_run(run, *, batch_size: int, max_examples: int = 0) -> dict[str, Any]:
+def _load_checked(run):
   from trm_jax.config import ModelSpec
-  from trm_jax.data import lm
   spec = ModelSpec.from_config(run.model_config)
   if spec.scheme != "rlrp" or run.config.data.builder != "rlrp":
     raise ValueError(f"{run.workdir}: lm_eval evaluates RLRP runs (model.scheme and "
                      f"data.builder 'rlrp'); this run has scheme '{spec.scheme}' and builder "
                      f"'{run.config.data.builder}'")
+  return spec
+
+
+def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None
+                 ) -> dict[str, Any]:
+  """The per-step tables of `run` on its held-out arithmetic and text, the paired tests of
+  every step against step 1 and, given `baseline` (a loaded RLRP run), of step K against the
+  baseline's last step on the same problems."""
+  import numpy as np
+  from trm_jax import analysis
+  from trm_jax.data import lm
+  spec = _load_checked(run)
   data = lm.corpora(run.config.data.builder_config)
-  arithmetic = evaluate_steps(run.params, spec, lm.answer_only(data.arithmetic_test),
-                              batch_size=batch_size, max_examples=max_examples)
-  fluency = evaluate_steps(run.params, spec, data.fluency_test, batch_size=batch_size,
-                           max_examples=max_examples)
-  return {"workdir": str(run.workdir), "step": run.step, "arithmetic": arithmetic,
-          "fluency": fluency}
+  problems = lm.answer_only(data.arithmetic_test)
+  arithmetic, exact = evaluate_steps(run.params, spec, problems, batch_size=batch_size,
+                                     max_examples=max_examples)
+  fluency, _ = evaluate_steps(run.params, spec, data.fluency_test, batch_size=batch_size,
+                              max_examples=max_examples)
+  arithmetic["paired_with_step1"] = [analysis.paired_exact_test(exact[0], exact[k])
+                                     for k in range(len(exact))]
+  inputs = problems["inputs"][:exact.shape[1]]
+  arithmetic["by_operation"] = {}
+  for op in ("+", "*"):
+    rows = np.any(inputs == lm.encode(op)[0], axis=-1)
+    arithmetic["by_operation"][op] = {
+        "examples": int(rows.sum()),
+        "exact_accuracy": [float(e[rows].mean()) if rows.any() else 0.0 for e in exact]}
+  result = {"workdir": str(run.workdir), "step": run.step, "arithmetic": arithmetic,
+            "fluency": fluency}
+  if baseline is not None:
+    base_spec = _load_checked(baseline)
+    base_problems = lm.answer_only(lm.corpora(baseline.config.data.builder_config)
+                                   .arithmetic_test)
+    if not (base_problems["inputs"].shape == problems["inputs"].shape
+            and np.array_equal(base_problems["inputs"], problems["inputs"])):
+      raise ValueError(f"--baseline {baseline.workdir}: its held-out arithmetic problems are not "
+                       f"those of {run.workdir} (data.builder_config differs), so the two runs "
+                       "cannot be paired problem by problem")
+    _, base_exact = evaluate_steps(baseline.params, base_spec, base_problems,
+                                   batch_size=batch_size, max_examples=max_examples)
+    result["baseline"] = {"workdir": str(baseline.workdir), "step": baseline.step,
+                          "exact_accuracy": float(base_exact[-1].mean()),
+                          "steps": int(len(base_exact)),
+                          "paired": analysis.paired_exact_test(base_exact[-1], exact[-1])}
+  return result
 
 
 def format_steps(result: Mapping[str, Any]) -> str:
   arith, text = result["arithmetic"]["points"], result["fluency"]["points"]
-  lines = [f"| refinement step | answer token acc | answer exact | answer CE | answer margin | "
+  lines = ["| refinement step | answer token acc | answer exact | answer CE | answer margin | "
            "text CE | text perplexity | text margin |", "|---|---|---|---|---|---|---|---|"]
   for a, f in zip(arith, text):
     lines.append(f"| {a['point']} | {a['token_accuracy']:.4f} | {a['exact_accuracy']:.4f} | "
                  f"{a['ce_labels']:.4f} | {a['margin']:+.4f} | {f['ce_labels']:.4f} | "
                  f"{math.exp(f['ce_labels']):.3f} | {f['margin']:+.4f} |")
+  ops = result["arithmetic"]["by_operation"]
+  lines += ["", "| refinement step | exact vs step 1: fixed / broken | p (McNemar, exact) | "
+            + " | ".join(f"exact on {op} ({ops[op]['examples']})" for op in ops) + " |",
+            "|---|---|---|" + "---|" * len(ops)]
+  for k, pair in enumerate(result["arithmetic"]["paired_with_step1"]):
+    lines.append(f"| {k + 1} | +{pair['fixed']} / -{pair['broken']} | {pair['p_value']:.3g} | "
+                 + " | ".join(f"{ops[op]['exact_accuracy'][k]:.4f}" for op in ops) + " |")
   lines += ["", f"held-out arithmetic problems: {result['arithmetic']['examples']}; held-out text "
             f"windows: {result['fluency']['examples']} (checkpoint step {result['step']})",
             "margin: the advantage margin of step k over step k-1 (step 0: logits_0 = "
-            "lm_head(h + proj(h))), per supervised token; CE in nats (softmax)"]
+            "lm_head(h + proj(h))), per supervised token; CE in nats (softmax)",
+            "fixed / broken: problems that step k answers right and step 1 wrong / the reverse; "
+            "p: the chance of a split at least this uneven if neither readout were better"]
+  if "baseline" in result:
+    base, pair = result["baseline"], result["baseline"]["paired"]
+    lines += [f"against the baseline {base['workdir']} (its step {base['steps']}, exact "
+              f"{base['exact_accuracy']:.4f}): step {len(arith)} fixes {pair['fixed']} and breaks "
+              f"{pair['broken']} of its problems, exact {pair['difference']:+.4f}, "
+              f"p = {pair['p_value']:.3g}"]
   return "\n".join(lines)
 
 
@@ -100,7 +161,9 @@ def main(argv):
   import trm_jax
   options = flags.FLAGS
   run = trm_jax.load(options.workdir, options.step)
-  result = evaluate_run(run, batch_size=options.batch_size, max_examples=options.max_examples)
+  baseline = trm_jax.load(options.baseline) if options.baseline else None
+  result = evaluate_run(run, batch_size=options.batch_size, max_examples=options.max_examples,
+                        baseline=baseline)
   out = run.workdir / "lm_eval"
   out.mkdir(parents=True, exist_ok=True)
   text = format_steps(result)
