@@ -19,7 +19,8 @@ Tasks:
             given queens
 
 Each (task, method) trains in its own process through `python -m trm_jax.main`'s `run` (own
-workdir under --root; an existing finished run is reused), then every inference strategy of
+workdir under --root; a finished run there is reused when it was trained with the same
+--epochs / --lr_min_ratio / --dis_n_sup, and refused otherwise), then every inference strategy of
 `trm_jax.analyze` runs on its held-out set. Prints one table per task (method, training wall
 time and measured training passes per example, inference passes per example, accuracy), then
 the accuracy/compute frontier of every strategy, and writes results.json and frontier_<task>.png
@@ -76,14 +77,22 @@ def make_config(task: str, method: str, epochs: int | None, lr_min_ratio: float 
 
 
 def train(task: str, method: str, workdir: pathlib.Path, settings: list[str]) -> dict:
-  """Trains in a child process (timed); returns {seconds, train_passes_per_example}."""
+  """Trains in a child process (timed); returns {seconds, train_passes_per_example}. A finished
+  run in `workdir` is reused only if it was trained with the same `settings`."""
   done = workdir / "eval_table.txt"
   timing = workdir / "benchmark_timing.json"
-  if not (done.exists() and timing.exists()):
+  if done.exists() and timing.exists():
+    trained = json.loads(timing.read_text()).get("settings")
+    if trained != settings:
+      raise SystemExit(
+          f"{workdir}: this finished run was trained with "
+          f"{' '.join(trained) if trained is not None else 'settings that were not recorded'}, "
+          f"not {' '.join(settings)}; use another --root (or remove {workdir}) to train anew")
+  else:
     start = time.time()
     subprocess.run([sys.executable, __file__, "--child", f"{task}:{method}", "--root",
                     str(workdir), *settings], check=True, cwd=ROOT)
-    timing.write_text(json.dumps({"seconds": time.time() - start}))
+    timing.write_text(json.dumps({"seconds": time.time() - start, "settings": settings}))
   seconds = json.loads(timing.read_text())["seconds"]
   # Measured training passes: the examples that finished in the last logged steps.
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
-"""The benchmark scripts' MFU arithmetic (the scripts themselves run for minutes: not here;
-the peak table is trm_jax.flops', tested in test_flops.py)."""
+"""The benchmark scripts' bookkeeping: the MFU arithmetic and dis_vs_trm's reuse of finished
+runs (the scripts themselves run for minutes: not here; the peak table is trm_jax.flops', tested
+in test_flops.py)."""
 
 import pathlib
 import sys
@@ -15,3 +16,22 @@ def test_flop_rates():
   assert rates == pytest.approx({"model_tflop_per_call": 6.0, "tflops_per_s": 300.0,
                                  "peak_tflops": 1000.0, "mfu": 0.3})
   assert bench_trm.flop_rates(1e12, 2.0, None)["mfu"] is None
+
+
+def test_dis_vs_trm_reuses_a_finished_run_only_with_its_settings(tmp_path):
+  import json
+  import dis_vs_trm
+  settings = ["--epochs", "300", "--dis_n_sup", "6"]
+  (tmp_path / "eval_table.txt").write_text("done\n")
+  (tmp_path / "benchmark_timing.json").write_text(json.dumps({"seconds": 12.5,
+                                                              "settings": settings}))
+  (tmp_path / "metrics.jsonl").write_text(
+      json.dumps({"kind": "train", "forward_passes_per_example": 18.0, "count": 10}) + "\n")
+  assert dis_vs_trm.train("sudoku6", "dis", tmp_path, settings) == {
+      "train_seconds": 12.5, "train_passes_per_example": 18.0}
+  with pytest.raises(SystemExit, match="trained with --epochs 300 --dis_n_sup 6, not --epochs "
+                                       "300 --dis_n_sup 4"):
+    dis_vs_trm.train("sudoku6", "dis", tmp_path, ["--epochs", "300", "--dis_n_sup", "4"])
+  (tmp_path / "benchmark_timing.json").write_text(json.dumps({"seconds": 12.5}))
+  with pytest.raises(SystemExit, match="settings that were not recorded"):
+    dis_vs_trm.train("sudoku6", "dis", tmp_path, settings)
