@@ -346,6 +346,8 @@ def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
   assert against_self["baseline"]["paired"]["fixed"] == 0
   assert against_self["baseline"]["paired"]["p_value"] == 1.0
   assert "against the baseline" in lm_eval.format_steps(against_self)
+  lm_eval.plot_steps(against_self, tmp_path / "lm_eval.png")
+  assert (tmp_path / "lm_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   config = run.config.copy_and_resolve_references()
   config.data.builder_config.seed = 1  # other held-out problems: cannot be paired
   other = dataclasses.replace(run, config=config)

@@ -14,7 +14,9 @@ On the arithmetic it also pairs the readouts problem by problem (McNemar's exact
 `analysis.paired_exact_test`): every step k against step 1, and with `--baseline DIR` (another
 RLRP run with the same held-out problems, e.g. the K = 1 baseline) this run's step K against the
 baseline's last step; and it splits exact match by operation (+, *).
-Writes <workdir>/lm_eval/{lm_eval.txt, lm_eval.json} and prints the table.
+Writes <workdir>/lm_eval/{lm_eval.txt, lm_eval.json, lm_eval.png} and prints the table; the
+picture: answer exact match per step (all, +, *; the baseline's as a dashed line), and the answer
+and text CE per step minus step 1's.
 """
 
 from __future__ import annotations
@@ -155,6 +157,43 @@ def format_steps(result: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def plot_steps(result: Mapping[str, Any], path) -> None:
+  """lm_eval.png: exact match per refinement step (all problems and each operation, the
+  baseline's last step dashed) and the answer / text CE per step less step 1's."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from trm_jax import plot
+
+  arith, text = result["arithmetic"], result["fluency"]
+  steps = [p["point"] for p in arith["points"]]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  left.plot(steps, [p["exact_accuracy"] for p in arith["points"]], "o-", color="k",
+            label=f"all ({arith['examples']})")
+  for op, color in (("+", "tab:blue"), ("*", "tab:orange")):
+    part = arith["by_operation"][op]
+    left.plot(steps, part["exact_accuracy"], "o-", color=color, ms=4,
+              label=f"{op} ({part['examples']})")
+  if "baseline" in result:
+    left.axhline(result["baseline"]["exact_accuracy"], color="k", ls="--", lw=1,
+                 label="baseline, all")
+  left.set(xlabel="refinement step", ylabel="answer exact match (held-out)", xticks=steps,
+           ylim=(0, 1))
+  left.legend(fontsize=8)
+  for points, marker, name in ((arith["points"], "o-", "answer digits"),
+                                (text["points"], "s-", "text bytes")):
+    right.plot(steps, [p["ce_labels"] - points[0]["ce_labels"] for p in points], marker,
+               label=f"{name} (step 1: {points[0]['ce_labels']:.3f})")
+  right.axhline(0.0, color="k", lw=0.5)
+  right.set(xlabel="refinement step", ylabel="CE per token minus step 1's (nats)",
+            xticks=steps)
+  right.legend(fontsize=8)
+  fig.suptitle(f"{result['workdir']} (step {result['step']})", fontsize=9)
+  fig.tight_layout()
+  plot.save_figure(fig, path)
+  plt.close(fig)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -169,7 +208,9 @@ def main(argv):
   text = format_steps(result)
   (out / "lm_eval.txt").write_text(text + "\n")
   (out / "lm_eval.json").write_text(json.dumps(result, indent=1))
+  plot_steps(result, out / "lm_eval.png")
   print(text)
+  print(f"wrote {out}/lm_eval.txt, lm_eval.json and lm_eval.png")
 
 
 if __name__ == "__main__":
