@@ -242,6 +242,11 @@ def test_arithmetic_corpus_is_seeded_unique_disjoint_and_correct():
     lm.arithmetic_problems(corpus_config(num_train=500, add_digits=1, mul_digits=1))
 
 
+def test_carries_by_hand():
+  assert [lm.carries(p) for p in ("123+456=579", "15+7=22", "987+65=1052", "999+1=1000",
+                                  "0+0=0", "50+50=100")] == [0, 1, 3, 3, 0, 1]
+
+
 def test_text_windows_split_per_file_and_bad_files_are_named(tmp_path):
   good = tmp_path / "good.txt"
   good.write_text("abcdefghij" * 20, encoding="utf-8")  # 200 bytes: 11 windows of 17
@@ -340,6 +345,11 @@ def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
     pair = arith["paired_with_step1"][k]
     assert pair["difference"] == pytest.approx(point["exact_accuracy"]
                                                - arith["points"][0]["exact_accuracy"])
+  by_carries = arith["additions_by_carries"]
+  assert sum(part["examples"] for part in by_carries.values()) == ops["+"]["examples"]
+  for k in range(4):
+    assert sum(p["examples"] * p["exact_accuracy"][k] for p in by_carries.values()) == (
+        pytest.approx(ops["+"]["examples"] * ops["+"]["exact_accuracy"][k]))
   # paired with itself as the baseline: nothing fixed or broken
   run = runs.load(tmp_path)
   against_self = lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=run)

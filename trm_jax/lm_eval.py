@@ -13,7 +13,8 @@ deterministically) and reads every refinement step's logits (`Readout.trace`) th
 On the arithmetic it also pairs the readouts problem by problem (McNemar's exact test,
 `analysis.paired_exact_test`): every step k against step 1, and with `--baseline DIR` (another
 RLRP run with the same held-out problems, e.g. the K = 1 baseline) this run's step K against the
-baseline's last step; and it splits exact match by operation (+, *).
+baseline's last step; and it splits exact match by operation (+, *) and the additions by their
+carries (0, 1, 2, 3 or more).
 Writes <workdir>/lm_eval/{lm_eval.txt, lm_eval.json, lm_eval.png} and prints the table; the
 picture: answer exact match per step (all, +, *; the baseline's as a dashed line), and the answer
 and text CE per step minus step 1's.
@@ -107,6 +108,17 @@ def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None
     arithmetic["by_operation"][op] = {
         "examples": int(rows.sum()),
         "exact_accuracy": [float(e[rows].mean()) if rows.any() else 0.0 for e in exact]}
+  # the additions by their carries (3 or more pooled): a carry is a digit that depends on the
+  # digits to its right, which a causal reader meets only after the digit it must write
+  texts = [lm.decode(row) for row in inputs]
+  groups = {}
+  for i, text in enumerate(texts):
+    if "+" in text:
+      groups.setdefault(min(lm.carries(text), 3), []).append(i)
+  arithmetic["additions_by_carries"] = {
+      (f"{n}" if n < 3 else "3+"): {"examples": len(rows),
+                                     "exact_accuracy": [float(e[rows].mean()) for e in exact]}
+      for n, rows in sorted(groups.items())}
   result = {"workdir": str(run.workdir), "step": run.step, "arithmetic": arithmetic,
             "fluency": fluency}
   if baseline is not None:
@@ -142,6 +154,13 @@ def format_steps(result: Mapping[str, Any]) -> str:
   for k, pair in enumerate(result["arithmetic"]["paired_with_step1"]):
     lines.append(f"| {k + 1} | +{pair['fixed']} / -{pair['broken']} | {pair['p_value']:.3g} | "
                  + " | ".join(f"{ops[op]['exact_accuracy'][k]:.4f}" for op in ops) + " |")
+  by_carries = result["arithmetic"]["additions_by_carries"]
+  lines += ["", "| additions with carries | problems | "
+            + " | ".join(f"exact step {k + 1}" for k in range(len(arith))) + " |",
+            "|---|---|" + "---|" * len(arith)]
+  for n, part in by_carries.items():
+    lines.append(f"| {n} | {part['examples']} | "
+                 + " | ".join(f"{x:.4f}" for x in part["exact_accuracy"]) + " |")
   lines += ["", f"held-out arithmetic problems: {result['arithmetic']['examples']}; held-out text "
             f"windows: {result['fluency']['examples']} (checkpoint step {result['step']})",
             "margin: the advantage margin of step k over step k-1 (step 0: logits_0 = "

@@ -136,6 +136,18 @@ def arithmetic_problems(config: CorpusConfig) -> tuple[list[str], list[str]]:
   return problems[config.num_test:], problems[:config.num_test]
 
 
+def carries(problem: str) -> int:
+  """The carries of the addition in a problem like '987+65=1052' (3): column by column from the
+  units, a carry wherever the column's digits and the incoming carry reach 10."""
+  a, b = (int(x) for x in problem.split("=")[0].split("+"))
+  count = carry = 0
+  while a or b:
+    carry = int(a % 10 + b % 10 + carry >= 10)
+    count += carry
+    a, b = a // 10, b // 10
+  return count
+
+
 def arithmetic_records(problems: Sequence[str], seq_len: int) -> dict[str, np.ndarray]:
   """One row per problem: BOS problem EOS, inputs/labels shifted by one, the answer digits
   (after '=') marked in `answer_mask`."""
