@@ -13,9 +13,10 @@ l_w = l_u + w (l_c - l_u) and dl = l_c - l_u (../shared/spec/POLICY_IMPROVEMENT.
 Per point and row (sums over the row's supervised tokens, labels != -100): correct tokens,
 exact match, softmax CE on the labels and on the scheme's step target, the margin and the
 counts of tokens whose margin is positive / negative beyond MARGIN_TOL,
-KL(softmax(l_c) || softmax(l_u)), and the tokens whose argmax changed. `summarize` turns the sums into per-point means and the dead-compute account:
-a row's last useful point is the last point at which any supervised token's argmax changed
-(0: none ever did); the forward passes after it changed nothing.
+KL(softmax(l_c) || softmax(l_u)), and the tokens whose argmax changed. `summarize` turns the
+sums into per-point means and the dead-compute account: a row's last useful point is the last
+point at which any supervised token's argmax changed (0: none ever did); the forward passes
+after it changed nothing.
 """
 
 from __future__ import annotations
