@@ -198,7 +198,7 @@ def plot_steps(result: Mapping[str, Any], path) -> None:
                  label="baseline, all")
   left.set(xlabel="refinement step", ylabel="answer exact match (held-out)", xticks=steps,
            ylim=(0, 1))
-  left.legend(fontsize=8)
+  left.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))  # off the data
   for points, marker, name in ((arith["points"], "o-", "answer digits"),
                                 (text["points"], "s-", "text bytes")):
     right.plot(steps, [p["ce_labels"] - points[0]["ce_labels"] for p in points], marker,
