@@ -247,6 +247,22 @@ def test_carries_by_hand():
                                   "0+0=0", "50+50=100")] == [0, 1, 3, 3, 0, 1]
 
 
+def test_exact_match_split_by_operation_and_carries_by_hand():
+  from trm_jax import lm_eval
+  problems = ["12+34=46", "99+1=100", "7*8=56", "15+7=22", "987+65=1052", "3*3=9"]
+  exact = np.array([[1, 0, 0, 1, 0, 1],    # step 1
+                    [1, 1, 1, 0, 1, 1]], bool)  # step 2
+  out = lm_eval.split_exact(problems, exact)
+  assert out["by_operation"] == {
+      "+": {"examples": 4, "exact_accuracy": [0.5, 0.75]},
+      "*": {"examples": 2, "exact_accuracy": [0.5, 1.0]}}
+  assert out["additions_by_carries"] == {  # 12+34: 0 carries, 15+7: 1, 99+1 and 987+65: 2 / 3
+      "0": {"examples": 1, "exact_accuracy": [1.0, 1.0]},
+      "1": {"examples": 1, "exact_accuracy": [1.0, 0.0]},
+      "2": {"examples": 1, "exact_accuracy": [0.0, 1.0]},
+      "3+": {"examples": 1, "exact_accuracy": [0.0, 1.0]}}
+
+
 def test_text_windows_split_per_file_and_bad_files_are_named(tmp_path):
   good = tmp_path / "good.txt"
   good.write_text("abcdefghij" * 20, encoding="utf-8")  # 200 bytes: 11 windows of 17

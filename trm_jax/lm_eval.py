@@ -84,12 +84,30 @@ def _load_checked(run):
   return spec
 
 
+def split_exact(problems: list[str], exact) -> dict[str, Any]:
+  """Exact match per step [K, n] of the problems (texts like '123+45=168') split by operation
+  (+, *) and, for the additions, by their carries (3 or more pooled): a carry is a digit that
+  depends on the digits to its right, which a causal reader meets only after the digit it must
+  write."""
+  from trm_jax.data import lm
+
+  def part(rows):
+    return {"examples": len(rows),
+            "exact_accuracy": [float(e[rows].mean()) if rows else 0.0 for e in exact]}
+  by_op = {op: [i for i, p in enumerate(problems) if op in p] for op in ("+", "*")}
+  carries = {}
+  for i in by_op["+"]:
+    carries.setdefault(min(lm.carries(problems[i]), 3), []).append(i)
+  return {"by_operation": {op: part(rows) for op, rows in by_op.items()},
+          "additions_by_carries": {(f"{n}" if n < 3 else "3+"): part(rows)
+                                   for n, rows in sorted(carries.items())}}
+
+
 def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None
                  ) -> dict[str, Any]:
   """The per-step tables of `run` on its held-out arithmetic and text, the paired tests of
   every step against step 1 and, given `baseline` (a loaded RLRP run), of step K against the
   baseline's last step on the same problems."""
-  import numpy as np
   from trm_jax import analysis
   from trm_jax.data import lm
   spec = _load_checked(run)
@@ -101,35 +119,18 @@ def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None
                               max_examples=max_examples)
   arithmetic["paired_with_step1"] = [analysis.paired_exact_test(exact[0], exact[k])
                                      for k in range(len(exact))]
-  inputs = problems["inputs"][:exact.shape[1]]
-  arithmetic["by_operation"] = {}
-  for op in ("+", "*"):
-    rows = np.any(inputs == lm.encode(op)[0], axis=-1)
-    arithmetic["by_operation"][op] = {
-        "examples": int(rows.sum()),
-        "exact_accuracy": [float(e[rows].mean()) if rows.any() else 0.0 for e in exact]}
-  # the additions by their carries (3 or more pooled): a carry is a digit that depends on the
-  # digits to its right, which a causal reader meets only after the digit it must write
-  texts = [lm.decode(row) for row in inputs]
-  groups = {}
-  for i, text in enumerate(texts):
-    if "+" in text:
-      groups.setdefault(min(lm.carries(text), 3), []).append(i)
-  arithmetic["additions_by_carries"] = {
-      (f"{n}" if n < 3 else "3+"): {"examples": len(rows),
-                                     "exact_accuracy": [float(e[rows].mean()) for e in exact]}
-      for n, rows in sorted(groups.items())}
+  texts = [lm.decode(row) for row in problems["inputs"]]
+  arithmetic.update(split_exact(texts[:exact.shape[1]], exact))
   result = {"workdir": str(run.workdir), "step": run.step, "arithmetic": arithmetic,
             "fluency": fluency}
   if baseline is not None:
     base_spec = _load_checked(baseline)
-    base_problems = lm.answer_only(lm.corpora(baseline.config.data.builder_config)
-                                   .arithmetic_test)
-    if not (base_problems["inputs"].shape == problems["inputs"].shape
-            and np.array_equal(base_problems["inputs"], problems["inputs"])):
+    base_config = lm.CorpusConfig.from_config(baseline.config.data.builder_config)
+    if lm.arithmetic_problems(base_config)[1] != texts:
       raise ValueError(f"--baseline {baseline.workdir}: its held-out arithmetic problems are not "
                        f"those of {run.workdir} (data.builder_config differs), so the two runs "
                        "cannot be paired problem by problem")
+    base_problems = lm.answer_only(lm.arithmetic_records(texts, base_config.seq_len))
     _, base_exact = evaluate_steps(baseline.params, base_spec, base_problems,
                                    batch_size=batch_size, max_examples=max_examples)
     result["baseline"] = {"workdir": str(baseline.workdir), "step": baseline.step,

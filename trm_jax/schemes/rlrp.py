@@ -165,9 +165,7 @@ def soft_rl(logits_KBLV: jax.Array, labels_BL: jax.Array, mask_BL: jax.Array) ->
   probs = jax.nn.softmax(logits_KBLV.astype(jnp.float32), axis=-1)
   p_true = jnp.take_along_axis(probs, jnp.broadcast_to(safe, probs.shape[:-1])[..., None],
                                axis=-1)[..., 0]  # [K, B, L]
-  per_step = (jnp.sum(jnp.where(mask_BL[None], p_true, 0.0), -1)
-              / jnp.maximum(mask_BL.sum(-1), 1)[None])  # [K, B]
-  return -per_step.mean(0)
+  return -row_mean(p_true, mask_BL).mean(0)
 
 
 def improvement_penalty(ce_KB: jax.Array, margin: float) -> jax.Array:
