@@ -62,9 +62,10 @@ def test_retain_stops_per_call_page_faults():
   # 2 x 64 MiB of temporaries = 32768 pages, which glibc maps afresh on every call by default.
   assert min(system["faults"]) > 16384, system
   # Retained, the temporaries come from the main thread's heap, which keeps them once grown:
-  # the heap may grow once more after the warm-up (seen once in CI: 32768 faults on the first
-  # timed call, none after), but calls no longer fault as a rule.
-  assert sum(n > 1000 for n in retain["faults"]) <= 1, retain
+  # the heap may grow again after the warm-up when other allocations take its top (seen in CI
+  # once on one timed call, once on two of the 20), but calls no longer fault as a rule, where
+  # with the system defaults every call does.
+  assert sum(n > 1000 for n in retain["faults"]) <= 3, retain
   assert sorted(retain["faults"])[10] < 100, retain
 
 
