@@ -41,13 +41,37 @@ def model_flops(spec, fn: Callable[..., Any], *args, **kwargs) -> int:
   return matmul_flops(functools.partial(fn, spec=plain, **kwargs), *args)
 
 
-# Dense bf16/fp16 matrix-unit peaks (vendor datasheets, TFLOP/s per device); matched as
-# substrings of `device.device_kind`, first match wins.
-PEAK_BF16_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0),
-    ("L4", 121.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0), ("TPU v5e", 197.0),
-    ("TPU v5", 459.0), ("TPU v6 lite", 918.0), ("TPU v6e", 918.0),
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """One accelerator's figures: what MFU divides by and what a roofline estimate uses."""
+  name: str
+  hbm_bytes: int  # memory per device (chip; for TPU v4/v5p one chip is one JAX device)
+  bf16_tflops: float  # dense bf16/fp16 matrix peak, TFLOP/s per device
+  hbm_tb_per_s: float  # memory bandwidth, TB/s (1e12 bytes/s) per device
+  source: str
+
+
+_GiB, _GB = 2**30, 10**9
+# Matched as substrings of `device.device_kind` (a TPU v5e reports "TPU v5 lite", a v6e
+# "TPU v6 lite"), first match wins. Vendors' spec pages, as read on 2026-12-06.
+CHIPS = (
+    Chip("H100 PCIe", 80 * _GB, 756.0, 2.0, "nvidia.com/en-us/data-center/h100 (PCIe column)"),
+    Chip("H100", 80 * _GB, 989.4, 3.35, "nvidia.com/en-us/data-center/h100 (SXM column)"),
+    Chip("H200", 141 * _GB, 989.4, 4.8, "nvidia.com/en-us/data-center/h200 (SXM column)"),
+    Chip("A100", 80 * _GB, 312.0, 2.039, "nvidia.com/en-us/data-center/a100 (80GB SXM)"),
+    Chip("L4", 24 * _GB, 121.0, 0.3, "nvidia.com/en-us/data-center/l4"),
+    Chip("TPU v4", 32 * _GiB, 275.0, 1.2, "cloud.google.com/tpu/docs/v4"),
+    Chip("TPU v5 lite", 16 * _GiB, 197.0, 0.819, "cloud.google.com/tpu/docs/v5e"),
+    Chip("TPU v5e", 16 * _GiB, 197.0, 0.819, "cloud.google.com/tpu/docs/v5e"),
+    Chip("TPU v5", 95 * _GiB, 459.0, 2.765, "cloud.google.com/tpu/docs/v5p"),
+    Chip("TPU v6 lite", 32 * _GiB, 918.0, 1.64, "cloud.google.com/tpu/docs/v6e"),
+    Chip("TPU v6e", 32 * _GiB, 918.0, 1.64, "cloud.google.com/tpu/docs/v6e"),
 )
+
+
+def chip(device_kind: str) -> Chip | None:
+  """The table's entry for a device kind (None for kinds it lacks, e.g. CPUs)."""
+  return next((c for c in CHIPS if c.name in device_kind), None)
 
 
 def peak_tflops(device_kind: str, compute_dtype: str, override: float | None = None
@@ -58,7 +82,8 @@ def peak_tflops(device_kind: str, compute_dtype: str, override: float | None = N
     return override
   if compute_dtype not in ("bfloat16", "float16"):
     return None
-  return next((peak for name, peak in PEAK_BF16_TFLOPS if name in device_kind), None)
+  entry = chip(device_kind)
+  return entry.bf16_tflops if entry else None
 
 
 def jaxpr_matmul_flops(jaxpr: jax_core.Jaxpr) -> int:

@@ -29,6 +29,23 @@ DEFAULT_RULES: tuple[tuple[str, P], ...] = (
 )
 
 
+# The puzzle table is split by rows over every device, which needs the row count to divide by
+# the device count; a count that does not (ARC-1 has 876,406 puzzle ids = 2 x 438,203) would
+# leave the whole table on every chip (1.8 GB at 512 dims; `_fits` replicates what does not
+# divide). Tables past TABLE_ROW_MULTIPLE rows are therefore allocated rounded up to a multiple
+# of it (the extra rows are never indexed: < 0.12% more rows): any power-of-two slice up to 1024
+# chips splits them, and the shape does not depend on the mesh, so a checkpoint still restores
+# onto another mesh. Smaller tables stay exact (a copy per chip costs at most 2 MB).
+TABLE_ROW_MULTIPLE = 1024
+
+
+def table_rows(num_puzzle_identifiers: int) -> int:
+  """The puzzle-table rows to allocate for `num_puzzle_identifiers` ids."""
+  if num_puzzle_identifiers <= TABLE_ROW_MULTIPLE:
+    return num_puzzle_identifiers
+  return -(-num_puzzle_identifiers // TABLE_ROW_MULTIPLE) * TABLE_ROW_MULTIPLE
+
+
 def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
   """A (data, fsdp) mesh; one -1 entry takes the remaining devices."""
   devices = list(devices if devices is not None else jax.devices())

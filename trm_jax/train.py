@@ -102,9 +102,10 @@ def supervision_loss(params: model_lib.Params, rows: jax.Array | None, spec: Mod
   return loss, (new_act, metrics)
 
 
-def train_step(state: State, batch: Batch, *, spec: ModelSpec,
-               train_cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[State, dict]:
-  """One supervision step for every row and one optimiser update (jit with donated state)."""
+def step_loss(state: State, batch: Batch, spec: ModelSpec):
+  """What one train step differentiates: (loss_fn, trainable, rows, ids), where
+  loss_fn(trainable, rows) -> (loss per example of the batch, (new ACT state, metrics)) and
+  `rows` are the puzzle-table rows of the refreshed batch (None without a table)."""
   global_batch = batch["inputs"].shape[0]
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
   act_state = act.refresh(spec, state["act"], batch, jax.random.fold_in(step_rng, 1))
@@ -117,8 +118,16 @@ def train_step(state: State, batch: Batch, *, spec: ModelSpec,
     loss, aux = supervision_loss(params, rows, spec, act_state, step_rng)
     return loss / global_batch, aux
 
+  return loss_fn, state["trainable"], rows, ids
+
+
+def train_step(state: State, batch: Batch, *, spec: ModelSpec,
+               train_cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[State, dict]:
+  """One supervision step for every row and one optimiser update (jit with donated state)."""
+  loss_fn, trainable, rows, ids = step_loss(state, batch, spec)
+  table = state.get("puzzle_emb")
   (_, (new_act, metrics)), (grads, row_grads) = jax.value_and_grad(
-      loss_fn, argnums=(0, 1), has_aux=True)(state["trainable"], rows)
+      loss_fn, argnums=(0, 1), has_aux=True)(trainable, rows)
   optimizer = make_optimizer(train_cfg, total_steps)
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
   trainable = optax.apply_updates(state["trainable"], updates)

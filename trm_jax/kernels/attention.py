@@ -15,12 +15,12 @@ before the value contraction, as PyTorch's fused kernels do; they differ in summ
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from trm_jax.config import ATTENTION_IMPLS as IMPLS
+from trm_jax.kernels import target
 
 
 def xla_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
@@ -41,12 +41,9 @@ def xla_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
   return out.astype(v_BSNH.dtype)
 
 
-@functools.lru_cache(maxsize=None)
 def nvidia_gpu() -> bool:
-  """JAX's default backend is CUDA (cuDNN is there)."""
-  if jax.default_backend() != "gpu":
-    return False
-  return "cuda" in jax.devices()[0].client.platform_version.lower()
+  """The trace is for CUDA GPUs (`target.current()`: cuDNN is there)."""
+  return target.current().nvidia
 
 
 def uses_cudnn(impl: str, dtype, head_dim: int) -> bool:

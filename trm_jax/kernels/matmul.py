@@ -12,10 +12,11 @@
   "avx512" - the same GEMM built for AVX512-BF16 (AMD Zen 4/5, and any AMX CPU); same rules.
   "auto"   - for bf16, the best kernel that works on this machine (amx, else avx512), else
              "xla".
-The kernels are a detail of a single-device CPU run. When JAX's default backend is a GPU or TPU
-(whose hosts often have AMX CPUs) or the process sees more than one device (a multi-device CPU
-mesh: the custom call is not partitioned, XLA would gather its operands), every choice takes
-XLA's dot, and no kernel is built, loaded or called.
+The kernels are a detail of a single-device CPU run. When the program is traced for a GPU or TPU
+(whose hosts often have AMX CPUs; `target.current()`, set by the step builders from the mesh, so
+a TPU program compiled on a CPU host is a TPU program) or for more than one device (a
+multi-device CPU mesh: the custom call is not partitioned, XLA would gather its operands), every
+choice takes XLA's dot, and no kernel is built, loaded or called.
 `swiglu` is the same choice for the SwiGLU layer's fused gate/up projection and activation.
 All round the fp32 accumulator to the output dtype once (round to nearest even), as PyTorch's
 bf16 matmul does; they differ only in the summation order inside the accumulator.
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from trm_jax.config import MATMUL_IMPLS as IMPLS
-from trm_jax.kernels import cpu_gemm
+from trm_jax.kernels import cpu_gemm, target
 
 
 def xla_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -98,8 +99,10 @@ _kernel_swiglu.defvjp(_kernel_swiglu_fwd, _kernel_swiglu_bwd)
 
 
 def single_cpu_device() -> bool:
-  """True when JAX runs on the CPU backend with one device: the only place for the kernels."""
-  return jax.default_backend() == "cpu" and jax.device_count() == 1
+  """True when the trace is for one CPU device (`target.current()`): the only place for the
+  kernels."""
+  where = target.current()
+  return where.platform == "cpu" and where.num_devices == 1
 
 
 def kernel_isa(impl: str, dtype) -> str | None:

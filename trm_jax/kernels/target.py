@@ -1,0 +1,65 @@
+"""The devices a program is being traced for: what the kernel and attention choices read.
+
+A jitted step runs on the devices of its mesh, which need not be the process's default backend:
+`python -m trm_jax.aot` traces on a CPU host for a TPU slice's devices (jax's topology
+descriptions), so `jax.default_backend()` would answer "cpu" and let the CPU kernels into a TPU
+program. The step builders (trm_jax/steps.py) therefore trace inside `lowering_for(mesh)`, and
+the dispatch in matmul.py / attention.py asks `current()`. Outside a builder (a plain `jax.jit`
+of the model in a script or a test) the target is the process's own backend and devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  platform: str  # "cpu", "gpu" or "tpu"
+  num_devices: int
+  nvidia: bool = False  # a CUDA GPU (cuDNN's fused attention is there)
+
+
+_CURRENT: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
+    "trm_jax_kernel_target", default=None)
+
+
+def _cuda(device) -> bool:
+  client = getattr(device, "client", None)
+  return client is not None and "cuda" in client.platform_version.lower()
+
+
+def _of_devices(devices) -> Target:
+  devices = list(devices)
+  first = devices[0]
+  return Target(first.platform, len(devices), first.platform == "gpu" and _cuda(first))
+
+
+def of_mesh(mesh: jax.sharding.Mesh) -> Target:
+  return _of_devices(mesh.devices.flat)
+
+
+def current() -> Target:
+  """The target of the trace in progress: the innermost `lowering_for`, else this process's
+  default backend and all its devices."""
+  target = _CURRENT.get()
+  if target is not None:
+    return target
+  platform = jax.default_backend()
+  return Target(platform, jax.device_count(), platform == "gpu" and _cuda(jax.devices()[0]))
+
+
+@contextlib.contextmanager
+def lowering_for(target: Target | jax.sharding.Mesh):
+  """Trace (lower) the enclosed jitted calls for `target` (a Target or a mesh's devices)."""
+  if isinstance(target, jax.sharding.Mesh):
+    target = of_mesh(target)
+  token = _CURRENT.set(target)
+  try:
+    yield target
+  finally:
+    _CURRENT.reset(token)
