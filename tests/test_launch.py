@@ -53,11 +53,12 @@ def test_skypilot_tpu_pod_slice_spot_task(tmp_path, repo_cwd):
   assert task.workdir == str(ROOT)
   assert task.setup == "bash launch/setup.sh tpu"
   assert task.envs == {}
-  # Every host runs the same command; jax.distributed finds the slice by itself.
+  # Every host runs the same command; jax.distributed finds the slice by itself. The hosts
+  # share no disk: each keeps (and builds) the TFDS data in a local folder.
   assert task.run.strip() == (
       "python3 -m trm_jax.main --config experiments/sudoku.py:smoke "
       "--workdir gs://bucket/runs/smoke/lr=0.001,seed=1 --config.train.lr=0.001 "
-      "--config.train.seed=1")
+      "--config.train.seed=1 --config.data.data_dir=/tmp/trm_jax/tfds")
   with pytest.raises(ValueError, match="a TPU pod slice is one SkyPilot node"):
     skypilot.task_config(run, "smoke", "tpu-v5p-16", num_nodes=2)
 
@@ -79,6 +80,7 @@ def test_skypilot_multi_node_gpu_task_joins_processes(tmp_path, repo_cwd):
   argv = subprocess.run(["bash", "-c", task.run], env=env, capture_output=True, text=True,
                         check=True).stdout.splitlines()
   assert argv == run.argv("python3")[1:] + [
+      "--config.data.data_dir=/tmp/trm_jax/tfds",  # each node's own (nodes share no disk)
       "--coordinator_address=10.0.0.7:8476", "--num_processes=2", "--process_id=1"]
 
 
@@ -106,13 +108,25 @@ def test_skypilot_dry_run_text(repo_cwd, capsys):
       """)
 
 
-def test_a_bucket_root_needs_a_local_data_dir(repo_cwd, capsys):
+def test_a_bucket_root_keeps_the_data_on_each_host(repo_cwd, capsys):
   """The TFDS data would default to ROOT/SWEEP/RUN/tfds, on the bucket, where array_record
-  cannot write: refused at launch, naming the field."""
-  code = launch_cli.main(["--config", SUDOKU, "--sweep", "smoke", "--root", "gs://b/runs",
-                          "--backend", "skypilot", "--accelerator", "tpu-v5p-16", "--dry_run"])
-  assert code == 2
-  assert "config field 'data.data_dir' = 'gs://b/runs/smoke/" in capsys.readouterr().err
+  cannot write: each host gets a local folder instead, unless the user names one; one on a
+  bucket is refused at launch, naming the field."""
+  def run_line(*flags):
+    code = launch_cli.main(["--config", SUDOKU, "--sweep", "smoke", "--backend", "skypilot",
+                            "--accelerator", "tpu-v5p-16", "--only", "lr=0.003,seed=2",
+                            "--dry_run", *flags])
+    out, err = capsys.readouterr()
+    return code, [l for l in out.splitlines() if "trm_jax.main" in l], err
+
+  code, (line,), _ = run_line("--root", "gs://b/runs")
+  assert code == 0 and line.endswith(" --config.data.data_dir=/tmp/trm_jax/tfds"), line
+  code, (line,), _ = run_line("--root", "gs://b/runs", "--config.data.data_dir=/data/tfds")
+  assert code == 0 and line.count("data_dir") == 1, line
+  code, (line,), _ = run_line("--root", "/shared/runs")  # the workdir's tfds is on the mount
+  assert code == 0 and "data_dir" not in line, line
+  code, _, err = run_line("--root", "gs://b/runs", "--config.data.data_dir=gs://b/tfds")
+  assert code == 2 and "config field 'data.data_dir' = 'gs://b/tfds'" in err, err
 
 
 # ------------------------------------------------------------------------------------- slurm --

@@ -10,7 +10,8 @@ Orbax writes into a temporary directory and renames it when complete (on gs://, 
 atomic rename, it marks the directory complete with a commit_success.txt file instead), so a
 killed save leaves no half checkpoint under a step name; `restore_latest` still verifies that
 what it loads is complete and falls back to the previous good checkpoint, with a message, when
-it is not.
+it is not. On several processes they all restore the same step: the newest that every one of
+them can read.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import v1 as ocp
+from orbax.checkpoint._src.futures import synchronization as orbax_synchronization
 
 from trm_jax import paths
 
@@ -76,30 +79,77 @@ class CheckpointManager:
     """(step, state, loop_state) from the newest loadable checkpoint, or None when there is none.
 
     `state_like` gives structure, dtypes and shardings (e.g. a freshly initialised state), so a
-    checkpoint written on one mesh restores onto another.
+    checkpoint written on one mesh restores onto another. With several processes, each loads
+    on its own and they then agree: a checkpoint that any of them cannot read is set aside
+    (renamed <step>.unreadable, by process 0) and all of them try the next older one, so that
+    they never train on from different steps.
     """
+    abstract = {"state": _abstract(state_like), "loop": loop_like}
     self._checkpointer.reload()
-    for step in reversed(self.steps()):
+    set_aside = set()
+    while (step := _newest_of_all(set(self.steps()) - set_aside)) is not None:
       try:
-        loaded = self._checkpointer.load_checkpointables(
-            step, {"state": _abstract(state_like), "loop": loop_like})
-      except Exception as error:  # A damaged checkpoint: say so and try an older one.
-        aside = self.directory / f"{step}.unreadable"
-        logging.warning("checkpoint step %d in %s is incomplete or corrupted (%s: %s); moved "
-                        "to %s, falling back to an earlier checkpoint", step, self.directory,
-                        type(error).__name__, error, aside.name)
-        if jax.process_index() == 0:
-          (self.directory / str(step)).rename(aside)
-        self._checkpointer.reload()
-        continue
-      return step, loaded["state"], loaded["loop"]
+        loaded, error = self._load_alone(step, abstract), None
+      except Exception as failure:  # noqa: BLE001  (whatever it is, the others must hear of it)
+        loaded, error = None, failure
+      failed = _processes_where(error is not None)
+      if not failed:
+        return step, loaded["state"], loaded["loop"]
+      aside = self.directory / f"{step}.unreadable"
+      where = f" on process(es) {failed}" if jax.process_count() > 1 else ""
+      here = "readable here" if error is None else f"{type(error).__name__}: {error}"
+      logging.warning("checkpoint step %d in %s is incomplete or corrupted%s (%s); moved to %s, "
+                      "falling back to an earlier checkpoint", step, self.directory, where, here,
+                      aside.name)
+      # Once for all, after every process has tried it (the gather above); the barrier keeps
+      # the others from listing the directory while it is being renamed.
+      if jax.process_index() == 0:
+        (self.directory / str(step)).rename(aside)
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
+      self._checkpointer.reload()
+      set_aside.add(step)
     return None
+
+  def _load_alone(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
+    """One checkpoint loaded by this process alone: Orbax's own load waits for all processes in
+    barriers, where the others would hang until its timeout (minutes) when this one raises."""
+    alone = ocp.Context()
+    alone.multiprocessing.primary_host = jax.process_index()
+    alone.multiprocessing.active_processes = {jax.process_index()}
+    before = orbax_synchronization.OperationIdGenerator.get_current_operation_id()
+    try:
+      with alone:
+        return ocp.load_checkpointables(self.directory / str(step), abstract)
+    finally:
+      # Orbax names the barriers of later saves by a per-process count of its operations; a load
+      # that failed before it counted itself must count here, or the counts (and the names of
+      # the processes' barriers) differ and the next save waits in its barrier until Orbax's
+      # timeout (seen with tests/test_multihost.py's injected failure).
+      if orbax_synchronization.OperationIdGenerator.get_current_operation_id() == before:
+        orbax_synchronization.OperationIdGenerator.next_operation_id()
 
   def wait(self) -> None:
     self._checkpointer.wait()
 
   def close(self) -> None:
     self._checkpointer.close()
+
+
+def _newest_of_all(steps: set[int]) -> int | None:
+  """The newest step any process lists (None when none lists one): a process that does not see
+  it fails to load it, so all fall back together rather than each from its own listing."""
+  newest = max(steps, default=-1)
+  if jax.process_count() > 1:
+    newest = int(np.max(multihost_utils.process_allgather(np.int32(newest))))
+  return None if newest < 0 else newest
+
+
+def _processes_where(flag: bool) -> list[int]:
+  """The indices of the processes that passed True (every process must call this)."""
+  if jax.process_count() == 1:
+    return [0] if flag else []
+  return np.flatnonzero(multihost_utils.process_allgather(np.int32(flag))).tolist()
 
 
 def load_config(step_dir) -> dict[str, Any] | None:

@@ -13,9 +13,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import uuid
 from typing import Any
 
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -30,6 +34,9 @@ BUILDERS = {
     "arc": (builders.Arc, builders.ArcConfig),
 }
 
+
+# What config.data.generate writes into manual_dir (trm_jax/data/generate.py).
+GENERATED_FILES = ("train.csv", "test.csv")
 
 # Builders whose records are made in memory from the config (nothing built on disk).
 IN_MEMORY = {"rlrp": lm.prepare}
@@ -131,37 +138,84 @@ def check_sources(data_cfg: ml_collections.ConfigDict, builder) -> None:
 
 
 def _generate_sources(data_cfg) -> None:
+  """Writes the generated CSVs into manual_dir unless they are there. Every process of a
+  multi-host run does this (the puzzles are a function of the seed), often into one shared
+  folder (<workdir>/raw): each writes into a folder of its own and renames the finished files
+  into place, so that no process ever reads another's half-written file."""
   gen = data_cfg.generate
   manual = epath.Path(data_cfg.manual_dir)
-  if (manual / "train.csv").is_file() and (manual / "test.csv").is_file():
+  if all((manual / name).is_file() for name in GENERATED_FILES):
     return
-  if gen.kind == "sudoku":
-    generate.sudoku_csvs(manual, gen.size, gen.num_train, gen.num_test, gen.seed,
-                         gen.min_difficulty)
-  elif gen.kind == "maze":
-    generate.maze_csvs(manual, gen.side, gen.num_train, gen.num_test, gen.seed,
-                       gen.min_difficulty)
-  else:
+  if gen.kind not in ("sudoku", "maze"):
     raise ValueError(f"config.data.generate.kind = {gen.kind!r}: must be 'sudoku' or 'maze'")
+  private = manual / f".generating-{uuid.uuid4().hex}"
+  try:
+    if gen.kind == "sudoku":
+      generate.sudoku_csvs(private, gen.size, gen.num_train, gen.num_test, gen.seed,
+                           gen.min_difficulty)
+    else:
+      generate.maze_csvs(private, gen.side, gen.num_train, gen.num_test, gen.seed,
+                         gen.min_difficulty)
+    for name in GENERATED_FILES:
+      (private / name).replace(manual / name)  # atomic; replaces another process's equal file
+  finally:
+    if private.exists():
+      private.rmtree()
 
 
-def prepare(data_cfg: ml_collections.ConfigDict, build: bool = True) -> Prepared:
-  """Builds the dataset if needed (only where `build`; others wait for it) and opens it."""
+def prepare(data_cfg: ml_collections.ConfigDict) -> Prepared:
+  """Builds the dataset into data.data_dir unless it is there, and opens it.
+
+  Several processes may prepare into one (shared) data_dir at once: TFDS builds into a
+  temporary folder of its own and renames it into place, and a process whose rename finds
+  the dataset already there (put by another, from the same sources) opens that one.
+  """
   if data_cfg.builder in IN_MEMORY:
     return IN_MEMORY[data_cfg.builder](data_cfg)
-  if data_cfg.get("generate") and data_cfg.generate.get("kind") and build:
+  if data_cfg.get("generate") and data_cfg.generate.get("kind"):
     _generate_sources(data_cfg)
   builder = builder_for(data_cfg)
-  if not build and not builder.is_prepared():
-    raise FileNotFoundError(
-        f"dataset '{data_cfg.builder}/{builder.builder_config.name}' is not under "
-        f"config.data.data_dir = {data_cfg.data_dir!r} on this host, where process 0 built it: "
-        "on several hosts data.data_dir must be a directory every host sees (a shared mount)")
-  if build and not builder.is_prepared():
+  if not builder.is_prepared():
     check_sources(data_cfg, builder)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir))
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=data_cfg.manual_dir))
+    except OSError:
+      builder = builder_for(data_cfg)  # afresh: the failed one's info names its temporary folder
+      if not builder.is_prepared():
+        raise
   sources = builder.as_data_source()
   metadata = dict(builder.info.metadata)
   return Prepared(sources["train"], PuzzleIndex.from_metadata(metadata, "train"),
                   sources["test"], metadata)
+
+
+def prepare_on_every_host(data_cfg: ml_collections.ConfigDict) -> Prepared:
+  """The run's dataset on every process of a multi-host run: each builds it into its own
+  data.data_dir where it is not yet (the builders are deterministic functions of the config
+  and of the files in data.manual_dir), so the hosts of a pod need no disk they all see (a
+  shared data_dir works too: `prepare`); then all compare `fingerprint`s, and a failure or a
+  difference on any host stops all of them, naming it (`multihost.on_every_host`)."""
+  from trm_jax import multihost
+  return multihost.on_every_host(
+      f"dataset {data_cfg.builder}/{data_cfg.builder_config.name} (each host builds its own "
+      "from data.manual_dir: every host needs the same files and trm_jax code)",
+      lambda: prepare(data_cfg), fingerprint)
+
+
+def fingerprint(data: Prepared, samples: int = 8) -> dict[str, Any]:
+  """What a run reads, summarised so that the processes of a multi-host run, each of which
+  built its own copy, can check they read the same: records per split and a hash of the
+  metadata (shapes and puzzle index) and of `samples` records spread over each split.
+  Equal copies give equal fingerprints; a difference outside the sampled records can go
+  unseen."""
+  digest = hashlib.sha256(json.dumps(data.metadata, sort_keys=True, default=str).encode())
+  records = {}
+  for split, source in (("train", data.train), ("test", data.test)):
+    records[split] = n = len(source)
+    for index in sorted({int(i) for i in np.linspace(0, n - 1, samples)} if n else ()):
+      for key, value in sorted(source[index].items()):
+        value = np.asarray(value)
+        digest.update(f"{split}/{index}/{key}/{value.dtype}/{value.shape}".encode())
+        digest.update(value.tobytes())
+  return {"records": records, "sha256": digest.hexdigest()}

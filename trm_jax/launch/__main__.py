@@ -4,7 +4,7 @@ r"""Launch a sweep declared in an experiment file (its `get_sweep`).
         --backend local --parallel 2 [--config.train.max_steps=100 ...] [--dry_run]
     python -m trm_jax.launch --config experiments/sudoku.py --sweep official \
         --root gs://BUCKET/runs --backend skypilot --accelerator tpu-v5p-16 --spot \
-        --config.data.data_dir=/mnt/shared/tfds   # TFDS data: a directory every host sees
+        --config.data.manual_dir=gs://BUCKET/data/sudoku-extreme  # each host builds its data
     python -m trm_jax.launch --config experiments/arc.py --sweep schemes \
         --root /shared/runs --backend slurm --num_nodes 2 --gpus_per_node 8 --partition gpu
 
@@ -69,8 +69,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-def planned_runs(args: argparse.Namespace) -> list[sweep.Run]:
-  """The sweep's runs, each checked; raises ValueError naming the first bad one."""
+def planned_runs(args: argparse.Namespace, adapt=None) -> list[sweep.Run]:
+  """The sweep's runs, each adapted to the backend (`adapt`, if given) and checked; raises
+  ValueError naming the first bad one."""
   name, declared, runlocal = sweep.sweep_of(args.config, args.sweep)
   runs = sweep.expand(args.config, name, declared, args.root, runlocal, args.common_flags)
   if args.only:
@@ -79,6 +80,7 @@ def planned_runs(args: argparse.Namespace) -> list[sweep.Run]:
       raise ValueError(f"--only {unknown}: not runs of sweep {name!r} "
                        f"({', '.join(r.name for r in runs)})")
     runs = [r for r in runs if r.name in args.only]
+  runs = [adapt(run) for run in runs] if adapt else runs
   for run in runs:
     sweep.check(run)
   return runs
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   try:
     backend.check_root(args.root)
-    runs = planned_runs(args)
+    runs = planned_runs(args, backend.with_local_data_dir if args.backend == "skypilot" else None)
     if args.backend == "local":
       if args.dry_run:
         print(backend.dry_run(runs, args.parallel, gpus_per_run=args.gpus_per_run))

@@ -6,10 +6,15 @@ so the workdir must outlive the machines: a bucket (gs://...). SkyPilot runs the
 every host of a TPU pod slice (one SkyPilot node: `--accelerator tpu-v5p-16` has 2 hosts), where
 `jax.distributed.initialize()` finds the slice by itself; for GPU nodes (`--num_nodes` > 1) the
 command names the coordinator from SkyPilot's node variables.
+
+The hosts share no disk: with the workdir on a bucket, each host keeps the TFDS data in
+`LOCAL_DATA_DIR`, a folder of its own, and builds it there from data.manual_dir (a bucket, or
+the generated CSVs in the workdir) when it is not there (`datasets.prepare_on_every_host`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -26,6 +31,20 @@ COORDINATOR_PORT = "8476"  # any free port on the first node
 MULTI_NODE_FLAGS = ('--coordinator_address="$(echo "$SKYPILOT_NODE_IPS" | head -n1)'
                     ':$TRM_JAX_COORDINATOR_PORT" --num_processes="$SKYPILOT_NUM_NODES" '
                     '--process_id="$SKYPILOT_NODE_RANK"')
+
+
+# Each host's own copy of the TFDS data when the workdir is a bucket (array_record files are
+# local-only); the same path on every host. A relaunched job's fresh hosts build it again.
+LOCAL_DATA_DIR = "/tmp/trm_jax/tfds"
+DATA_DIR_FLAG = "--config.data.data_dir="
+
+
+def with_local_data_dir(run: Run) -> Run:
+  """`run` with its TFDS data on each host's local disk when its workdir is a bucket (where
+  the data would otherwise default to, and where it cannot live) and it names no data_dir."""
+  if "://" not in run.workdir or any(f.startswith(DATA_DIR_FLAG) for f in run.flags):
+    return run
+  return dataclasses.replace(run, flags=(*run.flags, DATA_DIR_FLAG + LOCAL_DATA_DIR))
 
 
 def check_root(root: str) -> None:
@@ -51,7 +70,7 @@ def task_config(run: Run, sweep_name: str, accelerator: str, num_nodes: int = 1,
   if tpu and num_nodes != 1:
     raise ValueError(f"--num_nodes {num_nodes} with {accelerator}: a TPU pod slice is one "
                      "SkyPilot node whose hosts come with the accelerator; leave --num_nodes 1")
-  command = run.command(PYTHON)
+  command = with_local_data_dir(run).command(PYTHON)
   envs = {}
   if num_nodes > 1:
     command = f"{command} {MULTI_NODE_FLAGS}"
