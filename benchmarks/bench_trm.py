@@ -220,8 +220,11 @@ def _device_peak_bytes() -> int | None:
 
 
 def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repeats: int,
-             params=None, return_preds: bool = False, peak_override: float | None = None) -> dict:
-  """Compile and time one trm_jax train step or eval batch; `params` default: fresh init."""
+             params=None, return_preds: bool = False, peak_override: float | None = None,
+             profile_dir: str | None = None, profile_calls: int = 3) -> dict:
+  """Compile and time one trm_jax train step or eval batch; `params` default: fresh init.
+  `profile_dir`: then `profile_calls` more calls are traced by jax.profiler into it (after the
+  timed ones, which the profiler would slow down)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -271,6 +274,13 @@ def time_jax(model_cfg, train_cfg, np_batch: dict, what: str, warmup: int, repea
       times.append(time.perf_counter() - start)
   median = statistics.median(times)
   device_peak = _device_peak_bytes()
+  if profile_dir:
+    from trm_jax import profiling
+    with profiling.StepTracer(range(1, profile_calls + 1), profile_dir, profile_calls,
+                              name=what) as tracer:
+      for i in range(1, profile_calls + 1):
+        tracer.begin(i)
+        tracer.end(i, call())
   result = {
       "what": what, "batch": batch_size, "compile_s": compile_s, "median_s": median,
       "times_s": times, "steps_per_call": steps_per_call,
@@ -342,6 +352,15 @@ def add_shared_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
   p.add_argument("--json_out", default=None, help="write all results as JSON here")
   p.add_argument("--peak_tflops", type=float, default=None,
                  help="matrix peak for MFU (default: the bf16 datasheet peak of a known GPU/TPU)")
+  p.add_argument("--profile_dir", default=None,
+                 help="trace --profile_calls more calls of each trm_jax measurement with "
+                      "jax.profiler into DIR/<config>_<batch>_<what> (trm_jax/profiling.py)")
+  p.add_argument("--profile_calls", type=int, default=3)
+
+
+def profile_dir(args, config: str, batch_size, what: str) -> str | None:
+  """Where a measurement's profile goes (None: not profiled)."""
+  return args.profile_dir and f"{args.profile_dir}/{config}_{batch_size}_{what}"
 
 
 def check_counts(args) -> None:
@@ -377,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     batch = random_batch(model.seq_len, model.vocab_size, model.num_puzzle_identifiers,
                          int(batch_size))
     result = time_jax(model, config.train, batch, what, args.warmup, args.repeats,
-                      peak_override=args.peak_tflops)
+                      peak_override=args.peak_tflops,
+                      profile_dir=profile_dir(args, name, batch_size, what),
+                      profile_calls=args.profile_calls)
     result.update(config=name, env=dict(jax_environment(), host_malloc=host_malloc))
     emit(result)
     return 0

@@ -259,7 +259,10 @@ def jax_child(args, workdir: pathlib.Path, batch_size: int, what: str) -> dict:
                                     arch["num_puzzle_identifiers"], batch_size)
   result = bench_trm.time_jax(config.model, config.train, np_batch, what, args.warmup,
                               args.repeats, params=params, return_preds=True,
-                              peak_override=args.peak_tflops)
+                              peak_override=args.peak_tflops,
+                              profile_dir=bench_trm.profile_dir(args, args.config, batch_size,
+                                                                what),
+                              profile_calls=args.profile_calls)
   preds = result.pop("preds", None)
   if preds is not None:
     np.save(workdir / f"preds_jax_{batch_size}.npy", np.asarray(preds, np.int32))

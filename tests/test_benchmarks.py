@@ -35,3 +35,17 @@ def test_dis_vs_trm_reuses_a_finished_run_only_with_its_settings(tmp_path):
   (tmp_path / "benchmark_timing.json").write_text(json.dumps({"seconds": 12.5}))
   with pytest.raises(SystemExit, match="settings that were not recorded"):
     dis_vs_trm.train("sudoku6", "dis", tmp_path, settings)
+
+
+def test_step_anatomy_splits_matmul_flops_by_dtype():
+  """A bf16 dot asked for an fp32 output has fp32 x bf16 dots in its backward (the cotangent is
+  fp32): what step_anatomy.py reports for the training step."""
+  import jax
+  import jax.numpy as jnp
+  import step_anatomy
+  x = jnp.ones((8, 16), jnp.bfloat16)
+  w = jnp.ones((16, 4), jnp.bfloat16)
+  loss = lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).sum()
+  flops = 2 * 8 * 16 * 4
+  assert step_anatomy.dot_flops_by_dtype(jax.grad(loss, argnums=(0, 1)), x, w) == {
+      "bfloat16 x bfloat16 -> float32": flops, "float32 x bfloat16 -> float32": 2 * flops}
