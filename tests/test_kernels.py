@@ -164,6 +164,25 @@ def test_swiglu_and_matmul_gradients_match_float64(M, K, I, isa):
     assert err < 0.03, (name, err)  # a few bf16 roundings along the chain, nothing more
 
 
+def test_xla_matmul_backward_dots_take_the_bf16_cotangent():
+  """The backward GEMMs of the XLA path multiply bf16 by bf16 (fp32 accumulation), as the
+  forward: plain autodiff of `dot(..., fp32).astype(bf16)` casts the cotangent to fp32 first and
+  runs both backward GEMMs as fp32 x bf16 (half rate or worse on a GPU)."""
+  x = jnp.ones((2, 6, 8), jnp.bfloat16)
+  w = jnp.ones((8, 4), jnp.bfloat16)
+  loss = lambda x, w: km.xla_matmul(x, w).astype(jnp.float32).sum()
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w)
+  dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 2  # dx and dw (the forward dot sits inside the custom_vjp call)
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16, jnp.bfloat16], eqn
+    assert eqn.params["preferred_element_type"] == jnp.float32
+  dx, dw = jax.grad(loss, argnums=(0, 1))(x, w)
+  assert dx.shape == x.shape and dw.shape == w.shape
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), 4.0)  # sum over the 4 outputs
+  np.testing.assert_array_equal(np.asarray(dw, np.float32), 12.0)  # sum over the 2 x 6 rows
+
+
 @ISA
 def test_model_logits_kernel_close_to_xla(isa):
   spec = config_lib.ModelSpec.from_config(config_lib.model_config(
