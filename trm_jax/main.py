@@ -12,10 +12,14 @@ show.
 
 Writes to the workdir: config.json (the resolved config), metrics.jsonl (one JSON object per
 logged step and per evaluation, with throughput: see trm_jax/metrics.py), TensorBoard event
-files under tb/, eval_table.txt, and plots/*.png (trm_jax/plot.py). The workdir may be a
+files under tb/, eval_table.txt, plots/*.png (trm_jax/plot.py), and with train.profile_steps
+jax.profiler traces of those steps under profile/ (trm_jax/profiling.py). The workdir may be a
 bucket (gs://BUCKET/runs/x, with the `gcs` extra: trm_jax/paths.py), and so may
 data.manual_dir; the TFDS data (data.data_dir, by default <workdir>/tfds) must then be given
-a local directory: array_record files are local-only (`datasets.check_data_dir`).
+a local directory: array_record files are local-only (`datasets.check_data_dir`). On several
+hosts, each process builds the dataset into its own data.data_dir when it is not there (a pod's
+hosts need no shared disk; a shared one works too), and all check that they read the same data
+before training (`datasets.prepare_on_every_host`).
 
 Run again with the same --workdir to resume from its newest checkpoint. A resume with a config
 that differs from the workdir's config.json is refused, naming the fields, unless
@@ -55,9 +59,12 @@ from trm_jax import flops as flops_lib
 from trm_jax import inference
 from trm_jax import metrics as metrics_lib
 from trm_jax import model as model_lib
+from trm_jax import multihost
 from trm_jax import paths
+from trm_jax import profiling
 from trm_jax import runs as runs_lib
 from trm_jax import sharding as sharding_lib
+from trm_jax import steps as steps_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
 from trm_jax.data import datasets, pipeline
@@ -119,6 +126,10 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
     fail("train.max_steps", "must be a non-negative integer (0: train.epochs decides)")
   if cfg.train.eval_interval > cfg.train.epochs:
     fail("train.eval_interval", f"exceeds train.epochs={cfg.train.epochs}")
+  profile_steps = cfg.train.get("profile_steps", ())
+  if not isinstance(profile_steps, (list, tuple)) or not all(
+      isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in profile_steps):
+    fail("train.profile_steps", "must be a list of training steps (positive integers)")
   inference.Strategy.from_config(cfg.eval)
 
 
@@ -137,16 +148,19 @@ def check_batches_fit(cfg: ml_collections.ConfigDict, mesh) -> None:
 
 # Model fields the dataset sets (its metadata holds them under the same names).
 DATA_SHAPE_FIELDS = ("seq_len", "vocab_size", "num_puzzle_identifiers")
-# How a run executes, not what it trains: a resume may change these without --allow_config_change.
+# How a run executes, not what it trains: a resume may change these without --allow_config_change
+# (where a host keeps its built dataset too: every host checks that all read the same data).
 EXECUTION_FIELDS = ("mesh_shape", "train.checkpoint_every_steps", "train.keep_checkpoints",
-                    "train.keep_best_checkpoints")
+                    "train.keep_best_checkpoints", "train.profile_steps", "data.data_dir")
 
 
 def model_config_for(cfg: ml_collections.ConfigDict, metadata: dict[str, Any]):
-  """The experiment's model config with the dataset's shapes filled in."""
+  """The experiment's model config with the dataset's shapes filled in (the puzzle table
+  rounded up so that the mesh can split it: `sharding.table_rows`)."""
   model_cfg = ml_collections.ConfigDict(cfg.model.to_dict())
   for name in DATA_SHAPE_FIELDS:
     model_cfg[name] = int(metadata[name])
+  model_cfg.num_puzzle_identifiers = sharding_lib.table_rows(model_cfg.num_puzzle_identifiers)
   ModelSpec.from_config(model_cfg)
   return model_cfg
 
@@ -281,13 +295,15 @@ def gather_rows(out: dict[str, jax.Array]) -> dict[str, np.ndarray]:
           for k, v in host.items()}
 
 
-def compile_evaluation(evaluate_batch, params, test_source, cfg, mesh):
-  """`evaluate_batch` (jitted) compiled for the sharded eval batches `evaluate` gives it."""
+def compile_evaluation(spec: ModelSpec, strategy: inference.Strategy, params, test_source,
+                       cfg, mesh):
+  """The evaluation batch (`steps.eval_step`) compiled for the sharded eval batches `evaluate`
+  gives it."""
   local = next(pipeline.eval_batches(test_source, global_batch_size=cfg.eval.global_batch_size,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()))
   rows = sharding_lib.global_batch(mesh, {k: local[k] for k in pipeline.MODEL_KEYS})
-  return evaluate_batch.lower(params, rows).compile()
+  return steps_lib.eval_step(spec, strategy, mesh, params, rows).compile()
 
 
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
@@ -431,9 +447,7 @@ def evaluate_checkpoint(cfg, data, mesh, checkpoint_path: epath.Path,
   trainable, table, _ = train_lib.split_params(spec, run.params)
   header = run_header(workdir_path, mesh, spec, trainable, table, cfg, data, data_seconds)
   console.header(header + [("checkpoint", f"step {run.step} of {run.checkpoint.parent}")])
-  evaluate_batch = compile_evaluation(
-      jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy)),
-      run.params, data.test, cfg, mesh)
+  evaluate_batch = compile_evaluation(spec, strategy, run.params, data.test, cfg, mesh)
   result = evaluate(evaluate_batch, run.params, data.test, cfg, spec, mesh,
                     arc_evaluator_for(cfg), strategy)
   console.line(f"evaluated checkpoint step {run.step}")
@@ -459,21 +473,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   workdir_path.mkdir(parents=True, exist_ok=True)
   checkpoint_path = epath.Path(checkpoint_dir) if checkpoint_dir else workdir_path / "checkpoints"
   # Before anything is built or compiled (every process reads config.json before process 0
-  # rewrites it, which it does after the "dataset built" barrier).
+  # rewrites it, which it does after the processes compared their data).
   config_changes = {} if eval_only else config_changes_on_resume(
       cfg, workdir_path, checkpoint_path, allow_config_change, in_workdir)
 
-  # --- Input (process 0 builds the dataset; the others wait, then open it).
+  # --- Input (every process builds the dataset where it is not yet; all check they agree).
   start = time.time()
   with console_lib.library_output():
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      if jax.process_index() == 0:
-        datasets.prepare(cfg.data)
-      multihost_utils.sync_global_devices("dataset built")
-      data = datasets.prepare(cfg.data, build=False)
-    else:
-      data = datasets.prepare(cfg.data)
+    data = datasets.prepare_on_every_host(cfg.data)
   data_seconds = time.time() - start
   model_cfg = model_config_for(cfg, data.metadata)
   spec = ModelSpec.from_config(model_cfg)
@@ -537,15 +544,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
 
   # --- Compile (before the loop, so that neither throughput nor evaluation times hold it).
   start_compile = time.time()
-  train_step = jax.jit(
-      functools.partial(train_lib.train_step, spec=spec, train_cfg=cfg.train,
-                        total_steps=total_steps),
-      in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
-      out_shardings=(state_shardings, None), donate_argnums=0,
-  ).lower(state, sharding_lib.global_batch(mesh, example)).compile()
-  evaluate_batch = compile_evaluation(
-      jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy)),
-      train_lib.eval_params(state), data.test, cfg, mesh)
+  train_step = steps_lib.train_step(spec, cfg.train, total_steps, mesh, state,
+                                    sharding_lib.global_batch(mesh, example)).compile()
+  evaluate_batch = compile_evaluation(spec, strategy, train_lib.eval_params(state), data.test,
+                                      cfg, mesh)
   console.line(f"compiled in {time.time() - start_compile:.1f}s")
   arc_evaluator = arc_evaluator_for(cfg)
 
@@ -558,10 +560,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   terminate = _TerminationFlag()
   pending, window_steps = None, 0
   result = None
-  with console.progress(total=total_steps, initial=first_step - 1) as bar:
+  tracer = profiling.StepTracer(cfg.train.get("profile_steps", ()), workdir_path / "profile",
+                                total_steps)
+  with console.progress(total=total_steps, initial=first_step - 1) as bar, tracer:
     for step in range(first_step, total_steps + 1):
       batch = next(train_iter)
+      tracer.begin(step)
       state, metrics = train_step(state, sharding_lib.global_batch(mesh, batch))
+      throughput.exclude(tracer.end(step, state))
       pending = metrics if pending is None else jax.tree.map(jnp.add, pending, metrics)
       window_steps += 1
       if step % cfg.train.log_every_steps == 0 or step == total_steps:
@@ -656,10 +662,11 @@ def initialize_distributed() -> None:
   if _COORDINATOR.value:
     # Only the CPU backend reads this; it lets CPU processes all-reduce across hosts.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=multihost.HEARTBEAT_TIMEOUT_S)
     return
   try:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=multihost.HEARTBEAT_TIMEOUT_S)
   except (ValueError, RuntimeError) as error:  # no cluster to join: a single process
     logging.info("single-process run (%s)", error)
 
@@ -670,15 +677,17 @@ def main(argv):
     console_lib.quiet_libraries()
   logging.info(_HOST_MALLOC)
   initialize_distributed()
-  try:
-    run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value,
-        eval_only=_EVAL_ONLY.value, checkpoint_dir=_CHECKPOINT_DIR.value,
-        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except ConfigChangeError as error:  # the user's to resolve: the message, not a traceback
-    sys.exit(f"error: {error}")
-  if jax.process_count() > 1:  # leave together; a lone exit can hang the other processes
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("trm_jax done")
+  with multihost.failures_stop_all():  # one process failing ends all, naming it
+    try:
+      run(ml_collections.ConfigDict(_CONFIG.value.to_dict()), _WORKDIR.value,
+          eval_only=_EVAL_ONLY.value, checkpoint_dir=_CHECKPOINT_DIR.value,
+          allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    except ConfigChangeError as error:  # the user's to resolve: the message, not a traceback
+      sys.exit(f"error: {error}")
+    if jax.process_count() > 1:  # leave together; a lone exit can hang the other processes
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("trm_jax done")
+  if jax.process_count() > 1:
     jax.distributed.shutdown()
 
 
