@@ -79,6 +79,28 @@ def test_two_processes_cover_each_epoch_example_once():
   assert len(seen) == len(set(seen)) == epoch
 
 
+@pytest.mark.parametrize("before,after", [(1, 2), (2, 4), (4, 1)])
+def test_a_stream_position_resumes_on_another_number_of_processes(before, after):
+  """Checkpointed by `before` processes, resumed by `after`: the next global batches hold the
+  same examples as an uninterrupted one-process stream's (rows split differently)."""
+  source, index = _toy(groups=8, puzzles=2, examples=3)
+  make = lambda p, n: iter(pipeline.train_dataset(source, index, seed=7, global_batch_size=8,
+                                                  num_epochs=3, process_index=p, process_count=n))
+  whole = make(0, 1)
+  expected = [sorted(_record_ids(next(whole))) for _ in range(5)][3:]
+  first = [make(p, before) for p in range(before)]
+  for _ in range(3):
+    for it in first:
+      next(it)
+  positions = [pipeline.stream_position(it, before) for it in first]
+  assert positions == [{"next_index": 3 * 8}] * before  # the same on every process
+  resumed = [make(p, after) for p in range(after)]
+  for it in resumed:
+    pipeline.seek(it, positions[0], after)
+  got = [sorted(r for it in resumed for r in _record_ids(next(it))) for _ in range(2)]
+  assert got == expected
+
+
 def test_eval_batches_cover_everything_once_and_pad():
   source, _ = _toy(groups=2, puzzles=1, examples=5)
   batches = list(pipeline.eval_batches(source, global_batch_size=4))

@@ -504,7 +504,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
       data.train, data.train_index, seed=cfg.train.seed, global_batch_size=global_batch,
       num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
       process_count=jax.process_count()))
-  start_position = train_iter.get_state()
+  start_position = pipeline.stream_position(train_iter, jax.process_count())
   example = next(train_iter)  # shapes only; the stream is rewound (or restored) below
   state = train_lib.init_state(model_cfg, cfg.train,
                                sharding_lib.global_batch(mesh, example),
@@ -529,11 +529,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   first_step = 1
   if restored is not None:
     last_step, state, loop_state = restored
-    train_iter.set_state(jax.tree.map(int, loop_state["data_iterator"]))
+    pipeline.seek(train_iter, loop_state["data_iterator"], jax.process_count())
     first_step = last_step + 1
     console.line(f"resumed from checkpoint step {last_step} in {checkpoints.directory}")
   else:
-    train_iter.set_state(start_position)
+    pipeline.seek(train_iter, start_position, jax.process_count())
   if jax.process_index() == 0:
     (workdir_path / runs_lib.CONFIG_FILE).write_text(json.dumps(resolved, indent=1, default=str))
     if config_changes:
@@ -603,7 +603,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
         writer.write(step, "eval", {**eval_metrics, "seconds": eval_seconds})
         console.line(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f} "
                      f"({eval_seconds:.1f}s)")
-      saved = checkpoints.maybe_save(step, state, {"data_iterator": train_iter.get_state()},
+      position = pipeline.stream_position(train_iter, jax.process_count())
+      saved = checkpoints.maybe_save(step, state, {"data_iterator": position},
                                      force=terminate.requested or step == total_steps,
                                      metrics=eval_metrics)
       if saved:

@@ -234,6 +234,22 @@ def train_dataset(source, index: PuzzleIndex | RoutedIndex, *, seed: int, global
                                           drop_remainder=True)
 
 
+def stream_position(iterator, process_count: int = 1) -> dict[str, int]:
+  """A `train_dataset` iterator's place as a position in the global stream (examples before
+  the next batch): the same on every process and meaningful for any process count, so a run
+  checkpointed on one number of hosts resumes on another. (grain's own state counts this
+  process's share of the positions.)"""
+  return {"next_index": int(iterator.get_state()["next_index"]) * process_count}
+
+
+def seek(iterator, position: dict[str, int], process_count: int = 1) -> None:
+  """Moves a `train_dataset` iterator to a `stream_position`."""
+  index = int(position["next_index"])
+  if index % process_count:
+    raise ValueError(f"stream position {index} does not split over {process_count} processes")
+  iterator.set_state({"next_index": index // process_count})
+
+
 def eval_batches(source, *, global_batch_size: int, process_index: int = 0,
                  process_count: int = 1, keys: Sequence[str] = ()):
   """Every record once, in order, padded to whole batches; `valid` marks real rows and
