@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -47,9 +48,8 @@ def _name(config: str, topology: str) -> str:
           + topology.replace(":", "_"))
 
 
-# The largest TRM, DIS and HRM recipes also on the other chip kinds.
-OTHER_CHIPS = ("experiments/arc.py:arc1", "experiments/arc.py:dis_medium",
-               "experiments/arc.py:hrm")
+# The ARC TRM and DIS recipes also on the other chip kinds.
+OTHER_CHIPS = ("experiments/arc.py:arc1", "experiments/arc.py:dis_medium")
 
 
 def compile_all(out: pathlib.Path) -> None:
@@ -64,28 +64,39 @@ def compile_all(out: pathlib.Path) -> None:
         continue
       start = time.time()
       result = subprocess.run([sys.executable, "-m", "trm_jax.aot", "--config", config,
-                               "--topology", topology, "--noeval", "--json", str(path)],
+                               "--topology", topology, "--noeval", "--nofit_search",
+                               "--json", str(path)],
                               cwd=REPO, env=env, capture_output=True, text=True)
       (out / f"{_name(config, topology)}.log").write_text(result.stdout + result.stderr)
       print(f"{config} on {topology}: exit {result.returncode} in {time.time() - start:.0f}s",
             flush=True)
 
 
+def _peak(result: dict) -> float | None:
+  """Peak bytes per chip: compiled, or (a step that does not fit) what XLA's out-of-memory
+  error says its temporaries need."""
+  if result.get("train"):
+    return result["train"]["peak_bytes"]
+  match = re.search(r"temporaries \(([\d.]+)G\)", result.get("error", ""))
+  return float(match.group(1)) * 2**30 if match else None
+
+
 def _per_row_slope(results: dict) -> float | None:
   """Peak bytes per row of the per-chip batch, from two v5e slices of one recipe."""
   a, b = results.get("v5e:4x4"), results.get("v5e:16x16")
-  if not (a and b and a.get("train") and b.get("train")):
+  if not (a and b) or _peak(a) is None or _peak(b) is None:
     return None
   rows_a, rows_b = a["global_batch"] / a["chips"], b["global_batch"] / b["chips"]
   if rows_a == rows_b:
     return None
-  return (a["train"]["peak_bytes"] - b["train"]["peak_bytes"]) / (rows_a - rows_b)
+  return (_peak(a) - _peak(b)) / (rows_a - rows_b)
 
 
 def render(out: pathlib.Path) -> str:
-  header = ("| recipe | slice (chips, hosts) | global batch | fits | HBM per chip | step, "
-            "roofline | bound | MFU | whole recipe | largest batch per chip (est.) | compile |")
-  lines = [header, "|" + "---|" * 11]
+  header = ("| recipe | slice (chips, hosts) | global batch | fits | HBM per chip | step >= "
+            "(compute / HBM traffic) | MFU <= | whole recipe >= | largest batch per chip (est.) "
+            "| compile |")
+  lines = [header, "|" + "---|" * 10]
   for label, config in RECIPES:
     results = {}
     for _, topology in SLICES:
@@ -98,21 +109,22 @@ def render(out: pathlib.Path) -> str:
       if r is None:
         continue
       train = r.get("train")
-      if train is None:
-        lines.append(f"| {label} | {slice_name} ({r['chips']}, {r['hosts']}) | "
-                     f"{r['global_batch']} | **no** | | | | | | "
-                     f"{r.get('largest_fitting_batch')} (global) | |")
-        continue
       rows = r["global_batch"] / r["chips"]
       largest = ""
-      if slope and slope > 0:
-        fixed = train["peak_bytes"] - rows * slope
+      if slope and slope > 0 and _peak(r) is not None:
+        fixed = _peak(r) - rows * slope
         largest = f"{int((r['chip']['hbm_bytes'] - fixed) // slope):,}"
+      if train is None:
+        lines.append(f"| {label} | {slice_name} ({r['chips']}, {r['hosts']}) | "
+                     f"{r['global_batch']} | **no**: {_peak(r) / 2**30:.1f} GiB needed | | | "
+                     f"| | {largest} | |")
+        continue
       lines.append(
           f"| {label} | {slice_name} ({r['chips']}, {r['hosts']}) | {r['global_batch']} | "
           f"{'yes' if r['fits'] else '**no**'} | {train['peak_bytes'] / 2**30:.2f} / "
-          f"{r['chip']['hbm_bytes'] / 2**30:.0f} GiB | {train['step_seconds'] * 1e3:.1f} ms | "
-          f"{train['bound']} | {100 * train.get('mfu', 0):.0f}% | "
+          f"{r['chip']['hbm_bytes'] / 2**30:.0f} GiB | {train['step_seconds'] * 1e3:.1f} ms "
+          f"({train['compute_seconds'] * 1e3:.1f} / {train['memory_seconds'] * 1e3:.1f}) | "
+          f"{100 * train.get('mfu', 0):.0f}% | "
           f"{r.get('recipe_hours', 0):.1f} h | {largest} | {train['compile_seconds']:.0f} s |")
   return "\n".join(lines)
 

@@ -210,3 +210,17 @@ def test_hbm_traffic_counts_each_loop_iteration():
   array = 8192 * 8192 * 2
   assert 10 * 2 * array <= b20 - b10 <= 10 * 4 * array
   assert xla_bytes(twenty) == pytest.approx(xla_bytes(ten), rel=0.01)
+
+
+def test_attention_on_a_tpu_mesh_is_the_flash_kernel_per_device():
+  """Traced for a TPU slice, 'auto' attention is the Pallas flash kernel (a Mosaic custom call,
+  run per device under shard_map): no [B, heads, L, L] score tensor is left in the program."""
+  cfg = _config((-1, 1), mlp_t=False, pos_encodings="rope", num_heads=4)
+  lowered, spec, *_ = aot.lower_train(_target(cfg), 16)
+  hlo = lowered.compile().as_text()
+  assert 'custom_call_target="tpu_custom_call"' in hlo
+  L = spec.total_len
+  assert not re.search(rf"\[\d+,\d+,{L},{L}\]", hlo)  # the XLA path's scores
+  cfg.model.attention = "xla"
+  lowered, *_ = aot.lower_train(_target(cfg), 16)
+  assert re.search(rf"\[\d+,\d+,{L},{L}\]", lowered.compile().as_text())

@@ -302,3 +302,36 @@ def test_attention_dispatch_takes_xla_off_an_nvidia_gpu(monkeypatch):
   assert "custom_call" not in lowered  # the XLA path: no cuDNN custom call
   np.testing.assert_array_equal(jax.jit(lambda q: ka.attention(q, q, q, "cudnn"))(q),
                                 jax.jit(ka.xla_attention)(q, q, q))
+
+
+@pytest.fixture
+def pallas_tpu_interpreted(monkeypatch):
+  """The Pallas TPU kernels run on this CPU in Pallas's TPU interpret mode."""
+  from jax.experimental import pallas as pl
+  from jax.experimental.pallas import tpu as pltpu
+  from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
+  original = pl.pallas_call
+  monkeypatch.setattr(pallas_flash.pl, "pallas_call",
+                      lambda *a, **k: original(*a, **{**k, "interpret": pltpu.InterpretParams()}))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tpu_flash_attention_matches_the_xla_path(pallas_tpu_interpreted, causal):
+  """Traced for a TPU, 'auto' takes the Pallas flash kernel (run here in its interpret mode);
+  its outputs and gradients match the XLA path's, with 20 positions padded to a 128 block."""
+  from trm_jax.kernels import attention as ka
+  from trm_jax.kernels import target
+  rng = np.random.default_rng(7)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 20, 2, 16)), jnp.float32) for _ in range(3))
+  ct = jnp.asarray(rng.standard_normal((2, 20, 2, 16)), jnp.float32)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * ct)
+  with target.lowering_for(target.Target("tpu", 1)):
+    assert ka.uses_tpu_flash("auto") and not ka.uses_tpu_flash("xla")
+    flash = lambda q, k, v: ka.attention(q, k, v, "auto", causal)
+    out = flash(q, k, v)
+    grads = jax.grad(loss(flash), argnums=(0, 1, 2))(q, k, v)
+  reference = lambda q, k, v: ka.xla_attention(q, k, v, causal)
+  np.testing.assert_allclose(out, reference(q, k, v), atol=2e-5)
+  for got, want in zip(grads, jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(got, want, atol=1e-4)
+  assert not ka.uses_tpu_flash("auto")  # traced for this CPU: the XLA path

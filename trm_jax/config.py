@@ -21,7 +21,7 @@ LOSS_TYPES = ("stablemax", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 MATMUL_IMPLS = ("auto", "xla", "xla_native", "amx", "avx512")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "tpu_flash")
 
 
 @dataclasses.dataclass(frozen=True)

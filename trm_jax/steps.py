@@ -34,7 +34,7 @@ def train_step(spec: ModelSpec, train_cfg: ml_collections.ConfigDict, total_step
                         total_steps=total_steps),
       in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
       out_shardings=(state_shardings, None), donate_argnums=0)
-  with target.lowering_for(mesh):
+  with target.lowering_for(mesh, sharding_lib.BATCH_AXES):
     return jitted.lower(state, batch)
 
 
@@ -47,5 +47,5 @@ def eval_step(spec: ModelSpec, strategy: inference.Strategy, mesh, params, rows
   jitted = jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy),
                    in_shardings=(sharding_lib.tree_shardings(mesh, params, batch_prefixes=()),
                                  sharding_lib.batch_sharding(mesh)))
-  with target.lowering_for(mesh):
+  with target.lowering_for(mesh, sharding_lib.BATCH_AXES):
     return jitted.lower(params, rows)

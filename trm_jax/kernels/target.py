@@ -22,6 +22,10 @@ class Target:
   platform: str  # "cpu", "gpu" or "tpu"
   num_devices: int
   nvidia: bool = False  # a CUDA GPU (cuDNN's fused attention is there)
+  # The mesh and its batch axes, where a step builder set them: a kernel XLA cannot partition
+  # (a Pallas TPU kernel) runs under shard_map over them.
+  mesh: jax.sharding.Mesh | None = None
+  batch_axes: tuple[str, ...] = ()
 
 
 _CURRENT: contextvars.ContextVar[Target | None] = contextvars.ContextVar(
@@ -39,8 +43,8 @@ def _of_devices(devices) -> Target:
   return Target(first.platform, len(devices), first.platform == "gpu" and _cuda(first))
 
 
-def of_mesh(mesh: jax.sharding.Mesh) -> Target:
-  return _of_devices(mesh.devices.flat)
+def of_mesh(mesh: jax.sharding.Mesh, batch_axes: tuple[str, ...] = ()) -> Target:
+  return dataclasses.replace(_of_devices(mesh.devices.flat), mesh=mesh, batch_axes=batch_axes)
 
 
 def current() -> Target:
@@ -54,10 +58,11 @@ def current() -> Target:
 
 
 @contextlib.contextmanager
-def lowering_for(target: Target | jax.sharding.Mesh):
-  """Trace (lower) the enclosed jitted calls for `target` (a Target or a mesh's devices)."""
+def lowering_for(target: Target | jax.sharding.Mesh, batch_axes: tuple[str, ...] = ()):
+  """Trace (lower) the enclosed jitted calls for `target` (a Target, or a mesh whose
+  `batch_axes` split the batch)."""
   if isinstance(target, jax.sharding.Mesh):
-    target = of_mesh(target)
+    target = of_mesh(target, batch_axes)
   token = _CURRENT.set(target)
   try:
     yield target
