@@ -668,40 +668,45 @@ def _first_line(text: str) -> str:
               lines[0] if lines else text)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
-                                          lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4 (16 chips), "
-                                "v5e:16x16 (256 chips, 64 hosts), v5p:2x2x2, v4:2x2x2, v6e:2x2")
-_NUM_IDS = flags.DEFINE_integer("num_puzzle_identifiers", 0, "puzzle-table rows (0: the "
-                                "recipe's official dataset's)")
-_EPOCH_LENGTH = flags.DEFINE_integer("epoch_length", 0, "training examples per epoch, for the "
-                                     "whole recipe's time (0: the official dataset's)")
-_EVAL = flags.DEFINE_bool("eval", True, "also compile the evaluation batch")
-_MAX_BATCH = flags.DEFINE_bool("max_batch", False, "also search the largest global batch that "
-                               "fits (a few more compiles)")
-_FIT_SEARCH = flags.DEFINE_bool("fit_search", True, "when the step does not fit, compile "
-                                 "smaller batches to find the largest that does")
-_JSON = flags.DEFINE_string("json", None, "write the result as JSON to this file")
+def _define_flags() -> None:
+  """The command line's flags, defined only when run as a program (`trm_jax.main` defines
+  --config too, and both modules may be imported into one process)."""
+  config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
+                                  lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4 (16 chips), v5e:16x16 "
+                      "(256 chips, 64 hosts), v5p:2x2x2, v4:2x2x2, v6e:2x2")
+  flags.DEFINE_integer("num_puzzle_identifiers", 0, "puzzle-table rows (0: the recipe's "
+                       "official dataset's)")
+  flags.DEFINE_integer("epoch_length", 0, "training examples per epoch, for the whole "
+                       "recipe's time (0: the official dataset's)")
+  flags.DEFINE_bool("eval", True, "also compile the evaluation batch")
+  flags.DEFINE_bool("max_batch", False, "also search the largest global batch that fits (a "
+                    "few more compiles)")
+  flags.DEFINE_bool("fit_search", True, "when the step does not fit, compile smaller batches "
+                    "to find the largest that does")
+  flags.DEFINE_string("json", None, "write the result as JSON to this file")
 
 
 def main(argv):
   del argv
-  cfg = ml_collections.ConfigDict(_CONFIG.value.to_dict())
+  args = flags.FLAGS
+  cfg = ml_collections.ConfigDict(args.config.to_dict())
   try:
-    result = run(cfg, _TOPOLOGY.value, num_puzzle_identifiers=_NUM_IDS.value,
-                 epoch_length=_EPOCH_LENGTH.value, evaluation=_EVAL.value,
-                 max_batch=_MAX_BATCH.value, fit_search=_FIT_SEARCH.value)
+    result = run(cfg, args.topology, num_puzzle_identifiers=args.num_puzzle_identifiers,
+                 epoch_length=args.epoch_length, evaluation=args.eval,
+                 max_batch=args.max_batch, fit_search=args.fit_search)
     status = 0
   except DoesNotFit as error:
     result, status = json.loads(str(error)), 2
   except ValueError as error:
     sys.exit(f"error: {error}")
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if args.json:
+    with open(args.json, "w") as f:
       json.dump(result, f, indent=1, default=str)
   sys.exit(status)
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)
