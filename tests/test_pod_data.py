@@ -4,52 +4,26 @@ data.data_dir, and they check they read the same before training (datasets.prepa
 The two-process runs are the real CLI on test_resume's generated 4x4 Sudoku (12 train steps).
 """
 
-import socket
-import subprocess
 import time
 
-import jax
 import ml_collections
-import numpy as np
 import pytest
 
-from test_resume import (REPO, _command, _env, _final_state, _records,  # noqa: F401
-                         uninterrupted)
+import processes
+from test_resume import (REPO, _command, _env,  # noqa: F401
+                         assert_trains_like_one_process, uninterrupted)
 from trm_jax.data import builders, datasets, generate
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _run_two(tmp_path, workdir, per_process_flags, timeout=300):
   """Both processes of one run, process i with `per_process_flags[i]`, until both end; returns
   their exit codes, outputs, and how many seconds after the start each ended."""
-  port = _free_port()
-  # Logs go to files: a full pipe would block one process while the other waits for it.
-  logs = [tmp_path / f"process{i}.log" for i in range(2)]
-  start, procs = time.time(), []
-  for i, log in enumerate(logs):
-    with open(log, "w") as out:
-      procs.append(subprocess.Popen(
-          _command(workdir) + list(per_process_flags[i]) + [
-              f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-              f"--process_id={i}"],
-          cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT))
-  ended = [None, None]
-  while None in ended and time.time() < start + timeout:
-    for i, p in enumerate(procs):
-      if ended[i] is None and p.poll() is not None:
-        ended[i] = time.time() - start
-    time.sleep(0.05)
-  for p in procs:
-    if p.poll() is None:
-      p.kill()
-  outputs = [log.read_text() for log in logs]
-  assert None not in ended, f"still running after {timeout} s:\n{outputs[0][-3000:]}"
-  return [p.returncode for p in procs], outputs, ended
+  port, start = processes.free_port(), time.time()
+  codes, outputs, ended = processes.run_together(
+      [_command(workdir) + list(flags) + processes.coordinator_flags(port, i)
+       for i, flags in enumerate(per_process_flags)],
+      [tmp_path / f"process{i}.log" for i in range(2)], [_env()] * 2, REPO, timeout)
+  return codes, outputs, [t - start for t in ended]
 
 
 def test_two_hosts_with_their_own_data_dirs_train_like_one(tmp_path, uninterrupted):
@@ -62,12 +36,7 @@ def test_two_hosts_with_their_own_data_dirs_train_like_one(tmp_path, uninterrupt
   for d in data_dirs:  # each built its own copy
     assert list(d.glob("sudoku/generated_4x4/*/dataset_info.json")), sorted(d.rglob("*"))
   assert not list((tmp_path / "run" / "raw").glob(".generating-*"))
-  assert [r["step"] for r in _records(tmp_path / "run", "train")] == list(range(1, 13))
-  _, reference = _final_state(uninterrupted)
-  _, together = _final_state(tmp_path / "run")
-  # Same examples per global batch, rows in another order: equal up to float reordering.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
-               reference["trainable"], together["trainable"])
+  assert_trains_like_one_process(tmp_path / "run", uninterrupted)
 
 
 def test_a_data_failure_on_one_host_stops_both_naming_it(tmp_path):

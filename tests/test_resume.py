@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from orbax.checkpoint import v1 as ocp
 
+import processes
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "--config.data.generate.size=4", "--config.data.builder_config.size=4",
@@ -255,28 +257,26 @@ def test_eval_only_evaluates_the_newest_checkpoint(tmp_path, uninterrupted):
   assert not (tmp_path / "checkpoints").exists() or not _steps(tmp_path)
 
 
-def test_two_processes_train_together_like_one(tmp_path, uninterrupted):
-  port = 20000 + os.getpid() % 20000
-  # Logs go to files: a full pipe would block one process while the other waits for it.
-  logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
-  procs = [subprocess.Popen(
-      _command(tmp_path / "run") + [f"--coordinator_address=127.0.0.1:{port}",
-                                    "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=_env(), stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
-  for i, p in enumerate(procs):
-    p.wait(timeout=600)
-    logs[i].close()
-    assert p.returncode == 0, (tmp_path / f"process{i}.log").read_text()[-3000:]
-  # Process 0 reports and writes; process 1 prints no status and writes no metrics.
-  output = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
-  for line in ("workdir:", "eval exact_accuracy", "saving checkpoint", "exact_accuracy:"):
-    assert line in output[0] and line not in output[1], line
-  assert [r["step"] for r in _records(tmp_path / "run", "train")] == list(range(1, 13))
+def assert_trains_like_one_process(workdir, uninterrupted):
+  """One record per step in metrics.jsonl, and the final weights of the one-process run: the
+  same examples in each global batch, rows in another order, so equal up to float reordering."""
+  assert [r["step"] for r in _records(workdir, "train")] == list(range(1, 13))
   _, reference = _final_state(uninterrupted)
-  _, together = _final_state(tmp_path / "run")
-  # Same examples per global batch, rows in another order: equal up to float reordering.
+  _, together = _final_state(workdir)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4),
                reference["trainable"], together["trainable"])
+
+
+def test_two_processes_train_together_like_one(tmp_path, uninterrupted):
+  port = processes.free_port()
+  codes, output, _ = processes.run_together(
+      [_command(tmp_path / "run") + processes.coordinator_flags(port, i) for i in range(2)],
+      [tmp_path / f"process{i}.log" for i in range(2)], [_env()] * 2, REPO, timeout=600)
+  assert codes == [0, 0], output[0][-3000:] + output[1][-3000:]
+  # Process 0 reports and writes; process 1 prints no status and writes no metrics.
+  for line in ("workdir:", "eval exact_accuracy", "saving checkpoint", "exact_accuracy:"):
+    assert line in output[0] and line not in output[1], line
+  assert_trains_like_one_process(tmp_path / "run", uninterrupted)
 
 
 def test_manager_saves_on_the_interval_and_when_forced(tmp_path):

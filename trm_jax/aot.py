@@ -433,8 +433,9 @@ def compile_train(target: Target, global_batch: int) -> tuple[dict[str, Any], Mo
   with kernel_target.lowering_for(target.mesh(), sharding_lib.BATCH_AXES):
     executed = flops_lib.matmul_flops(functools.partial(step, spec=counted), state,
                                       batch) / chips
+    model = flops_lib.model_flops(spec, step, state, batch) / chips
   report = _compiled_report(lowered, target.chip, executed)
-  report["model_flops"] = flops_lib.model_flops(spec, step, state, batch) / chips
+  report["model_flops"] = model
   report["state_bytes"] = sum(math.prod(x.shape) * x.dtype.itemsize
                               for x in jax.tree.leaves(state))
   report["state"] = state

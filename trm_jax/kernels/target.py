@@ -60,11 +60,14 @@ def current() -> Target:
 @contextlib.contextmanager
 def lowering_for(target: Target | jax.sharding.Mesh, batch_axes: tuple[str, ...] = ()):
   """Trace (lower) the enclosed jitted calls for `target` (a Target, or a mesh whose
-  `batch_axes` split the batch)."""
-  if isinstance(target, jax.sharding.Mesh):
-    target = of_mesh(target, batch_axes)
+  `batch_axes` split the batch; that mesh is then also JAX's context mesh for the block, in
+  place of whatever mesh the process set, e.g. a CPU run's before an `aot` compile)."""
+  mesh = target if isinstance(target, jax.sharding.Mesh) else None
+  if mesh is not None:
+    target = of_mesh(mesh, batch_axes)
   token = _CURRENT.set(target)
   try:
-    yield target
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+      yield target
   finally:
     _CURRENT.reset(token)
