@@ -59,7 +59,7 @@ def _config(mesh_shape=(-1, 1), batch=16, **model):
 
 
 def _target(cfg, topology="v5e:2x2", rows=TABLE_ROWS):
-  return aot.Target(cfg, topology, aot.topology_devices(topology), rows, epoch_length=2000)
+  return aot.SliceRecipe(cfg, topology, aot.topology_devices(topology), rows, epoch_length=2000)
 
 
 @pytest.fixture(scope="module")

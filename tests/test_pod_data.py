@@ -6,10 +6,9 @@ The two-process runs are the real CLI on test_resume's generated 4x4 Sudoku (12 
 
 import time
 
-import ml_collections
-import pytest
 
 import processes
+from test_builders import _sudoku_cfg, sudoku_csvs  # noqa: F401
 from test_resume import (REPO, _command, _env,  # noqa: F401
                          assert_trains_like_one_process, uninterrupted)
 from trm_jax.data import builders, datasets, generate
@@ -61,20 +60,6 @@ def test_a_data_failure_on_one_host_stops_both_naming_it(tmp_path):
   assert "compiled in" not in outputs[0]  # stopped before the model
 
 
-def _sudoku_cfg(data_dir, manual_dir, seed=0):
-  return ml_collections.ConfigDict(dict(
-      builder="sudoku", builder_config=dict(name="t", size=4, subsample=0, num_aug=3,
-                                            test_subsample=0, seed=seed),
-      manual_dir=str(manual_dir), data_dir=str(data_dir), generate=dict(kind="")))
-
-
-@pytest.fixture(scope="module")
-def sudoku_csvs(tmp_path_factory):
-  out = tmp_path_factory.mktemp("raw")
-  generate.sudoku_csvs(out, size=4, num_train=40, num_test=10, seed=1)
-  return out
-
-
 def test_fingerprints_agree_on_equal_builds_and_differ_on_others(tmp_path, sudoku_csvs):
   a = datasets.fingerprint(datasets.prepare(_sudoku_cfg(tmp_path / "a", sudoku_csvs)))
   b = datasets.fingerprint(datasets.prepare(_sudoku_cfg(tmp_path / "b", sudoku_csvs)))
@@ -100,5 +85,5 @@ def test_a_build_that_finds_the_dataset_put_there_meanwhile_opens_it(tmp_path, s
     return generate_records(self, *args, **kwargs)
   monkeypatch.setattr(builders.Sudoku, "_download_and_prepare", other_process_finishes_first)
   assert datasets.fingerprint(datasets.prepare(cfg)) == other["fingerprint"]
-  left = [p.name for p in (tmp_path / "sudoku" / "t").iterdir()]
+  left = [p.name for p in (tmp_path / "tfds" / "sudoku" / "t").iterdir()]
   assert left == ["1.0.0"], left  # no temporary folder left behind

@@ -77,10 +77,11 @@ OFFICIAL_DATA = {
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
                 "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+# An array type with its optional layout: dtype[dims]{layout}.
+_SHAPE_LAYOUT_RE = re.compile(r"(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\](\{[^}]*\})?")
 # `%name = TYPE op(...)`: an HLO instruction whose op is a collective (async: its -start half).
 _COLLECTIVE_RE = re.compile(
     r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
-_SHAPE_RE = re.compile(r"(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 
 
 class DoesNotFit(Exception):
@@ -134,7 +135,7 @@ def collectives(hlo_text: str) -> list[dict[str, Any]]:
     found[(op, result_type)] = found.get((op, result_type), 0) + 1
   out = []
   for (op, result_type), count in sorted(found.items()):
-    shapes = _SHAPE_RE.findall(result_type)
+    shapes = [(dtype, dims) for dtype, dims, _ in _SHAPE_LAYOUT_RE.findall(result_type)]
     if op in ("all-gather", "collective-permute", "all-to-all") and len(shapes) > 1:
       shapes = shapes[-1:]  # an async start's tuple (operand, result): the result
     size = sum(_DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
@@ -162,7 +163,6 @@ def _split_type(rest: str) -> tuple[str, str]:
   return head, tail
 
 
-_SHAPE_LAYOUT_RE = re.compile(r"(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\](\{[^}]*\})?")
 
 
 def _type_bytes(hlo_type: str) -> int:
@@ -378,8 +378,8 @@ def _compiled_report(lowered, chip: flops_lib.Chip | None, matmul_flops: float) 
 
 
 @dataclasses.dataclass
-class Target:
-  """What to compile: a recipe at one global batch on one slice."""
+class SliceRecipe:
+  """What to compile: a recipe on one TPU slice."""
   cfg: ml_collections.ConfigDict
   topology: str
   devices: list
@@ -408,7 +408,7 @@ class Target:
     return min(steps, max_steps) if max_steps else steps
 
 
-def lower_train(target: Target, global_batch: int):
+def lower_train(target: SliceRecipe, global_batch: int):
   """(lowered training step, spec, abstract state, abstract batch, total steps)."""
   mesh = target.mesh()
   model_cfg = target.model_config()
@@ -420,7 +420,7 @@ def lower_train(target: Target, global_batch: int):
   return lowered, spec, state, batch, total_steps
 
 
-def compile_train(target: Target, global_batch: int) -> tuple[dict[str, Any], ModelSpec]:
+def compile_train(target: SliceRecipe, global_batch: int) -> tuple[dict[str, Any], ModelSpec]:
   """The training step's compiled report at `global_batch` (raises DoesNotFit)."""
   lowered, spec, state, batch, total_steps = lower_train(target, global_batch)
   step = lambda s, b, spec: train_lib.train_step(s, b, spec=spec, train_cfg=target.cfg.train,
@@ -442,7 +442,7 @@ def compile_train(target: Target, global_batch: int) -> tuple[dict[str, Any], Mo
   return report, spec
 
 
-def compile_eval(target: Target, spec: ModelSpec, state) -> dict[str, Any]:
+def compile_eval(target: SliceRecipe, spec: ModelSpec, state) -> dict[str, Any]:
   mesh = target.mesh()
   strategy = inference.Strategy.from_config(target.cfg.eval)
   rows = abstract_batch(spec, target.cfg.eval.global_batch_size, mesh)
@@ -455,7 +455,7 @@ def compile_eval(target: Target, spec: ModelSpec, state) -> dict[str, Any]:
   return _compiled_report(lowered, target.chip, executed / len(target.devices))
 
 
-def largest_fitting_batch(target: Target, known_fit: int | None = None,
+def largest_fitting_batch(target: SliceRecipe, known_fit: int | None = None,
                           known_fail: int | None = None, log=print) -> int | None:
   """The largest global batch (a multiple of the device count) whose training step the
   compiler fits in HBM: a line through two compiled sizes' peak bytes gives the guess, then
@@ -555,7 +555,7 @@ def run(cfg: ml_collections.ConfigDict, topology: str, *, num_puzzle_identifiers
                             or cfg.model.num_puzzle_identifiers)
   epoch_length = epoch_length or official.get("epoch_length") or 0
   devices = topology_devices(topology)
-  target = Target(cfg, topology, devices, int(num_puzzle_identifiers), int(epoch_length))
+  target = SliceRecipe(cfg, topology, devices, int(num_puzzle_identifiers), int(epoch_length))
   global_batch = cfg.train.global_batch_size
   fields = [("train.global_batch_size", global_batch)]
   if evaluation:
@@ -617,7 +617,7 @@ def run(cfg: ml_collections.ConfigDict, topology: str, *, num_puzzle_identifiers
 _SHAPE_AT_START = re.compile(r"^\s*(\w+)\[([\d,]*)\]\s*(.*)$")
 
 
-def largest_buffers(target: Target, global_batch: int, top: int = 5) -> list[tuple[int, str]]:
+def largest_buffers(target: SliceRecipe, global_batch: int, top: int = 5) -> list[tuple[int, str]]:
   """The largest buffers of the training step per chip, largest first, as (bytes, what), the
   `top` of each kind:
   the train state's arrays (split as the mesh splits them) and the activations the backward
