@@ -29,7 +29,7 @@ def train_recipe(**overrides) -> ml_collections.ConfigDict:
       log_every_steps=50,
       checkpoint_every_steps=0,  # 0: at every evaluation
       keep_checkpoints=3,
-      keep_best_checkpoints=1,  # on eval exact_accuracy
+      keep_best_checkpoints=0,  # >0: also keep the best on validation exact_accuracy
       profile_steps=(),  # steps to trace with jax.profiler (trm_jax/profiling.py)
   )
   values.update(overrides)

@@ -36,20 +36,21 @@ def get_config(arg=None):
   variant = variant or "mlp"
   config = ml_collections.ConfigDict()
   if variant in ("smoke", "dis_smoke", "hrm_smoke"):
-    # 6x6 Sudoku generated on the fly; held-out test puzzles.
+    # 6x6 Sudoku generated on the fly; 200 of the 2,000 training puzzles (and their
+    # augmentations) held out for validation; held-out test puzzles, read once at the end.
     config.model = model_configs.model_config(
         seq_len=36, vocab_size=8, hidden_size=64, num_heads=4, expansion=4.0, mlp_t=True,
         pos_encodings="none", puzzle_emb_ndim=64, puzzle_emb_len=1, H_cycles=2, L_cycles=2,
         halt_max_steps=4, halt_exploration_prob=0.1, compute_dtype="float32")
     config.data = common.data_spec(
         "sudoku", dict(name="generated_6x6", size=6, subsample=0, num_aug=20, test_subsample=0,
-                       seed=0),
+                       seed=0, validation_fraction=0.1),
         generate=dict(kind="sudoku", size=6, num_train=2000, num_test=500, seed=0,
                       min_difficulty=0))
     config.train = common.train_recipe(
         global_batch_size=128, epochs=50, eval_interval=25, lr=3e-3, lr_warmup_steps=100,
         weight_decay=0.1, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, ema=False,
-        log_every_steps=50)
+        log_every_steps=50, keep_best_checkpoints=1)
     config.eval = common.eval_recipe(global_batch_size=500)
     if variant == "dis_smoke":  # the same data, network and optimiser, trained with DIS
       common.dis(config.model, n_sup=6)

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trm_jax.data import arc, datasets, generate, sudoku
+from trm_jax.data import arc, builders, datasets, generate, sudoku
 
 FIXTURE_ARC = pathlib.Path(__file__).parent / "fixtures" / "arc"
 
@@ -147,3 +147,94 @@ def test_arc_build_from_fixtures_inverts_to_the_originals(tmp_path):
     aug = arc.Augmentation(int(record["dihedral"]), np.asarray(record["colors"]))
     label = arc.decode(record["labels"].astype(np.int32))
     np.testing.assert_array_equal(aug.invert(label), task.test[int(record["test_index"])].output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation splits: carved from the training puzzles, disjoint by puzzle and augmentation.
+
+
+def test_sudoku_validation_holds_out_whole_groups_and_keeps_their_originals(tmp_path,
+                                                                             sudoku_csvs):
+  full = datasets.prepare(_sudoku_cfg(tmp_path / "full", sudoku_csvs))
+  data = datasets.prepare(_sudoku_cfg(tmp_path / "val", sudoku_csvs, validation_fraction=0.2))
+  assert full.validation is None
+  # 40 puzzles x (1 + 3 augmentations): 8 groups leave train whole, their originals validate.
+  assert len(data.validation) == 8 and len(data.train) == 32 * 4
+  assert data.train_index.num_groups == 32 and data.train_index.epoch_length == 32
+  assert len(data.test) == 10 and _digest(data.test) == _digest(full.test)
+  originals = sudoku.read_csv(sudoku_csvs / "train.csv")
+  source_rows = {q.tobytes(): i for i, q in enumerate(originals.questions.astype(np.int64))}
+  held = set()
+  for i in range(len(data.validation)):
+    question = data.validation[i]["inputs"].astype(np.int64) - 1
+    held.add(source_rows[question.tobytes()])  # an original training puzzle, not augmented
+  assert len(held) == 8
+  # No record of a held-out puzzle's group (its augmentations included) is left in train.
+  kept = {data.train[i * 4]["inputs"].astype(np.int64).tobytes() for i in range(32)}
+  full_groups = [[full.train[g * 4 + j]["inputs"].tobytes() for j in range(4)]
+                 for g in range(40)]
+  train_inputs = {data.train[i]["inputs"].tobytes() for i in range(len(data.train))}
+  for g in held:
+    assert not set(full_groups[g]) & train_inputs
+  assert len(kept) == 32
+  assert [data.train[i]["group"] for i in range(0, len(data.train), 4)] == list(range(32))
+
+
+def test_validation_split_has_its_own_dataset_name_and_is_seeded(tmp_path, sudoku_csvs):
+  a = datasets.builder_config_for(_sudoku_cfg(tmp_path, sudoku_csvs, validation_fraction=0.2))
+  b = datasets.builder_config_for(_sudoku_cfg(tmp_path, sudoku_csvs, validation_fraction=0.2,
+                                              validation_seed=3))
+  assert (a.name, b.name) == ("t_val0.2", "t_val0.2s3")
+  one = datasets.prepare(_sudoku_cfg(tmp_path / "a", sudoku_csvs, validation_fraction=0.2))
+  other = datasets.prepare(_sudoku_cfg(tmp_path / "b", sudoku_csvs, validation_fraction=0.2,
+                                       validation_seed=3))
+  assert _digest(one.validation) != _digest(other.validation)
+  with pytest.raises(ValueError, match="validation_fraction = 1.5"):
+    datasets.prepare(_sudoku_cfg(tmp_path / "c", sudoku_csvs, validation_fraction=1.5))
+  assert [builders.validation_count(f, 40) for f in (0, 0.001, 0.2, 0.999)] == [0, 1, 8, 39]
+
+
+def test_nqueens_validation_boards_never_occur_in_training():
+  from trm_jax.data.pipeline import ArraySource, PuzzleIndex
+  # Groups of 2 boards; group 1's original repeats a board of group 0, group 2's is new.
+  inputs = np.asarray([[1, 0], [0, 1], [0, 1], [1, 1], [2, 2], [2, 0]], np.uint8)
+  train = builders.SplitData(
+      ArraySource({"inputs": inputs, "labels": inputs + 1,
+                   "puzzle_identifier": np.zeros(6, np.int32),
+                   "group": np.repeat(np.arange(3, dtype=np.int32), 2)}),
+      PuzzleIndex.from_sizes(np.ones(6, np.int64), [2, 2, 2]), 1)
+  for seed in range(20):  # whichever two groups are held out
+    kept, validation = builders.carve_validation(train, 2, seed)
+    kept_inputs = {kept.records[i]["inputs"].tobytes() for i in range(len(kept.records))}
+    assert len(kept.records) == 2 and kept.index.num_groups == 1
+    for i in range(len(validation.records)):
+      assert validation.records[i]["inputs"].tobytes() not in kept_inputs
+    firsts = {validation.records[i]["inputs"].tobytes() for i in range(len(validation.records))}
+    assert firsts <= {inputs[0].tobytes(), inputs[2].tobytes(), inputs[4].tobytes()}
+    # group 1's original [0, 1] is group 0's augmentation: dropped when group 0 is trained on
+    if kept_inputs == {inputs[0].tobytes(), inputs[1].tobytes()}:
+      assert firsts == {inputs[4].tobytes()}
+
+
+def test_arc_validation_tasks_keep_their_demonstrations_in_train(tmp_path):
+  tasks = arc.load_subsets(FIXTURE_ARC, ["training", "evaluation"])
+  held = arc.validation_task_ids(tasks, "evaluation", 0.5, seed=0)
+  assert len(held) == 2 and all(subset == "training" for subset, _ in held)
+  examples = arc.build_examples(tasks, "evaluation", num_aug=4, seed=42, validation_fraction=0.5)
+  official = arc.build_examples(tasks, "evaluation", num_aug=4, seed=42)
+  assert "validation" not in official
+  validation, train = examples["validation"], examples["train"]
+  held_ids = {task_id for _, task_id in held}
+  assert {validation[i]["task_id"] for i in range(len(validation))} == held_ids
+  # Every (augmented) test pair of a held-out task validates, untranslated; none trains.
+  n_test = sum(len(tasks["training"][t].test) for t in held_ids)
+  assert len(validation) == n_test * 5
+  val_labels = {validation[i]["labels"].tobytes() for i in range(len(validation))}
+  train_ids = set()
+  for i in range(len(train)):
+    assert train[i]["labels"].tobytes() not in val_labels
+    train_ids.add(int(train[i]["puzzle_identifier"]))
+  # ... while their demonstrations train the embeddings validation reads.
+  assert {int(validation[i]["puzzle_identifier"]) for i in range(len(validation))} <= train_ids
+  assert len(train) < len(official["train"]) and examples["test"].num_groups == official[
+      "test"].num_groups

@@ -248,15 +248,37 @@ def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict
 ARC_KEYS = ("task_id", "test_index", "dihedral", "colors")
 
 
-def arc_evaluator_for(cfg: ml_collections.ConfigDict):
-  """An ARC pass@K evaluator over the test set's tasks (None for other datasets)."""
+def arc_evaluator_for(cfg: ml_collections.ConfigDict, split: str = "test"):
+  """An ARC pass@K evaluator over the tasks of `split` (None for other datasets): the test
+  set's, or the training tasks held out as validation (`arc.validation_task_ids`)."""
   if cfg.data.builder != "arc":
     return None
   from trm_jax.data import arc, arc_eval
   builder_cfg = cfg.data.builder_config
-  test_set = builder_cfg.test_set_name
-  tasks = arc.load_subsets(cfg.data.manual_dir, [test_set], builder_cfg.get("prefix", "arc-agi"))
-  return arc_eval.ArcEvaluator(tasks[test_set], pass_ks=tuple(cfg.eval.pass_ks))
+  test_set, prefix = builder_cfg.test_set_name, builder_cfg.get("prefix", "arc-agi")
+  if split == "test":
+    tasks = arc.load_subsets(cfg.data.manual_dir, [test_set], prefix)[test_set]
+  else:
+    subsets = arc.load_subsets(cfg.data.manual_dir, builder_cfg.subsets, prefix)
+    tasks = {task_id: subsets[subset][task_id] for subset, task_id in arc.validation_task_ids(
+        subsets, test_set, builder_cfg.validation_fraction, builder_cfg.get("validation_seed", 0))}
+  return arc_eval.ArcEvaluator(tasks, pass_ks=tuple(cfg.eval.pass_ks))
+
+
+def evaluation_split(cfg: ml_collections.ConfigDict, data: datasets.Prepared) -> str:
+  """The split that periodic evaluations (and keep_best) read: validation where the dataset
+  has one, else test (as the official code does). Raises ValueError naming
+  train.keep_best_checkpoints when it would rank checkpoints by test accuracy."""
+  if data.validation is not None:
+    return "validation"
+  if cfg.train.keep_best_checkpoints:
+    raise ValueError(
+        f"config field 'train.keep_best_checkpoints' = {cfg.train.keep_best_checkpoints} keeps "
+        f"the checkpoints with the best validation accuracy, but the dataset "
+        f"{cfg.data.builder}/{cfg.data.builder_config.get('name', '')} has no validation split: "
+        "hold out training puzzles (--config.data.builder_config.validation_fraction=F) or set "
+        "it to 0 (choosing checkpoints by test accuracy would overstate it)")
+  return "test"
 
 
 def report_eval(result: dict[str, Any], path: epath.Path,
@@ -307,8 +329,8 @@ def compile_evaluation(spec: ModelSpec, strategy: inference.Strategy, params, te
 
 
 def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
-             arc_evaluator=None, strategy: inference.Strategy = inference.Strategy()
-             ) -> dict[str, Any]:
+             arc_evaluator=None, strategy: inference.Strategy = inference.Strategy(),
+             split: str = "test") -> dict[str, Any]:
   """Exact and token accuracy after each supervision step, forward passes per example, and
   (ARC) pass@K over this evaluation's predictions only. `evaluate_batch` is
   `inference.eval_batch` with `strategy` (config section `eval`) bound, jitted or compiled.
@@ -361,6 +383,7 @@ def evaluate(evaluate_batch, params, test_source, cfg, spec: ModelSpec, mesh,
       "steps": steps / max(count, 1),
       "forward_passes_per_example": passes * cost / max(count, 1),
       "strategy": strategy.describe(),
+      "split": split,
   }
   if arc_evaluator is not None:
     result.update(arc_evaluator.result())
@@ -373,7 +396,7 @@ def format_eval_table(result: dict[str, Any]) -> str:
                                     result["exact_accuracy_per_step"]), start=1):
     lines.append(f"| {k} | {tok:.4f} | {ex:.4f} |")
   lines.append("")
-  lines.append(f"test examples: {result['count']}")
+  lines.append(f"{result.get('split', 'test')} examples: {result['count']}")
   lines.append(f"exact_accuracy: {result['exact_accuracy']:.4f}")
   lines.append(f"supervision steps per example: {result['steps']:.2f}")
   lines.append(f"forward passes per example: {result['forward_passes_per_example']:.1f}"
@@ -420,7 +443,9 @@ def run_header(workdir_path, mesh, spec: ModelSpec, trainable, puzzle_table, cfg
                 f"{model_lib.forward_passes_per_step(spec)} forward passes"),
       ("data", f"{cfg.data.builder}/{cfg.data.builder_config.name}: "
                f"{data.train_index.num_records:,} train records "
-               f"({data.train_index.epoch_length:,} per epoch), {len(data.test):,} test; "
+               f"({data.train_index.epoch_length:,} per epoch), "
+               + (f"{len(data.validation):,} validation, " if data.validation is not None else "")
+               + f"{len(data.test):,} test; "
                f"ready in {data_seconds:.1f}s"),
   ]
 
@@ -500,6 +525,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   if eval_only:
     return evaluate_checkpoint(cfg, data, mesh, checkpoint_path, workdir_path, console,
                                data_seconds)
+  split = evaluation_split(cfg, data)  # what periodic evaluations read; test is read once
+  eval_source = data.validation if split == "validation" else data.test
   train_iter = iter(pipeline.train_dataset(
       data.train, data.train_index, seed=cfg.train.seed, global_batch_size=global_batch,
       num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
@@ -549,7 +576,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   evaluate_batch = compile_evaluation(spec, strategy, train_lib.eval_params(state), data.test,
                                       cfg, mesh)
   console.line(f"compiled in {time.time() - start_compile:.1f}s")
-  arc_evaluator = arc_evaluator_for(cfg)
+  arc_evaluator = arc_evaluator_for(cfg, split)
 
   # --- Loop.
   writer = metrics_lib.MetricWriter(workdir_path, resume_step=first_step - 1)
@@ -592,16 +619,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
       if is_eval_step(step, eval_every, total_steps):
         jax.block_until_ready(state)  # the queued train steps are training time
         eval_start = time.time()
-        result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec,
-                          mesh, arc_evaluator, strategy)
+        result = evaluate(evaluate_batch, train_lib.eval_params(state), eval_source, cfg, spec,
+                          mesh, arc_evaluator, strategy, split)
         eval_seconds = time.time() - eval_start
         throughput.exclude(eval_seconds)
         scalars = {k: v for k, v in result.items() if isinstance(v, float)}
         scalars.update({f"exact_accuracy_step{k + 1}": v
                         for k, v in enumerate(result["exact_accuracy_per_step"])})
         eval_metrics = {k.replace("@", "_at_"): v for k, v in scalars.items()}
-        writer.write(step, "eval", {**eval_metrics, "seconds": eval_seconds})
-        console.line(f"step {step}: eval exact_accuracy {result['exact_accuracy']:.4f} "
+        writer.write(step, "eval", {**eval_metrics, "seconds": eval_seconds}, split=split)
+        console.line(f"step {step}: {split} exact_accuracy {result['exact_accuracy']:.4f} "
                      f"({eval_seconds:.1f}s)")
       position = pipeline.stream_position(train_iter, jax.process_count())
       saved = checkpoints.maybe_save(step, state, {"data_iterator": position},
@@ -620,10 +647,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
         return None
   checkpoints.wait()
   checkpoints.close()
-  writer.close()
-  if result is None:  # resumed after the last step: nothing left to train
+  if result is None or split != "test":  # the test split, once, on the final weights
+    start_test = time.time()
     result = evaluate(evaluate_batch, train_lib.eval_params(state), data.test, cfg, spec, mesh,
-                      arc_evaluator, strategy)
+                      arc_evaluator_for(cfg, "test") if split != "test" else arc_evaluator,
+                      strategy, "test")
+    test_scalars = {k.replace("@", "_at_"): v for k, v in result.items()
+                    if isinstance(v, float)}
+    writer.write(total_steps, "test", {**test_scalars, "seconds": time.time() - start_test},
+                 split="test")
+  writer.close()
   report_eval(result, workdir_path / "eval_table.txt", console)
   console.line(f"total time {time.time() - start:.0f}s")
   if jax.process_index() == 0:

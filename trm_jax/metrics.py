@@ -1,7 +1,10 @@
 """A run's metrics: metrics.jsonl and TensorBoard written on process 0, read back, and the
 training throughput they record.
 
-metrics.jsonl holds one JSON object per logged step ({"step", "kind": "train" | "eval", ...}).
+metrics.jsonl holds one JSON object per logged step ({"step", "kind": "train" | "eval" | "test",
+"split" (evaluations: the split read), ...}): periodic evaluations ("eval") read the validation
+split where the dataset has one (else test); a run with a validation split reads test once, at
+the end ("test").
 A resumed run first drops the records after the step it resumes from (the steps a crash made
 it train twice), so the file keeps one record per step and kind; TensorBoard is told the same
 with `purge_step`, which hides the older events from that step on.
@@ -99,12 +102,16 @@ class MetricWriter:
     self._tb_local = tempfile.mkdtemp(prefix="trm_jax_tb_") if remote else None
     self._tb = SummaryWriter(self._tb_local or str(self._tb_dir), purge_step=purge_step)
 
-  def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
+  def write(self, step: int, kind: str, metrics: dict[str, float],
+            split: str | None = None) -> None:
+    """One record; `split`: the data split an evaluation read (kept in metrics.jsonl, and the
+    TensorBoard tag's prefix in place of `kind`)."""
     if not self.active:
       return
-    self._lines.append(json.dumps({"step": step, "kind": kind, **metrics}) + "\n")
+    where = {"split": split} if split else {}
+    self._lines.append(json.dumps({"step": step, "kind": kind, **where, **metrics}) + "\n")
     for name, value in metrics.items():
-      self._tb.add_scalar(f"{kind}/{name}", value, step)
+      self._tb.add_scalar(f"{split or kind}/{name}", value, step)
     if time.monotonic() - self._last_flush >= self._flush_seconds:
       self.flush()
 

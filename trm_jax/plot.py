@@ -57,9 +57,10 @@ def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
     records = metrics_lib.read(workdir)
     train = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
+    tests = [r for r in records if r["kind"] == "test"]  # read once, after training
     if not train and not evals:
       raise ValueError(f"{workdir / metrics_lib.METRICS_FILE}: no train or eval records yet")
-    runs.append((label, train, evals))
+    runs.append((label, train, evals, tests))
   out = epath.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -67,7 +68,7 @@ def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
   paths = []
 
   fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-  for i, (label, train, evals) in enumerate(runs):
+  for i, (label, train, evals, tests) in enumerate(runs):
     colour = colours[i % len(colours)]
     prefix = f"{label}: " if several else ""
     losses = [(r["step"], r["lm_loss"]) for r in train if "lm_loss" in r]
@@ -80,7 +81,10 @@ def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
                   color=colour, lw=1.2, marker=marker, label=f"{prefix}training batches")
     if evals:
       acc_ax.plot([r["step"] for r in evals], [r["exact_accuracy"] for r in evals], "o--",
-                  color=colour, ms=5, lw=0.8, label=f"{prefix}held-out")
+                  color=colour, ms=5, lw=0.8, label=f"{prefix}{split_of(evals)}")
+    if tests:
+      acc_ax.plot([r["step"] for r in tests], [r["exact_accuracy"] for r in tests], "*",
+                  color=colour, ms=10, label=f"{prefix}test (read once)")
   loss_ax.set(title="training loss (lm_loss)", xlabel="training step", ylabel="loss")
   if all(value > 0 for line in loss_ax.get_lines() for value in line.get_ydata()):
     loss_ax.set_yscale("log")
@@ -98,7 +102,8 @@ def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
   save_figure(fig, paths[-1])
   plt.close(fig)
 
-  evaluated = [(label, [r for r in evals if per_step_accuracy(r)]) for label, _, evals in runs]
+  evaluated = [(label, [r for r in evals if per_step_accuracy(r)])
+               for label, _, evals, _ in runs]
   if any(evals for _, evals in evaluated):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, evals) in enumerate(evaluated):
@@ -113,7 +118,8 @@ def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
           name = f"step {record['step']}"
         ax.plot(range(1, len(accuracy) + 1), accuracy, "o-", color=colour, alpha=alpha, ms=4,
                 lw=1.2, label=name)
-    ax.set(title="held-out exact accuracy per supervision step, at each evaluation",
+    splits = sorted({split_of(evals) for _, evals in evaluated if evals})
+    ax.set(title=f"{' / '.join(splits)} exact accuracy per supervision step, at each evaluation",
            xlabel="supervision step", ylabel="exact accuracy", ylim=(-0.02, 1.02))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
@@ -123,6 +129,11 @@ def plot_runs(workdirs: Sequence[paths_lib.PathLike], out: paths_lib.PathLike
     save_figure(fig, paths[-1])
     plt.close(fig)
   return paths
+
+
+def split_of(evals: Sequence[dict]) -> str:
+  """The split periodic evaluations read (records before splits were recorded: 'held-out')."""
+  return evals[-1].get("split", "held-out")
 
 
 def save_figure(fig, path: epath.Path, dpi: int = 120) -> None:

@@ -449,7 +449,7 @@ class ArcExamples(collections.abc.Sequence):
         "puzzle_identifier": np.int32(f["puzzle_identifier"]),
         "group": np.int32(f["group"]),
     }
-    if self.split == "test":
+    if self.split != "train":  # evaluated splits: what the vote needs to invert predictions
       example.update(task_id=self._task_ids[f["task"]], test_index=np.int32(f["test_index"]),
                      dihedral=np.int32(t), colors=colors.astype(np.int32))
     return example
@@ -464,8 +464,26 @@ class ArcExamples(collections.abc.Sequence):
             for k in examples[0]}
 
 
+def validation_task_ids(tasks_by_subset: Mapping[str, Mapping[str, ArcTask]], test_set_name: str,
+                        fraction: float, seed: int = 0) -> list[tuple[str, str]]:
+  """(subset, task id) of the training tasks (outside `test_set_name`, with solved test pairs),
+  a `fraction` of them, whose test pairs form the validation split, chosen with `seed` (a
+  generator of its own: the official draws of `build_examples` stay the same)."""
+  from trm_jax.data import builders  # (builders imports this module)
+  candidates = [(subset, task_id) for subset, tasks in tasks_by_subset.items()
+                if subset != test_set_name for task_id, task in tasks.items()
+                if task.test and all(p.output is not None for p in task.test)]
+  num_tasks = builders.validation_count(fraction, len(candidates))
+  if not num_tasks:
+    return []
+  picks = np.random.default_rng([seed, num_tasks]).choice(len(candidates), num_tasks,
+                                                          replace=False)
+  return [candidates[i] for i in sorted(picks)]
+
+
 def build_examples(tasks_by_subset: Mapping[str, Mapping[str, ArcTask]], test_set_name: str,
-                   num_aug: int = 1000, seed: int = 42) -> dict[str, ArcExamples]:
+                   num_aug: int = 1000, seed: int = 42, validation_fraction: float = 0.0,
+                   validation_seed: int = 0) -> dict[str, ArcExamples]:
   """`{"train": ArcExamples, "test": ArcExamples}` as the official `build_arc_dataset.py`.
 
   Matches the official builder, draw for draw, with `np.random.RandomState(seed)` in place of
@@ -496,13 +514,22 @@ def build_examples(tasks_by_subset: Mapping[str, Mapping[str, ArcTask]], test_se
   - Examples are encoded on access (`ArcExamples`) as int32; the official arrays are uint8 and
     the augmentation is parsed back from the puzzle name, here it is stored per test example.
   - Bad grids raise ValueError at load time (official: asserts), tasks need >= 1 pair per part.
+  - `validation_fraction` > 0 (not in the official builder): that share of the training tasks
+    (`validation_task_ids`) are treated as the test set's are, their demonstrations to train
+    and their test pairs (never translated) to a `validation` split, so that validation asks
+    what test asks: unseen pairs of tasks whose puzzle embeddings trained on the
+    demonstrations. Their test pairs, and all their augmentations, leave train.
   """
   if test_set_name not in tasks_by_subset:
     raise ValueError(f"test set {test_set_name!r} is not among the subsets {list(tasks_by_subset)}")
   rng = np.random.RandomState(seed)
+  held = set(validation_task_ids(tasks_by_subset, test_set_name, validation_fraction,
+                                 validation_seed))
 
   # Phase 1 (official load_puzzles_arcagi): shuffle each subset, draw augmentations per task.
   groups = {"train": [], "test": []}  # split -> [(task, pair ids, test indices, aug ids)]
+  if held:
+    groups["validation"] = []
   pairs, task_ids, dihedrals, colors, names = [], [], [], [], []
   for subset, tasks in tasks_by_subset.items():
     order = list(tasks.items())
@@ -517,6 +544,8 @@ def build_examples(tasks_by_subset: Mapping[str, Mapping[str, ArcTask]], test_se
       task_ids.append(task_id)
       if subset == test_set_name:
         parts = {"train": list(task.train), "test": list(task.test)}
+      elif (subset, task_id) in held:
+        parts = {"train": list(task.train), "validation": list(task.test)}
       else:
         parts = {"train": [p for p in task.pairs() if p.output is not None]}
       for split, split_pairs in parts.items():
@@ -529,7 +558,7 @@ def build_examples(tasks_by_subset: Mapping[str, Mapping[str, ArcTask]], test_se
   # Official convert_dataset: identifiers by first appearance, then translations (train only).
   identifiers = [BLANK_PUZZLE_NAME]
   identifier_of = {}
-  for split in ("train", "test"):
+  for split in groups:
     for _, _, _, aug_ids in groups[split]:
       for a in aug_ids:
         if names[a] not in identifier_of:

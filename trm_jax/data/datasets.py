@@ -48,6 +48,9 @@ class Prepared:
   train_index: PuzzleIndex | RoutedIndex
   test: Any
   metadata: dict[str, Any]
+  # Held-out training puzzles (builder config `validation_fraction`): what periodic evaluations,
+  # keep_best and every choice of a protocol read; None when the dataset has no such split.
+  validation: Any = None
 
 
 def _config_values(config) -> dict[str, Any]:
@@ -61,7 +64,8 @@ def builder_config_for(data_cfg: ml_collections.ConfigDict):
   """`config.data.builder_config` as the builder's config object.
 
   A name the builder predefines (e.g. Sudoku's 'extreme_1k_aug_1000') selects that predefined
-  config, and its values must match it; TFDS refuses a second config object under a predefined
+  config, and its values must match it (a validation split, `validation_fraction` F > 0,
+  makes it the custom config '<name>_valF': the training split is not the official one); TFDS refuses a second config object under a predefined
   name, and two datasets with different contents in one directory would be worse. Any other
   name is a custom config.
   """
@@ -81,6 +85,11 @@ def builder_config_for(data_cfg: ml_collections.ConfigDict):
   for name, value in values.items():
     if isinstance(value, list):  # ConfigDict.to_dict keeps tuples, the command line gives lists
       values[name] = tuple(value)
+  if values.get("validation_fraction"):
+    # A validation split changes the training split: another dataset, in a folder of its own.
+    seed = values.get("validation_seed", 0)
+    values["name"] = f"{values['name']}_val{values['validation_fraction']:g}" + (
+        f"s{seed}" if seed else "")
   requested = config_cls(**values)
   predefined = builder_cls.builder_configs.get(requested.name)
   if predefined is None:
@@ -187,7 +196,7 @@ def prepare(data_cfg: ml_collections.ConfigDict) -> Prepared:
   sources = builder.as_data_source()
   metadata = dict(builder.info.metadata)
   return Prepared(sources["train"], PuzzleIndex.from_metadata(metadata, "train"),
-                  sources["test"], metadata)
+                  sources["test"], metadata, sources.get("validation"))
 
 
 def prepare_on_every_host(data_cfg: ml_collections.ConfigDict) -> Prepared:
@@ -211,7 +220,10 @@ def fingerprint(data: Prepared, samples: int = 8) -> dict[str, Any]:
   unseen."""
   digest = hashlib.sha256(json.dumps(data.metadata, sort_keys=True, default=str).encode())
   records = {}
-  for split, source in (("train", data.train), ("test", data.test)):
+  for split, source in (("train", data.train), ("test", data.test),
+                        ("validation", data.validation)):
+    if source is None:
+      continue
     records[split] = n = len(source)
     for index in sorted({int(i) for i in np.linspace(0, n - 1, samples)} if n else ()):
       for key, value in sorted(source[index].items()):

@@ -165,6 +165,10 @@ class ArraySource:
     self._arrays = dict(arrays)
     self._len = lengths.pop()
 
+  @property
+  def arrays(self) -> dict[str, np.ndarray]:
+    return self._arrays
+
   def __len__(self) -> int:
     return self._len
 
