@@ -384,3 +384,105 @@ def test_dual_loss_adds_the_reference_readout_against_the_previous_frame():
   np.testing.assert_allclose(float(metrics["reference_loss"]), expected, rtol=1e-5)
   with pytest.raises(ValueError, match="loss"):
     convert.official_arch(cfg)
+
+
+# ------------------------------------------------------ consecutive training calls, carried --
+
+CALLS_FIXTURE = "official_dis_calls_fp32.npz"
+
+
+class _Call:
+  """One call's part of the multi-call fixture, keyed as a one-call fixture (`train/...`,
+  `grad/...`), for `assert_matches_official_training`."""
+
+  def __init__(self, data, call):
+    prefix = f"call{call}/"
+    self.arrays = {k.removeprefix(prefix): data[k] for k in data.files if k.startswith(prefix)}
+    self.files = list(self.arrays)
+
+  def __getitem__(self, key):
+    return self.arrays[key]
+
+
+def test_consecutive_training_calls_match_official(monkeypatch):
+  """Four official ACTLossHeadV4 training calls in a row with the carry (N_sup = 3, a new batch
+  per call, rows 0 and 2 halted by hand after call 0), through `train.step_loss` (what
+  `train.train_step` differentiates) with the ACT state carried from call to call and the
+  weights fixed: per call the rows replaced, the token input (the puzzle at t = 1, the fed-back
+  argmax after), the path frame supervised and the carry left behind exactly; the loss, metrics
+  and gradients to the one-call test's tolerances (loss 1e-5 relative, metrics 1e-5 relative or
+  1e-6, each gradient 2e-5 of its largest entry; the fixture's seed keeps fp32 rounding below
+  4e-6 of it, see the fixture script). The official path draws (torch.rand) are injected."""
+  cfg, state_dict, data = load_official(CALLS_FIXTURE)
+  spec = ModelSpec.from_config(cfg)
+  assert cfg.scheme == "dis" and spec.halt_max_steps == 3
+  B = 4
+  trainable, table, constants = train.split_params(
+      spec, convert.from_official_state_dict(state_dict, cfg))
+  batches = [_batch(_Call(data, c)) for c in range(4)]
+  state = {"step": jnp.zeros([], jnp.int32), "trainable": trainable, "puzzle_emb": table,
+           "constants": constants, "act": act.initial_state(cfg, batches[0]),
+           "rng": jax.random.key_data(jax.random.key(0))}
+  drawn = {}
+
+  def official_draw(rng, x0, x1, num_frames):
+    """The official draw for the rows this call replaces; all-ignored frames for the others,
+    which must keep their carried path (checked after the call)."""
+    path = drawn["path"]
+    assert path.shape == (B, num_frames, spec.seq_len)
+    return jnp.asarray(path, jnp.int32)
+
+  monkeypatch.setattr(dis, "linear_path", official_draw)
+  t_seen = set()
+  for c in range(4):
+    ref = _Call(data, c)
+    forced = ref["forced"]
+    act_state = dict(state["act"], halted=state["act"]["halted"] | forced)
+    np.testing.assert_array_equal(act_state["halted"], ref["halted_in"], err_msg=f"call {c}")
+    fresh = ref["halted_in"]
+    drawn["path"] = np.where(fresh[:, None, None], ref["path"], losses.IGNORE_LABEL_ID)
+    # A fresh row's path goes from its new puzzle to its labels (checks the fixture's draw).
+    np.testing.assert_array_equal(ref["path"][fresh, 0], ref["batch/inputs"][fresh])
+    np.testing.assert_array_equal(ref["path"][fresh, -1], ref["batch/labels"][fresh])
+    previous = act_state["carry"]["prev_pred"]
+    state = dict(state, act=act_state)
+
+    loss_fn, params, rows, ids = train.step_loss(state, batches[c], spec)
+    (loss, (new_act, metrics)), (grads, row_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, rows)
+
+    carry, current = new_act["carry"], new_act["data"]
+    msg = f"call {c}"
+    np.testing.assert_array_equal(carry["steps"], ref["steps"], err_msg=msg)
+    np.testing.assert_array_equal(new_act["halted"], ref["halted"], err_msg=msg)
+    np.testing.assert_array_equal(carry["path"], ref["path"], err_msg=msg)  # continuing rows kept
+    np.testing.assert_array_equal(current["labels"], ref["labels"], err_msg=msg)
+    np.testing.assert_array_equal(current["puzzle_identifiers"], ref["puzzle_identifiers"],
+                                  err_msg=msg)
+    np.testing.assert_array_equal(ids, ref["puzzle_identifiers"], err_msg=msg)
+    used = np.where((ref["steps"] == 1)[:, None], current["inputs"], previous)
+    np.testing.assert_array_equal(used, ref["inputs_used"], err_msg=msg)
+    np.testing.assert_array_equal(
+        model.scheme_of(spec).targets(spec, carry, current), ref["targets"], err_msg=msg)
+    np.testing.assert_array_equal(carry["prev_pred"], ref["preds"], err_msg=msg)  # fed back next
+    t_seen.update(int(t) for t in ref["steps"])
+
+    # step_loss divides by the global batch; the official loss head does not.
+    by_key = {"puzzle_emb_local": np.asarray(row_grads) * B}
+    for path, grad in convert._flatten(grads).items():
+      if not path.endswith("_init"):
+        key = convert._official_key(path)
+        by_key[key] = np.asarray(grad.T if convert._our_path(key)[1] else grad) * B
+    assert_matches_official_training(float(loss) * B, {k: float(v) for k, v in metrics.items()},
+                                     by_key, ref, same_keys=False)
+    assert not np.any(by_key["inner.q_head.weight"]) and not np.any(by_key["inner.q_head.bias"])
+    state = dict(state, act=new_act, step=state["step"] + 1)  # weights fixed, as in the fixture
+
+  # What the calls covered: every frame t = 1..N_sup, fresh rows next to continuing ones,
+  # rows halted at N_sup and replaced, a row exactly right when it halted.
+  assert t_seen == {1, 2, 3}
+  mixed = [c for c in range(4) if 0 < data[f"call{c}/halted_in"].sum() < B]
+  assert mixed == [1, 3]
+  assert data["call2/halted"].any() and float(data["call3/train/metric/exact_accuracy"]) == 1
+  staying = ~data["call1/halted_in"]  # fed their argmax at call 1, not their puzzle (call 0's)
+  assert (data["call1/inputs_used"][staying] != data["call0/batch/inputs"][staying]).any()
