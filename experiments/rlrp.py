@@ -2,8 +2,9 @@ r"""RLRP-style recursive latent refinement of a small causal LM (trm_jax/schemes
 
   --config experiments/rlrp.py:cpu     CPU run (about 19 minutes on 2 cores): hidden 128,
                                        2 causal blocks, K = 4, 3-digit additions and 2-digit
-                                       multiplications (2,048 held out), the shipped text
-                                       sample, 3,000 steps
+                                       multiplications (2,048 held out for test and 2,048
+                                       for validation), the shipped text sample (10% of each
+                                       file for test, 10% for validation), 3,000 steps
   --config experiments/rlrp.py:cpu_k1  the same with K = 1 (no refinement; same parameters,
                                        same data, steps and optimiser): the baseline (8 min)
   --config experiments/rlrp.py:accel   an accelerator run: hidden 512, 6 blocks, K = 8, bf16,
@@ -13,7 +14,9 @@ losses: --config.model.scheme_options.{K,head,step_embed,alpha,gradient,weights,
 rl_span,penalty_weight,penalty_span,margin}; the routing ratio:
 --config.data.builder_config.reasoning_ratio; own text:
 --config.data.builder_config.text_files=DIR_OR_FILE. Per-step evaluation of a run:
-python -m trm_jax.lm_eval --workdir DIR.
+python -m trm_jax.lm_eval --workdir DIR (validation; --split test once, for what was chosen);
+choosing between settings on validation and testing the pick only:
+python -m trm_jax.lm_eval --candidate A=DIR1,DIR2 --candidate B=DIR3,DIR4.
 """
 
 import sys, pathlib  # noqa: E401
@@ -50,9 +53,11 @@ def get_config(arg=None):
       penalty_weight=0.0, penalty_span="answer", margin=0.1)
   config.data = common.data_spec("rlrp", dict(
       name=f"rlrp_{'accel' if accel else 'cpu'}", seq_len=seq_len,
-      num_train=200_000 if accel else 20_000, num_test=2048,
+      num_train=200_000 if accel else 20_000, num_test=2048, num_validation=2048,
       add_digits=5 if accel else 3, mul_digits=3 if accel else 2, seed=0, text_files=(),
-      test_fraction=0.1, reasoning_ratio=0.5))
+      test_fraction=0.1, validation_fraction=0.1, reasoning_ratio=0.5))
+  # Validation (problems after the test ones in the seeded stream, and the text windows before
+  # each file's test tail): what periodic evaluations and every choice read; test is read once.
   batch = 256 if accel else 64
   # 3,000 CPU steps: at 1,500 the runs are mid-way up their steepest climb, and one seed from
   # another moved the accuracy by 8 points and the step gaps by a point (BUILD_NOTES, "RLRP")
@@ -65,6 +70,6 @@ def get_config(arg=None):
   config.eval = common.eval_recipe(global_batch_size=256 if not accel else 1024)
   config.mesh_shape = common.DEFAULT_MESH
   if local:
-    config = common.runlocal(config, num_train=512, num_test=64)
+    config = common.runlocal(config, num_train=512, num_test=64, num_validation=64)
     config.model.num_layers = 2
   return config

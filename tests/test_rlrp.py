@@ -213,19 +213,21 @@ def corpus_config(**overrides):
   return lm.CorpusConfig.from_config(values)
 
 
+def problem_key(problem):
+  expression = problem.split("=")[0]
+  op = "+" if "+" in expression else "*"
+  a, b = map(int, expression.split(op))
+  return op, min(a, b), max(a, b)
+
+
 def test_arithmetic_corpus_is_seeded_unique_disjoint_and_correct():
-  train, test = lm.arithmetic_problems(corpus_config())
-  assert (train, test) == lm.arithmetic_problems(corpus_config())
-  assert (train, test) != lm.arithmetic_problems(corpus_config(seed=1))
-  assert len(train) == 300 and len(test) == 60
+  splits = lm.arithmetic_problems(corpus_config())
+  train, test = splits["train"], splits["test"]
+  assert splits == lm.arithmetic_problems(corpus_config())
+  assert splits != lm.arithmetic_problems(corpus_config(seed=1))
+  assert len(train) == 300 and len(test) == 60 and splits["validation"] == []
 
-  def key(problem):
-    expression = problem.split("=")[0]
-    op = "+" if "+" in expression else "*"
-    a, b = map(int, expression.split(op))
-    return op, min(a, b), max(a, b)
-
-  keys_train, keys_test = [key(p) for p in train], [key(p) for p in test]
+  keys_train, keys_test = [problem_key(p) for p in train], [problem_key(p) for p in test]
   assert len(set(keys_train)) == 300 and len(set(keys_test)) == 60  # unique, swaps included
   assert not set(keys_train) & set(keys_test)
   for problem in train + test:
@@ -240,6 +242,56 @@ def test_arithmetic_corpus_is_seeded_unique_disjoint_and_correct():
     lm.arithmetic_records(test, 4)
   with pytest.raises(ValueError, match="only .* distinct problems"):
     lm.arithmetic_problems(corpus_config(num_train=500, add_digits=1, mul_digits=1))
+
+
+def test_validation_problems_are_seeded_disjoint_and_leave_test_alone():
+  plain = lm.arithmetic_problems(corpus_config())
+  splits = lm.arithmetic_problems(corpus_config(num_validation=40))
+  assert splits == lm.arithmetic_problems(corpus_config(num_validation=40))  # seeded
+  assert splits["validation"] != lm.arithmetic_problems(
+      corpus_config(num_validation=40, seed=1))["validation"]
+  assert [len(splits[s]) for s in ("train", "validation", "test")] == [300, 40, 60]
+  # One stream: test first (unchanged by the validation split), validation next, then train.
+  assert splits["test"] == plain["test"]
+  assert splits["validation"] == plain["train"][:40]
+  assert splits["train"][:260] == plain["train"][40:]
+  keys = {name: {problem_key(p) for p in splits[name]} for name in splits}
+  assert len(keys["validation"]) == 40
+  for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+    assert not keys[a] & keys[b], (a, b)
+    # and by the question string itself
+    assert not ({p.split("=")[0] for p in splits[a]} & {p.split("=")[0] for p in splits[b]})
+  for problem in splits["validation"]:
+    expression, answer = problem.split("=")
+    assert int(answer) == eval(expression)  # noqa: S307
+
+
+def test_prepare_gives_validation_and_test_scored_on_answer_and_eos(tmp_path):
+  import ml_collections
+  text = tmp_path / "t.txt"
+  text.write_text("abcdefghij" * 40, encoding="utf-8")
+  values = dict(name="t", seq_len=16, num_train=50, num_test=10, num_validation=8,
+                add_digits=2, mul_digits=1, seed=0, text_files=str(text), test_fraction=0.1,
+                validation_fraction=0.1)
+  data = lm.prepare(ml_collections.ConfigDict({"builder_config": values}))
+  assert len(data.test) == 10 and len(data.validation) == 8
+  problems = lm.arithmetic_problems(lm.CorpusConfig.from_config(values))
+  for source, texts in ((data.validation, problems["validation"]), (data.test, problems["test"])):
+    for i, problem in enumerate(texts):
+      record = source[i]
+      assert lm.decode(record["inputs"]) == problem
+      kept = record["labels"][record["labels"] != lm.PAD].tolist()
+      assert kept == lm.encode(problem.split("=")[1]).tolist() + [lm.EOS]  # answer, then EOS
+  no_validation = lm.prepare(ml_collections.ConfigDict(
+      {"builder_config": dict(values, num_validation=0)}))
+  assert no_validation.validation is None
+  # By hand: '12+3=15' keeps the labels of '1', '5' and EOS (positions 5, 6, 7), nothing else.
+  labels = lm.answer_only(lm.arithmetic_records(["12+3=15"], 10))["labels"][0]
+  assert labels.tolist() == [0, 0, 0, 0, 0, ord("1") + 3, ord("5") + 3, lm.EOS, 0, 0]
+  with pytest.raises(ValueError, match="num_validation = -1"):
+    lm.CorpusConfig.from_config(dict(values, num_validation=-1))
+  with pytest.raises(ValueError, match="test_fraction \\+ validation_fraction"):
+    lm.CorpusConfig.from_config(dict(values, test_fraction=0.5, validation_fraction=0.5))
 
 
 def test_carries_by_hand():
@@ -263,11 +315,170 @@ def test_exact_match_split_by_operation_and_carries_by_hand():
       "3+": {"examples": 1, "exact_accuracy": [0.0, 1.0]}}
 
 
+# ------------------------------------------------------------------- evaluation by hand --
+
+
+def test_holm_by_hand():
+  from trm_jax import lm_eval
+  np.testing.assert_allclose(lm_eval.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02],
+                             rtol=1e-12)
+  # Capped at 1, and monotone in the sorted order (0.6 alone would be 0.6; it follows 1.0).
+  np.testing.assert_allclose(lm_eval.holm([0.5, 0.6]), [1.0, 1.0])
+  np.testing.assert_allclose(lm_eval.holm([0.02, 0.001, 0.02]), [0.04, 0.003, 0.04],
+                             rtol=1e-12)
+  assert lm_eval.holm([0.2]) == [0.2] and lm_eval.holm([]) == []
+
+
+# Problems whose first characters differ, so a "model" can key its next token on that character
+# and on the previous token (causal: position t reads positions 1 and t only).
+ORACLE_PROBLEMS = ["12+3=15", "4*2=8", "7+5=12", "9*9=81", "20+1=21"]
+# Readout A decodes after '=': 15, 8, 12, 82 (wrong), 21; readout B: 150 (the answer, then a
+# digit instead of EOS), 8 8 8 ... (never EOS), 1 (stops early), 81, '' (EOS at once).
+ORACLE_DECODES = [["15", "8", "12", "82", "21"], ["150", None, "1", "81", ""]]
+ORACLE_VERDICTS = [[1, 1, 1, 0, 1], [0, 0, 0, 1, 0]]
+DIGITS_ONLY_VERDICTS = [[1, 1, 1, 0, 1], [1, 1, 0, 1, 0]]  # without the EOS: 150 and 888.. pass
+
+
+def oracle_logits_fn():
+  tok = lambda c: ord(c) + lm.BYTE_OFFSET
+  table = np.full((2, lm.VOCAB_SIZE, lm.VOCAB_SIZE), tok("7"), np.int32)  # default: a digit
+  for k, decodes in enumerate(ORACLE_DECODES):
+    for problem, decode in zip(ORACLE_PROBLEMS, decodes):
+      key = tok(problem[0])
+      if decode is None:  # the right answer, then itself forever
+        table[k, key, tok("=")] = table[k, key, tok("8")] = tok("8")
+        continue
+      chain = [tok("=")] + [tok(c) for c in decode] + [lm.EOS]
+      for prev, nxt in zip(chain[:-1], chain[1:]):
+        table[k, key, prev] = nxt
+  table = jnp.asarray(table)
+
+  def logits_fn(tokens):  # [N, L] -> [2, N, L, V], one-hot x 10 (no ties)
+    nxt = table[:, tokens[:, 1][:, None], tokens]  # [2, N, L]
+    return 10.0 * jax.nn.one_hot(nxt, lm.VOCAB_SIZE)
+  return logits_fn
+
+
+def teacher_forced_exact(logits, records):
+  from trm_jax import analysis, losses
+  labels = jnp.where(records["labels"] == lm.PAD, losses.IGNORE_LABEL_ID, records["labels"])
+  return np.asarray(jax.vmap(lambda l: analysis.point_stats(l, l, labels, labels)["exact"])(
+      logits)).astype(int)
+
+
+def test_greedy_until_eos_and_teacher_forced_exact_match_agree_by_hand():
+  from trm_jax import lm_eval
+  records = lm.arithmetic_records(ORACLE_PROBLEMS, 16)
+  logits_fn = oracle_logits_fn()
+  starts = lm_eval.prompt_lengths(ORACLE_PROBLEMS)
+  np.testing.assert_array_equal(starts, [6, 5, 5, 5, 6])  # BOS 12+3= is 6 tokens
+  decode = jax.jit(lambda x, n: lm_eval.greedy_decode(logits_fn, x, n))
+  decoded = np.asarray(decode(records["inputs"], starts))
+  assert decoded.shape == (2, 5, 16)
+  for k in range(2):
+    for b, expected in enumerate(ORACLE_DECODES[k]):
+      row = decoded[k, b, starts[b] - 1:].tolist()
+      if expected is None:  # 8 then 8 ... to the end: no EOS, cut at the last position
+        assert row == [ord("8") + 3] * len(row)
+      else:
+        assert row[:row.index(lm.EOS)] == lm.encode(expected).tolist()
+        assert set(row[row.index(lm.EOS) + 1:]) <= {lm.PAD}
+      assert set(decoded[k, b, :starts[b] - 1].tolist()) == {lm.PAD}
+  greedy = lm_eval.greedy_verdicts(decoded, ORACLE_PROBLEMS).astype(int)
+  np.testing.assert_array_equal(greedy, ORACLE_VERDICTS)
+  # Teacher forcing on the answer digits and EOS (lm.answer_only) gives the same verdicts...
+  logits = logits_fn(jnp.asarray(records["inputs"]))
+  np.testing.assert_array_equal(teacher_forced_exact(logits, lm.answer_only(records)),
+                                ORACLE_VERDICTS)
+  # ... which the digits alone did not: '150' and '888...' passed.
+  digits_only = dict(records, labels=np.where(records["answer_mask"], records["labels"], lm.PAD))
+  np.testing.assert_array_equal(teacher_forced_exact(logits, digits_only), DIGITS_ONLY_VERDICTS)
+
+
+def test_greedy_decode_of_an_rlrp_model_follows_its_teacher_forced_argmax():
+  from trm_jax import lm_eval
+  cfg = model_configs.model_config(
+      seq_len=16, vocab_size=lm.VOCAB_SIZE, hidden_size=32, num_heads=2, num_layers=1,
+      expansion=2.0, puzzle_emb_ndim=0, puzzle_emb_len=0, scheme="rlrp", halt_max_steps=1,
+      compute_dtype="float32", loss_type="softmax")
+  cfg.scheme_options = dict(K=3)
+  spec = ModelSpec.from_config(cfg)
+  params = model_lib.init_params(spec, jax.random.key(0))
+  problems = lm.arithmetic_problems(corpus_config(num_test=12))["test"]
+  records = lm.answer_only(lm.arithmetic_records(problems, 16))
+  logits_fn = lm_eval.step_logits(params, spec)
+  trace = np.asarray(logits_fn(jnp.asarray(records["inputs"])))  # teacher-forced [K, n, L, V]
+  decoded = np.asarray(lm_eval.greedy_decode(logits_fn, records["inputs"],
+                                             lm_eval.prompt_lengths(problems)))
+  top2 = np.sort(trace, -1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > 1e-3  # argmax not decided by rounding
+  starts, checked = lm_eval.prompt_lengths(problems), 0
+  for k in range(3):
+    for b in range(len(problems)):
+      # While the decode has followed the labels, its prefix is the teacher-forced one, so it
+      # picks the teacher-forced argmax; the first token always.
+      for t in range(starts[b] - 1, 16):
+        if not clear[k, b, t]:
+          break
+        assert decoded[k, b, t] == trace[k, b, t].argmax()
+        checked += 1
+        if decoded[k, b, t] != records["labels"][b, t] or decoded[k, b, t] == lm.EOS:
+          break
+  assert checked >= 0.9 * 3 * len(problems)
+  verdicts = lm_eval.greedy_verdicts(decoded, problems)
+  tf = teacher_forced_exact(jnp.asarray(trace), records).astype(bool)
+  rows = clear.all(-1)  # rows without a near-tie anywhere
+  np.testing.assert_array_equal(verdicts[rows], tf[rows])
+
+
+def test_select_on_validation_then_test_only_the_pick(monkeypatch):
+  from trm_jax import lm_eval
+  # Validation exact at step 1 / K of each run, by hand.
+  scores = {("a0", "validation"): (0.50, 0.55), ("a1", "validation"): (0.40, 0.43),
+            ("b0", "validation"): (0.60, 0.58), ("b1", "validation"): (0.30, 0.34)}
+  calls = []
+
+  def fake_evaluate_run(run, *, split, **_):
+    calls.append((run, split))
+    first, last = scores.get((run, split), (0.0, 1.0))
+    return {"workdir": run, "step": 1, "split": split,
+            "arithmetic": {"points": [{"exact_accuracy": first}, {"exact_accuracy": last}],
+                           "paired_with_step1": [{"fixed": 0, "broken": 0, "p_value": 1.0},
+                                                 {"fixed": 3, "broken": 1, "p_value": 0.625,
+                                                  "p_holm": 0.625}]}}
+  monkeypatch.setattr(lm_eval, "evaluate_run", fake_evaluate_run)
+  candidates = [lm_eval.parse_candidate("A=a0,a1"), lm_eval.parse_candidate("B=b0,b1@7")]
+  assert candidates[1] == ("B", [("b0", None), ("b1", 7)])
+  load = lambda path, step: path
+  # exact: A (0.55 + 0.43) / 2 = 0.49 against B (0.58 + 0.34) / 2 = 0.46 -> A.
+  chosen = lm_eval.select_then_test(candidates, load=load, select_by="exact", batch_size=4)
+  assert chosen["pick"] == "A"
+  np.testing.assert_allclose([c["score"] for c in chosen["candidates"]], [0.49, 0.46])
+  assert [c for c in calls if c[1] == "test"] == [("a0", "test"), ("a1", "test")]
+  assert "A (pick)" in lm_eval.format_selection(chosen)
+  # gain: A (0.05 + 0.03) / 2 = 0.04 against B (-0.02 + 0.04) / 2 = 0.01 -> A; by hand again.
+  calls.clear()
+  gain = lm_eval.select_then_test(candidates, load=load, select_by="gain", batch_size=4)
+  np.testing.assert_allclose([c["score"] for c in gain["candidates"]], [0.04, 0.01], atol=1e-12)
+  assert sum(split == "test" for _, split in calls) == 2
+  with pytest.raises(ValueError, match="two or more"):
+    lm_eval.select_then_test(candidates[:1], load=load, batch_size=4)
+  with pytest.raises(ValueError, match="NAME=DIR"):
+    lm_eval.parse_candidate("nodirs")
+
+
 def test_text_windows_split_per_file_and_bad_files_are_named(tmp_path):
   good = tmp_path / "good.txt"
   good.write_text("abcdefghij" * 20, encoding="utf-8")  # 200 bytes: 11 windows of 17
-  train, test = lm.fluency_records([good], 16, 0.2)
+  splits = lm.fluency_records([good], 16, 0.2)
+  train, test = splits["train"], splits["test"]
   assert len(train["inputs"]) == 9 and len(test["inputs"]) == 2
+  assert len(splits["validation"]["inputs"]) == 0
+  # With a validation part: 11 windows = 7 train, then 2 validation, then the 2 test windows.
+  three = lm.fluency_records([good], 16, 0.2, 0.2)
+  assert [len(three[s]["inputs"]) for s in ("train", "validation", "test")] == [7, 2, 2]
+  assert lm.decode(three["validation"]["inputs"][0]) == ("abcdefghij" * 20)[7 * 17:7 * 17 + 16]
+  np.testing.assert_array_equal(three["test"]["inputs"], test["inputs"])
   np.testing.assert_array_equal(train["labels"][:, :-1], train["inputs"][:, 1:])
   assert lm.decode(test["inputs"][0]) == ("abcdefghij" * 20)[9 * 17:9 * 17 + 16]
   assert not train["reasoning"].any() and not train["answer_mask"].any()
@@ -346,36 +557,60 @@ def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
   # batches alternate: fluency rows (count 0) then arithmetic rows (count 32)
   assert [l["count"] for l in train] == [0, 32, 0, 32]
   assert "4" in [p.name for p in (tmp_path / "checkpoints").iterdir()]
-  out = lm_eval.evaluate_run(runs.load(tmp_path), batch_size=16, max_examples=20)
+  run = runs.load(tmp_path)
+  out = lm_eval.evaluate_run(run, batch_size=16, max_examples=20)  # validation, the default
+  assert out["split"] == "validation"
   assert len(out["arithmetic"]["points"]) == 4 == len(out["fluency"]["points"])
   assert out["arithmetic"]["examples"] == 20
   assert all(np.isfinite(p["margin"]) for p in out["fluency"]["points"])
-  assert "| 4 |" in lm_eval.format_steps(out)
+  assert "| 4 |" in lm_eval.format_steps(out) and "split: validation" in lm_eval.format_steps(out)
+  # By hand, from the teacher-forced logits of the first 20 validation problems: the answer CE
+  # of each step over the answer digits and the EOS after them.
+  data = lm.corpora(run.config.data.builder_config)
+  problems = data.problems["validation"][:20]
+  assert not set(problems) & set(data.problems["test"])
+  spec = ModelSpec.from_config(run.model_config)
+  records = lm.answer_only(lm.arithmetic_records(problems, 32))
+  logits_fn = lm_eval.step_logits(run.params, spec)
+  trace = np.asarray(logits_fn(jnp.asarray(records["inputs"])), np.float64)
+  log_p = trace - np.log(np.exp(trace - trace.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - trace.max(-1, keepdims=True)
+  mask = records["labels"] != lm.PAD
+  assert mask.sum() == sum(len(p.split("=")[1]) + 1 for p in problems)  # digits + EOS
+  picked = np.take_along_axis(log_p, records["labels"][None, ..., None], -1)[..., 0]
+  ce = [-(picked[k] * mask).sum() / mask.sum() for k in range(4)]
+  np.testing.assert_allclose([p["ce_labels"] for p in out["arithmetic"]["points"]], ce,
+                             rtol=1e-4)
+  # Greedy decoding until EOS gives each row's teacher-forced verdict (rows with no near-tie).
+  _, exact = lm_eval.evaluate_steps(run.params, spec, records, batch_size=16)
+  decoded = lm_eval.greedy_decode(logits_fn, records["inputs"], lm_eval.prompt_lengths(problems))
+  top2 = np.sort(trace, -1)[..., -2:]
+  clear = ((top2[..., 1] - top2[..., 0] > 1e-3) | ~mask[None]).all(-1)
+  assert clear.mean() > 0.8
+  np.testing.assert_array_equal(lm_eval.greedy_verdicts(decoded, problems)[clear], exact[clear])
+  # Holm over the family of steps 2..4 against step 1, by its definition.
   arith = out["arithmetic"]
-  assert arith["paired_with_step1"][0]["fixed"] == arith["paired_with_step1"][0]["broken"] == 0
-  ops = arith["by_operation"]
-  assert ops["+"]["examples"] + ops["*"]["examples"] == 20
-  for k, point in enumerate(arith["points"]):  # the split by operation adds up to the whole
-    total = sum(ops[op]["examples"] * ops[op]["exact_accuracy"][k] for op in ops)
-    assert total == pytest.approx(20 * point["exact_accuracy"])
-    pair = arith["paired_with_step1"][k]
-    assert pair["difference"] == pytest.approx(point["exact_accuracy"]
-                                               - arith["points"][0]["exact_accuracy"])
-  by_carries = arith["additions_by_carries"]
-  assert sum(part["examples"] for part in by_carries.values()) == ops["+"]["examples"]
-  for k in range(4):
-    assert sum(p["examples"] * p["exact_accuracy"][k] for p in by_carries.values()) == (
-        pytest.approx(ops["+"]["examples"] * ops["+"]["exact_accuracy"][k]))
-  # paired with itself as the baseline: nothing fixed or broken
-  run = runs.load(tmp_path)
-  against_self = lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=run)
-  assert against_self["baseline"]["paired"]["fixed"] == 0
-  assert against_self["baseline"]["paired"]["p_value"] == 1.0
-  assert "against the baseline" in lm_eval.format_steps(against_self)
-  lm_eval.plot_steps(against_self, tmp_path / "lm_eval.png")
+  assert arith["holm_family"] == ["step 2 vs step 1", "step 3 vs step 1", "step 4 vs step 1"]
+  raw = [pair["p_value"] for pair in arith["paired_with_step1"][1:]]
+  assert [pair["p_holm"] for pair in arith["paired_with_step1"][1:]] == lm_eval.holm(raw)
+  assert arith["paired_with_step1"][0]["p_holm"] is None
+  # Test, with a baseline: other problems, and the baseline test joins the family.
+  tested = lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=run, split="test")
+  assert tested["split"] == "test" and tested["arithmetic"]["examples"] == 20
+  assert tested["arithmetic"]["holm_family"][-1] == "step 4 vs baseline"
+  family = [pair["p_value"] for pair in tested["arithmetic"]["paired_with_step1"][1:]]
+  family.append(tested["baseline"]["paired"]["p_value"])
+  assert tested["baseline"]["paired"]["p_holm"] == lm_eval.holm(family)[-1]
+  text = lm_eval.format_steps(tested)
+  assert "against the baseline" in text and "split: test" in text
+  lm_eval.plot_steps(tested, tmp_path / "lm_eval.png")
   assert (tmp_path / "lm_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   config = run.config.copy_and_resolve_references()
   config.data.builder_config.seed = 1  # other held-out problems: cannot be paired
   other = dataclasses.replace(run, config=config)
   with pytest.raises(ValueError, match="not those of"):
-    lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=other)
+    lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=other, split="test")
+  config = run.config.copy_and_resolve_references()
+  config.data.builder_config.num_validation = 0  # a run without a validation split
+  with pytest.raises(ValueError, match="holds out no validation split"):
+    lm_eval.evaluate_run(dataclasses.replace(run, config=config), batch_size=16)

@@ -5,11 +5,14 @@
       name             a label for the run's data (nothing is written to disk)
       seq_len          tokens per record (inputs and next-token labels)
       num_train, num_test   arithmetic problems in each split
+      num_validation   arithmetic problems held out for choosing (0: no validation split)
       add_digits, mul_digits  the most digits of each operand of an addition / multiplication
       seed             the arithmetic corpus's seed
       text_files       UTF-8 files or directories of *.txt, local or gs:// ('' or (): the
                        sample shipped in trm_jax/data/text, see its NOTICE.md)
       test_fraction    the tail of each text file held out for evaluation
+      validation_fraction  the windows of each text file just before its test tail, held
+                       out for choosing (0: none)
       reasoning_ratio  the share of training batches that are arithmetic (pipeline.RoutedIndex)
 
 Tokenizer: bytes. Id 0 is PAD, 1 BOS, 2 EOS, byte b is b + 3 (vocabulary 259). A byte
@@ -23,7 +26,14 @@ there is none, ignored by the loss), `answer_mask` [L] (labels that are answer d
 `reasoning` (1 for arithmetic rows) and `puzzle_identifier` (always 0: no puzzle table).
 An arithmetic row is one problem, `BOS 123*45=5535 EOS`, padded; a fluency row is a window of
 L + 1 consecutive bytes of one file (windows do not overlap; the last `test_fraction` of each
-file's windows are the test split).
+file's windows are the test split, the `validation_fraction` before them the validation split).
+
+Splits: the arithmetic problems are one seeded stream of distinct problems (a+b and b+a are one
+problem): the first `num_test` are the test split, the next `num_validation` the validation
+split, the rest training; with `num_validation` 0 (the default) the training and test problems
+are those of a config without the field. Evaluation (`answer_only`) scores the answer digits
+AND the EOS after them: an answer is right only when the model then stops, so teacher-forced
+exact match is the verdict of greedy decoding until EOS (`lm_eval.greedy_decode`).
 """
 
 from __future__ import annotations
@@ -57,11 +67,13 @@ class CorpusConfig:
   seq_len: int = 32
   num_train: int = 20_000
   num_test: int = 512
+  num_validation: int = 0
   add_digits: int = 3
   mul_digits: int = 2
   seed: int = 0
   text_files: Any = ()
   test_fraction: float = 0.1
+  validation_fraction: float = 0.0
   reasoning_ratio: float = 0.5
 
   @classmethod
@@ -79,9 +91,17 @@ class CorpusConfig:
       value = getattr(config, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{FIELD}.{name} = {value!r}: must be a positive integer")
-    for name in ("test_fraction", "reasoning_ratio"):
+    if (not isinstance(config.num_validation, int) or isinstance(config.num_validation, bool)
+        or config.num_validation < 0):
+      raise ValueError(f"{FIELD}.num_validation = {config.num_validation!r}: must be a "
+                       "non-negative integer")
+    for name in ("test_fraction", "validation_fraction", "reasoning_ratio"):
       if not 0 <= getattr(config, name) <= 1:
         raise ValueError(f"{FIELD}.{name} = {getattr(config, name)!r}: must be in [0, 1]")
+    if config.test_fraction + config.validation_fraction >= 1:
+      raise ValueError(f"{FIELD}.test_fraction + validation_fraction = "
+                       f"{config.test_fraction + config.validation_fraction!r}: must be below 1 "
+                       "(the rest of each text file is for training)")
     return config
 
   def files(self) -> list[epath.Path]:
@@ -112,11 +132,17 @@ def _operand(rng: np.random.Generator, max_digits: int) -> int:
   return int(rng.integers(0 if digits == 1 else 10 ** (digits - 1), 10**digits))
 
 
-def arithmetic_problems(config: CorpusConfig) -> tuple[list[str], list[str]]:
-  """(train, test) problems like '123*45=5535', drawn from `config.seed`. No problem repeats,
-  and none is in both splits even with its operands swapped (a+b and b+a are one problem)."""
+SPLITS = ("train", "validation", "test")
+
+
+def arithmetic_problems(config: CorpusConfig) -> dict[str, list[str]]:
+  """{'train', 'validation', 'test'}: problems like '123*45=5535', drawn from `config.seed`. No
+  problem repeats, and none is in two splits even with its operands swapped (a+b and b+a are
+  one problem). One stream: test first, then validation, then training, so a config with
+  `num_validation` 0 has the test and training problems it had before the field existed and
+  a validation split leaves the test problems as they are."""
   rng = np.random.default_rng(config.seed)
-  wanted = config.num_train + config.num_test
+  wanted = config.num_train + config.num_test + config.num_validation
   seen, problems = set(), []
   for _ in range(50 * wanted):
     if len(problems) == wanted:
@@ -131,9 +157,11 @@ def arithmetic_problems(config: CorpusConfig) -> tuple[list[str], list[str]]:
     problems.append(f"{a}{op}{b}={a + b if op == '+' else a * b}")
   if len(problems) < wanted:
     raise ValueError(f"{FIELD}: only {len(problems)} distinct problems found for num_train + "
-                     f"num_test = {wanted} with add_digits={config.add_digits}, mul_digits="
-                     f"{config.mul_digits}; ask for fewer or allow more digits")
-  return problems[config.num_test:], problems[:config.num_test]
+                     f"num_test + num_validation = {wanted} with add_digits={config.add_digits}, "
+                     f"mul_digits={config.mul_digits}; ask for fewer or allow more digits")
+  held_out = config.num_test + config.num_validation
+  return {"train": problems[held_out:], "validation": problems[config.num_test:held_out],
+          "test": problems[:config.num_test]}
 
 
 def carries(problem: str) -> int:
@@ -186,28 +214,33 @@ def read_text(path: epath.Path) -> str:
   return text
 
 
-def fluency_records(paths: Sequence[epath.Path], seq_len: int, test_fraction: float
-                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """(train, test) windows of seq_len + 1 bytes; each file's last windows are its test part."""
-  splits = {"train": [], "test": []}
+def fluency_records(paths: Sequence[epath.Path], seq_len: int, test_fraction: float,
+                    validation_fraction: float = 0.0) -> dict[str, dict[str, np.ndarray]]:
+  """{'train', 'validation', 'test'}: windows of seq_len + 1 bytes; each file's last windows
+  are its test part, the ones just before them its validation part."""
+  splits = {name: [] for name in SPLITS}
   for path in paths:
     tokens = encode(read_text(path))
     windows = tokens[:len(tokens) // (seq_len + 1) * (seq_len + 1)].reshape(-1, seq_len + 1)
     num_test = int(round(len(windows) * test_fraction))
-    if len(windows) - num_test < 1 or (test_fraction > 0 and num_test < 1):
-      raise ValueError(f"{path}: {len(tokens)} bytes is too short for train and test windows "
-                       f"of {FIELD}.seq_len + 1 = {seq_len + 1} bytes")
-    splits["train"].append(windows[:len(windows) - num_test])
+    num_validation = int(round(len(windows) * validation_fraction))
+    train_end = len(windows) - num_test - num_validation
+    if (train_end < 1 or (test_fraction > 0 and num_test < 1)
+        or (validation_fraction > 0 and num_validation < 1)):
+      raise ValueError(f"{path}: {len(tokens)} bytes is too short for train, validation and "
+                       f"test windows of {FIELD}.seq_len + 1 = {seq_len + 1} bytes")
+    splits["train"].append(windows[:train_end])
+    splits["validation"].append(windows[train_end:len(windows) - num_test])
     splits["test"].append(windows[len(windows) - num_test:])
-  out = []
-  for name in ("train", "test"):
+  out = {}
+  for name in SPLITS:
     windows = np.concatenate(splits[name]) if splits[name] else np.zeros((0, seq_len + 1))
     windows = windows.astype(np.int32)
     n = len(windows)
-    out.append({"inputs": windows[:, :-1], "labels": windows[:, 1:],
-                "answer_mask": np.zeros((n, seq_len), bool),
-                "reasoning": np.zeros((n,), np.int32)})
-  return out[0], out[1]
+    out[name] = {"inputs": windows[:, :-1], "labels": windows[:, 1:],
+                 "answer_mask": np.zeros((n, seq_len), bool),
+                 "reasoning": np.zeros((n,), np.int32)}
+  return out
 
 
 # ------------------------------------------------------------------------------- datasets --
@@ -225,32 +258,49 @@ class Corpora:
   arithmetic_test: dict[str, np.ndarray]
   fluency_train: dict[str, np.ndarray]
   fluency_test: dict[str, np.ndarray]
+  problems: dict[str, list[str]]  # the arithmetic problems' texts of each split
+  # Empty records (0 rows) when the config holds out no validation problems / windows.
+  arithmetic_validation: dict[str, np.ndarray]
+  fluency_validation: dict[str, np.ndarray]
+
+  def split(self, name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(arithmetic, fluency) records of split `name` ('train', 'validation' or 'test')."""
+    if name not in SPLITS:
+      raise ValueError(f"split {name!r}: must be one of {SPLITS}")
+    return getattr(self, f"arithmetic_{name}"), getattr(self, f"fluency_{name}")
 
 
 def corpora(builder_config) -> Corpora:
   config = CorpusConfig.from_config(builder_config)
-  train, test = arithmetic_problems(config)
-  fluency_train, fluency_test = fluency_records(config.files(), config.seq_len,
-                                                config.test_fraction)
-  return Corpora(arithmetic_records(train, config.seq_len),
-                 arithmetic_records(test, config.seq_len), fluency_train, fluency_test)
+  problems = arithmetic_problems(config)
+  fluency = fluency_records(config.files(), config.seq_len, config.test_fraction,
+                            config.validation_fraction)
+  arithmetic = {name: arithmetic_records(problems[name], config.seq_len) for name in SPLITS}
+  return Corpora(arithmetic["train"], arithmetic["test"], fluency["train"], fluency["test"],
+                 problems, arithmetic["validation"], fluency["validation"])
 
 
 def answer_only(records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The records with labels outside the answer span set to PAD (ignored)."""
-  return dict(records, labels=np.where(records["answer_mask"], records["labels"], PAD))
+  """Arithmetic records with every label but the answer digits and the EOS right after them
+  set to PAD (ignored): exact match then needs the answer and the stop, so an answer followed
+  by more digits is wrong, as it is for greedy decoding until EOS."""
+  keep = records["answer_mask"] | (records["labels"] == EOS)  # EOS: only after the answer
+  return dict(records, labels=np.where(keep, records["labels"], PAD))
 
 
 def prepare(data_cfg):
   """`datasets.Prepared` for builder 'rlrp': the training stream routes whole batches to the
-  arithmetic or the text records (ratio `reasoning_ratio`); the test split is the held-out
-  arithmetic supervised on its answer digits only, so the run's evaluation table reads answer
-  exact match at step K (per refinement step: trm_jax/lm_eval.py)."""
+  arithmetic or the text records (ratio `reasoning_ratio`); the test split (and the validation
+  split, when `num_validation` > 0; else None) is held-out arithmetic supervised on its answer
+  digits and EOS only (`answer_only`), so the run's evaluation table reads answer exact match
+  at step K (per refinement step: trm_jax/lm_eval.py)."""
   from trm_jax.data.datasets import Prepared  # datasets imports this module
   config = CorpusConfig.from_config(data_cfg.builder_config)
   data = corpora(config)
   index = RoutedIndex(len(data.arithmetic_train["inputs"]), len(data.fluency_train["inputs"]),
                       config.reasoning_ratio)
   metadata = {"seq_len": config.seq_len, "vocab_size": VOCAB_SIZE, "num_puzzle_identifiers": 1}
+  validation = (_source(answer_only(data.arithmetic_validation)) if config.num_validation
+                else None)
   return Prepared(_source(data.arithmetic_train, data.fluency_train), index,
-                  _source(answer_only(data.arithmetic_test)), metadata)
+                  _source(answer_only(data.arithmetic_test)), metadata, validation=validation)
