@@ -82,11 +82,14 @@ def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = (
 
 def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
             ks: list[int], margin_w: float = 1.0, scorers=None, cfg_ws: list[float] = (),
-            rollouts: list[tuple[int, float]] = ()) -> dict[str, Any]:
+            rollouts: list[tuple[int, float]] = (), per_example: bool = False
+            ) -> dict[str, Any]:
   """The trajectory summary and the strategy table over the first `max_examples` of `source`.
 
   `scorers`: name -> fn(batch, preds) -> [B] 0/1, extra per-example success measures of the
-  task (e.g. N-Queens valid completions) reported for every strategy."""
+  task (e.g. N-Queens valid completions) reported for every strategy. `per_example`: every
+  strategy row also holds `examples`, {"exact" and each scorer: [n] 0/1 per example, in the
+  source's order} (for intervals over puzzles and paired tests between runs)."""
   import jax
   import numpy as np
   from trm_jax import analysis, inference
@@ -109,7 +112,8 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
                 for i, s in enumerate(strategies)]
   budgets = [inference.Strategy(max_steps=k) for k in range(1, spec.halt_max_steps)]
   budgets.append(strategies[0])
-  empty = lambda: dict(exact=0.0, token=0.0, steps=0.0, **{k: 0.0 for k in scorers})
+  empty = lambda: dict(exact=0.0, token=0.0, steps=0.0, examples={"exact": []},
+                       **{k: 0.0 for k in scorers})
   results = [empty() for _ in strategies[1:]]
   budget_results = [empty() for _ in budgets]
   sums, last_useful, n = None, [], 0
@@ -128,9 +132,11 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
       result["exact"] += float((plain["exact"][k] * valid).sum())
       result["token"] += float((plain["token_acc"][k] * valid).sum())
       result["steps"] += float((k + 1) * valid.sum())
+      result["examples"]["exact"].append(np.asarray(plain["exact"][k])[valid])
       for name, score in scorers.items():
-        result[name] += float((np.asarray(score(batch, plain["step_preds"][k]), float)
-                               * valid).sum())
+        scored = np.asarray(score(batch, plain["step_preds"][k]), float)
+        result[name] += float((scored * valid).sum())
+        result["examples"].setdefault(name, []).append(scored[valid])
     for result, evaluate in zip(results, evaluators[1:]):
       out = jax.device_get(evaluate(run.params, batch))
       halting = out["steps"] - 1
@@ -138,8 +144,11 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
       result["exact"] += float((out["exact"][halting, rows] * valid).sum())
       result["token"] += float((out["token_acc"][halting, rows] * valid).sum())
       result["steps"] += float((out["cost_steps"] * valid).sum())
+      result["examples"]["exact"].append(np.asarray(out["exact"][halting, rows])[valid])
       for name, score in scorers.items():
-        result[name] += float((np.asarray(score(batch, out["preds"]), float) * valid).sum())
+        scored = np.asarray(score(batch, out["preds"]), float)
+        result[name] += float((scored * valid).sum())
+        result["examples"].setdefault(name, []).append(scored[valid])
     n += int(valid.sum())
   if n == 0:
     raise ValueError("no examples to analyse (empty split?)")
@@ -160,6 +169,9 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
                  "forward_passes_per_example": result["steps"] / n * strategy.passes_per_step(
                      spec),
                  **{name: result[name] / n for name in scorers}})
+    if per_example:
+      rows[-1]["examples"] = {name: np.concatenate(parts).astype(int).tolist()
+                              for name, parts in result["examples"].items()}
   summary.update(scheme=scheme.name, step=run.step, margin_w=margin_w, strategies=rows,
                  passes_per_step=passes_per_step, points_per_step=points_per_step,
                  scorers=sorted(scorers))
