@@ -230,16 +230,6 @@ def paired_permutation_p(a: np.ndarray, b: np.ndarray, rng, n: int = FLIPS) -> f
   return float((1 + np.sum(np.abs(signs @ d) >= observed - 1e-12)) / (n + 1))
 
 
-def holm(p: list[float]) -> list[float]:
-  """Holm's step-down adjusted p-values (family-wise error), in the order given."""
-  order = np.argsort(p)
-  adjusted, running = np.empty(len(p)), 0.0
-  for rank, i in enumerate(order):
-    running = max(running, min(1.0, (len(p) - rank) * p[i]))
-    adjusted[i] = running
-  return adjusted.tolist()
-
-
 # ------------------------------------------------------------------------------ the protocol --
 
 
@@ -278,6 +268,7 @@ FAMILIES = {"fixed steps": lambda row: row["halt"] == "fixed" and row["guidance_
 
 
 def evaluate_task(task: str, runs: dict[str, list[pathlib.Path]], choices: dict) -> dict:
+  from trm_jax import analysis
   rng = np.random.default_rng(0)
   metrics = ["exact"] + (["valid_completion"] if task == "nqueens8" else [])
   out = {"methods": {}, "pairs": [], "ratios": []}
@@ -320,7 +311,7 @@ def evaluate_task(task: str, runs: dict[str, list[pathlib.Path]], choices: dict)
           family.append({"metric": metric, "subset": name, "a": a, "b": b,
                          "difference": float(ca.mean() - cb.mean()),
                          "p": paired_permutation_p(ca, cb, rng)})
-      for row, adjusted in zip(family, holm([r["p"] for r in family])):
+      for row, adjusted in zip(family, analysis.holm([r["p"] for r in family])):
         row["p_holm"] = adjusted
       out["pairs"] += family
   # Pass ratios at equal accuracy (chosen on validation) against TRM (T=3, n=6).
@@ -466,9 +457,10 @@ def main() -> int:
   if args.seeds < 1 or any(updates[t] < 1 for t in tasks):
     raise SystemExit("--seeds and --updates must be >= 1")
   root.mkdir(parents=True, exist_ok=True)
-  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
-  everything = {"commit": commit, "seeds": args.seeds, "updates": updates,
+  from trm_jax import runs as runs_lib
+  code = runs_lib.code_version()
+  commit = code.get("commit", code.get("version")) + (" (with local changes)" * code.get("dirty", False))
+  everything = {"code": code, "seeds": args.seeds, "updates": updates,
                 "schedules": {s: SCHEDULES[s] for s in schedules}, "tasks": {},
                 "chosen_on_validation": "schedule per method (seed 0, plain inference at "
                                         "N_sup), inference strategy per method (mean over "

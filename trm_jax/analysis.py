@@ -155,6 +155,19 @@ def summarize(sums: Mapping[str, np.ndarray], last_useful: np.ndarray, valid_row
   }
 
 
+def holm(p_values) -> list[float]:
+  """Holm's step-down adjustment of a family of p-values, in their order: the i-th smallest
+  (i = 1..m) becomes min(1, max over j <= i of (m - j + 1) p_(j)). Rejecting where the adjusted
+  p is below alpha keeps the chance of any false rejection in the family below alpha."""
+  p_values = [float(p) for p in p_values]
+  m = len(p_values)
+  adjusted, running = [0.0] * m, 0.0
+  for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+    running = max(running, min(1.0, (m - rank) * p_values[i]))
+    adjusted[i] = running
+  return adjusted
+
+
 def paired_exact_test(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
   """McNemar's exact test of two readouts on the same problems (0/1 outcomes per problem):
   `fixed` wrong before and right after, `broken` the reverse, `difference` the change of the

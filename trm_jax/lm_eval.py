@@ -21,7 +21,7 @@ On the arithmetic it also pairs the readouts problem by problem (McNemar's exact
 `analysis.paired_exact_test`): every step k > 1 against step 1, and with `--baseline DIR`
 (another RLRP run with the same held-out problems, e.g. the K = 1 baseline) this run's step K
 against the baseline's last step. Those tests are one family: each p-value is reported raw and
-Holm-adjusted over the family (`holm`). It splits exact match by operation (+, *) and the
+Holm-adjusted over the family (`analysis.holm`). It splits exact match by operation (+, *) and the
 additions by their carries (0, 1, 2, 3 or more).
 Writes <workdir>/lm_eval/<split>/{lm_eval.txt, lm_eval.json, lm_eval.png} and prints the
 table; the picture: answer exact match per step (all, +, *; the baseline's as a dashed line),
@@ -171,19 +171,6 @@ def greedy_verdicts(decoded, problems: list[str]):
   return out
 
 
-def holm(p_values) -> list[float]:
-  """Holm's step-down adjustment of a family of p-values, in their order: the i-th smallest
-  (i = 1..m) becomes min(1, max over j <= i of (m - j + 1) p_(j)). Rejecting where the adjusted
-  p is below alpha keeps the chance of any false rejection in the family below alpha."""
-  p_values = [float(p) for p in p_values]
-  m = len(p_values)
-  adjusted, running = [0.0] * m, 0.0
-  for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
-    running = max(running, min(1.0, (m - rank) * p_values[i]))
-    adjusted[i] = running
-  return adjusted
-
-
 def _load_checked(run):
   from trm_jax.config import ModelSpec
   spec = ModelSpec.from_config(run.model_config)
@@ -271,7 +258,7 @@ def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None,
   if "baseline" in result:
     family.append((f"step {len(exact)} vs baseline", result["baseline"]["paired"]))
   arithmetic["paired_with_step1"][0]["p_holm"] = None
-  for (_, pair), adjusted in zip(family, holm([pair["p_value"] for _, pair in family])):
+  for (_, pair), adjusted in zip(family, analysis.holm([pair["p_value"] for _, pair in family])):
     pair["p_holm"] = adjusted
   arithmetic["holm_family"] = [name for name, _ in family]
   return result
