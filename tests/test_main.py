@@ -25,12 +25,13 @@ def load_config(name: str, arg: str):
 
 
 def small_smoke_config():
-  """The smoke experiment on 4x4 Sudoku (64 train / 16 test puzzles), ,runlocal-sized."""
+  """The smoke experiment on 4x4 Sudoku (71 generated training puzzles: 7 held out for
+  validation, 64 trained on; 16 test puzzles), ,runlocal-sized."""
   cfg = load_config("sudoku", "smoke,runlocal")
   cfg.data.generate.size = 4
   cfg.data.builder_config.size = 4
   cfg.data.builder_config.name = "generated_4x4"
-  cfg.data.generate.num_train = 64
+  cfg.data.generate.num_train = 71
   cfg.data.generate.num_test = 16
   return cfg
 
@@ -48,9 +49,18 @@ def test_sudoku_smoke_pipeline_end_to_end(tmp_path, capsys):
   out = capsys.readouterr().out
   assert f"exact_accuracy: {result['exact_accuracy']:.4f}" in out and "| 4 |" in out
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert {l["kind"] for l in lines} == {"train", "eval"}
-  last_eval = [l for l in lines if l["kind"] == "eval"][-1]
-  assert last_eval["exact_accuracy"] == pytest.approx(result["exact_accuracy"])
+  # Periodic evaluations read validation (7 puzzles); test (16) is read once, at the end.
+  assert {l["kind"] for l in lines} == {"train", "eval", "test"}
+  evals = [l for l in lines if l["kind"] == "eval"]
+  assert {l["split"] for l in evals} == {"validation"}
+  (test,) = [l for l in lines if l["kind"] == "test"]
+  assert test["split"] == "test" and test["step"] == evals[-1]["step"]
+  assert test["exact_accuracy"] == pytest.approx(result["exact_accuracy"])
+  assert result["split"] == "test" and "test examples: 16" in out
+  # The code that produced the numbers: this checkout's commit (or the installed version).
+  (provenance,) = [json.loads(l) for l in (tmp_path / "provenance.jsonl").read_text().splitlines()]
+  assert provenance["start_step"] == 0 and provenance["jax"]
+  assert len(provenance.get("commit", "")) == 40 or provenance.get("version")
   assert json.loads((tmp_path / "config.json").read_text())["model"]["seq_len"] == 16
   assert list((tmp_path / "tb").iterdir())
   assert list((tmp_path / "profile" / "steps_3-4").glob("plugins/profile/*/*.xplane.pb"))
@@ -201,9 +211,9 @@ def test_config_changes_on_resume(tmp_path):
     main.config_changes_on_resume(changed, tmp_path, checkpoints, allow=False)
   message = str(error.value)
   assert f"train.lr: {cfg.train.lr!r} -> 0.5" in message
-  assert "data.generate.num_train: 64 -> 32" in message and "step 8" in message
+  assert "data.generate.num_train: 71 -> 32" in message and "step 8" in message
   assert main.config_changes_on_resume(changed, tmp_path, checkpoints, allow=True) == {
-      "train.lr": (cfg.train.lr, 0.5), "data.generate.num_train": (64, 32)}
+      "train.lr": (cfg.train.lr, 0.5), "data.generate.num_train": (71, 32)}
   # Without a checkpoint there is nothing to resume, so nothing to refuse.
   assert main.config_changes_on_resume(changed, tmp_path, tmp_path / "none", allow=False) == {}
 

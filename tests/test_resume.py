@@ -26,7 +26,7 @@ import processes
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "--config.data.generate.size=4", "--config.data.builder_config.size=4",
-    "--config.data.builder_config.name=generated_4x4", "--config.data.generate.num_train=64",
+    "--config.data.builder_config.name=generated_4x4", "--config.data.generate.num_train=71",
     "--config.data.generate.num_test=16", "--config.train.epochs=6",
     "--config.train.eval_interval=3", "--config.train.checkpoint_every_steps=2",
     "--config.train.log_every_steps=1", "--config.train.keep_checkpoints=20",
@@ -274,7 +274,7 @@ def test_two_processes_train_together_like_one(tmp_path, uninterrupted):
       [tmp_path / f"process{i}.log" for i in range(2)], [_env()] * 2, REPO, timeout=600)
   assert codes == [0, 0], output[0][-3000:] + output[1][-3000:]
   # Process 0 reports and writes; process 1 prints no status and writes no metrics.
-  for line in ("workdir:", "eval exact_accuracy", "saving checkpoint", "exact_accuracy:"):
+  for line in ("workdir:", "validation exact_accuracy", "saving checkpoint", "exact_accuracy:"):
     assert line in output[0] and line not in output[1], line
   assert_trains_like_one_process(tmp_path / "run", uninterrupted)
 

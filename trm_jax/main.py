@@ -563,6 +563,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
     pipeline.seek(train_iter, start_position, jax.process_count())
   if jax.process_index() == 0:
     (workdir_path / runs_lib.CONFIG_FILE).write_text(json.dumps(resolved, indent=1, default=str))
+    runs_lib.record_provenance(workdir_path, first_step - 1)
     if config_changes:
       runs_lib.record_config_change(workdir_path, first_step - 1, config_changes)
       console.line(f"config changed at step {first_step - 1}: "

@@ -13,6 +13,8 @@ the EMA weights when the run keeps an EMA.
 
     config_differences(old, new)   # {"train.lr": (0.003, 0.5), ...}: what a resume would change
     record_config_change(workdir, step, differences)   # appended to config_changes.jsonl
+    code_version()                 # the trm_jax code a run used: git commit (+dirty) or version
+    record_provenance(workdir, step)   # appended to provenance.jsonl at each (re)start
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from trm_jax.config import ModelSpec
 
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+PROVENANCE_FILE = "provenance.jsonl"
 ABSENT = "<absent>"
 # On gs:// (no atomic rename) Orbax writes a step's directory in place and marks it complete
 # with this file last.
@@ -144,3 +147,31 @@ def record_config_change(workdir: paths.PathLike, step: int,
   record = {"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "changes": {field: list(change) for field, change in differences.items()}}
   paths.append_text(epath.Path(workdir) / CONFIG_CHANGES_FILE, json.dumps(record) + "\n")
+
+
+def code_version() -> dict[str, Any]:
+  """What code runs: the git commit of the trm_jax checkout (and whether files differ from it)
+  when the package is one, else the installed distribution's version; with jax's version."""
+  import subprocess
+  from importlib import metadata
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out: dict[str, Any] = {"jax": jax.__version__}
+  try:
+    git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True,
+                                    timeout=10, check=True).stdout.strip()
+    out["commit"] = git("rev-parse", "HEAD")
+    out["dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    try:
+      out["version"] = metadata.version("trm_jax")
+    except metadata.PackageNotFoundError:
+      out["version"] = "unknown"
+  return out
+
+
+def record_provenance(workdir, step: int) -> None:
+  """Appends {time, step it (re)starts from, code_version()} to the workdir's provenance.jsonl:
+  every number a run reports can be traced to the code that produced it."""
+  record = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "start_step": step, **code_version()}
+  paths.append_text(epath.Path(workdir) / PROVENANCE_FILE, json.dumps(record) + "\n")
