@@ -2,7 +2,7 @@ r"""DIS against TRM as a protocol: equal optimiser updates, every choice made on
 test split read once per run, measured training cost, seeds, intervals and corrected tests.
 
     python benchmarks/dis_vs_trm.py --root /tmp/dis_vs_trm [--tasks sudoku6,nqueens8]
-        [--methods trm,trm_small,dis,dis_halt] [--seeds 3] [--updates sudoku6=150,nqueens8=250]
+        [--methods trm,trm_small,dis,dis_halt] [--seeds 3] [--updates sudoku6=400,nqueens8=300]
         [--schedules constant,cosine] [--report_only]
 
 Methods (one network: the smoke run's, hidden 64, two mlp_t blocks; one optimiser and batch 128):
@@ -67,7 +67,7 @@ METHODS = ("trm", "trm_small", "dis", "dis_halt")
 LABELS = {"trm": "TRM (T=3, n=6, N_sup 16, ACT)", "trm_small": "TRM (T=1, n=2, N_sup 16, ACT)",
           "dis": "DIS (T=1, n=2, N_sup 6)", "dis_halt": "DIS + halting head"}
 TASKS = ("sudoku6", "nqueens8")
-UPDATES = {"sudoku6": 150, "nqueens8": 250}
+UPDATES = {"sudoku6": 400, "nqueens8": 300}
 SCHEDULES = {"constant": 1.0, "cosine": 0.1}  # lr_min_ratio
 WS = (0.5, 1.0, 1.5, 2.0)  # guidance scales analysed (strategies chosen on validation)
 KS = (1, 2)  # convergence patiences
