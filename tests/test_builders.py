@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trm_jax.data import arc, builders, datasets, generate, sudoku
+from trm_jax.data import arc, datasets, generate, splits, sudoku
 
 FIXTURE_ARC = pathlib.Path(__file__).parent / "fixtures" / "arc"
 
@@ -191,25 +191,23 @@ def test_validation_split_has_its_own_dataset_name_and_is_seeded(tmp_path, sudok
   assert _digest(one.validation) != _digest(other.validation)
   with pytest.raises(ValueError, match="validation_fraction = 1.5"):
     datasets.prepare(_sudoku_cfg(tmp_path / "c", sudoku_csvs, validation_fraction=1.5))
-  assert [builders.validation_count(f, 40) for f in (0, 0.001, 0.2, 0.999)] == [0, 1, 8, 39]
+  assert [splits.validation_count(f, 40) for f in (0, 0.001, 0.2, 0.999)] == [0, 1, 8, 39]
 
 
 def test_nqueens_validation_boards_never_occur_in_training():
-  from trm_jax.data.pipeline import ArraySource, PuzzleIndex
+  from trm_jax.data.pipeline import PuzzleIndex
   # Groups of 2 boards; group 1's original repeats a board of group 0, group 2's is new.
   inputs = np.asarray([[1, 0], [0, 1], [0, 1], [1, 1], [2, 2], [2, 0]], np.uint8)
-  train = builders.SplitData(
-      ArraySource({"inputs": inputs, "labels": inputs + 1,
-                   "puzzle_identifier": np.zeros(6, np.int32),
-                   "group": np.repeat(np.arange(3, dtype=np.int32), 2)}),
-      PuzzleIndex.from_sizes(np.ones(6, np.int64), [2, 2, 2]), 1)
+  arrays = {"inputs": inputs, "labels": inputs + 1, "puzzle_identifier": np.zeros(6, np.int32),
+            "group": np.repeat(np.arange(3, dtype=np.int32), 2)}
+  index = PuzzleIndex.from_sizes(np.ones(6, np.int64), [2, 2, 2])
   for seed in range(20):  # whichever two groups are held out
-    kept, validation = builders.carve_validation(train, 2, seed)
-    kept_inputs = {kept.records[i]["inputs"].tobytes() for i in range(len(kept.records))}
-    assert len(kept.records) == 2 and kept.index.num_groups == 1
-    for i in range(len(validation.records)):
-      assert validation.records[i]["inputs"].tobytes() not in kept_inputs
-    firsts = {validation.records[i]["inputs"].tobytes() for i in range(len(validation.records))}
+    (kept, kept_index), (validation, _) = splits.carve_validation(arrays, index, 2, seed)
+    kept_inputs = {row.tobytes() for row in kept["inputs"]}
+    assert len(kept["inputs"]) == 2 and kept_index.num_groups == 1
+    assert list(kept["group"]) == [0, 0]
+    firsts = {row.tobytes() for row in validation["inputs"]}
+    assert not firsts & kept_inputs
     assert firsts <= {inputs[0].tobytes(), inputs[2].tobytes(), inputs[4].tobytes()}
     # group 1's original [0, 1] is group 0's augmentation: dropped when group 0 is trained on
     if kept_inputs == {inputs[0].tobytes(), inputs[1].tobytes()}:

@@ -22,6 +22,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from etils import epath
 
+from trm_jax.data import splits as splits_lib
+
 PAD_ID = 0
 EOS_ID = 1
 COLOR_OFFSET = 2  # colour c is token c + 2
@@ -469,11 +471,10 @@ def validation_task_ids(tasks_by_subset: Mapping[str, Mapping[str, ArcTask]], te
   """(subset, task id) of the training tasks (outside `test_set_name`, with solved test pairs),
   a `fraction` of them, whose test pairs form the validation split, chosen with `seed` (a
   generator of its own: the official draws of `build_examples` stay the same)."""
-  from trm_jax.data import builders  # (builders imports this module)
   candidates = [(subset, task_id) for subset, tasks in tasks_by_subset.items()
                 if subset != test_set_name for task_id, task in tasks.items()
                 if task.test and all(p.output is not None for p in task.test)]
-  num_tasks = builders.validation_count(fraction, len(candidates))
+  num_tasks = splits_lib.validation_count(fraction, len(candidates))
   if not num_tasks:
     return []
   picks = np.random.default_rng([seed, num_tasks]).choice(len(candidates), num_tasks,

@@ -21,6 +21,7 @@ from etils import epath
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from trm_jax.data import arc, maze, nqueens, sudoku
+from trm_jax.data import splits as splits_lib
 from trm_jax.data.pipeline import ArraySource, PuzzleIndex
 
 # TFDS spills its write buffer to disk through tf.io.gfile past 1 GB, which needs TensorFlow.
@@ -45,59 +46,9 @@ class PuzzleConfig(tfds.core.BuilderConfig):
   # The fraction of training groups (a puzzle with its augmentations; ARC: a task with solved
   # test pairs) held out as the `validation` split (at least one), chosen with
   # `validation_seed`; 0: no validation split (the official datasets have none). See
-  # `carve_validation` (ARC: `arc.build_examples`).
+  # `splits.carve_validation` (ARC: `arc.build_examples`).
   validation_fraction: float = 0.0
   validation_seed: int = 0
-
-
-def validation_count(fraction: float, num_groups: int) -> int:
-  """Groups a `validation_fraction` holds out of `num_groups` (0 for 0; else at least 1 and at
-  most all but one). Raises ValueError naming the field for a fraction outside [0, 1)."""
-  if not 0 <= fraction < 1:
-    raise ValueError(f"builder config validation_fraction = {fraction}: must be in [0, 1)")
-  if not fraction:
-    return 0
-  if num_groups < 2:
-    raise ValueError(f"builder config validation_fraction = {fraction}: {num_groups} training "
-                     "group(s) leave none to hold out")
-  return min(max(1, round(fraction * num_groups)), num_groups - 1)
-
-
-def carve_validation(train: SplitData, num_groups: int, seed: int
-                     ) -> tuple[SplitData, SplitData]:
-  """(train, validation): `num_groups` seeded groups of one-example-per-puzzle training data
-  leave the training split whole, augmentations and all; the validation split holds the first
-  puzzle of each (the original: the builders put it first, and the test split is not augmented
-  either), minus any whose input also occurs among the remaining training inputs (N-Queens
-  boards recur across puzzles), so that no validation input is ever trained on."""
-  index = train.index
-  if not 0 < num_groups < index.num_groups:
-    raise ValueError(f"{num_groups} validation groups: must be between 1 and "
-                     f"{index.num_groups - 1} (the training groups)")
-  if index.num_records != len(index.puzzle_starts) - 1:
-    raise ValueError("carve_validation needs one example per puzzle")
-  arrays = train.records.arrays
-  held = np.zeros(index.num_groups, bool)
-  held[np.random.default_rng([seed, num_groups]).choice(index.num_groups, num_groups,
-                                                        replace=False)] = True
-  group_of = np.repeat(np.arange(index.num_groups), np.diff(index.group_starts))
-  keep = ~held[group_of]  # records (= puzzles) that stay in train
-  first = index.group_starts[:-1][held]
-  seen = {row.tobytes() for row in arrays["inputs"][keep]}
-  first = np.asarray([i for i in first if arrays["inputs"][i].tobytes() not in seen], np.int64)
-  if not len(first):
-    raise ValueError(f"{num_groups} validation groups: every held-out input also occurs in "
-                     "the training inputs; hold out a larger validation_fraction")
-  sizes = np.diff(index.group_starts)[~held]
-
-  def split(rows, group_sizes):
-    part = {k: v[rows] for k, v in arrays.items()}
-    part["group"] = np.repeat(np.arange(len(group_sizes), dtype=np.int32), group_sizes)
-    return SplitData(ArraySource(part), PuzzleIndex.from_sizes(np.ones(len(rows), np.int64),
-                                                               group_sizes),
-                     train.num_puzzle_identifiers)
-
-  return split(np.flatnonzero(keep), sizes), split(first, np.ones(len(first), np.int64))
 
 
 def _one_example_per_puzzle(inputs, labels, puzzles_per_group: int, puzzle_ids=None) -> SplitData:
@@ -166,9 +117,13 @@ class _PuzzleBuilder(tfds.core.GeneratorBasedBuilder):
     splits = self._build_splits(dl_manager.manual_dir if self.required_files() else None)
     cfg = self.builder_config
     if cfg.validation_fraction and "validation" not in splits:
-      splits["train"], splits["validation"] = carve_validation(
-          splits["train"], validation_count(cfg.validation_fraction, splits["train"].index.num_groups),
-          cfg.validation_seed)
+      train = splits["train"]
+      count = splits_lib.validation_count(cfg.validation_fraction, train.index.num_groups)
+      (kept, kept_index), (held, held_index) = splits_lib.carve_validation(
+          train.records.arrays, train.index, count, cfg.validation_seed)
+      splits["train"] = SplitData(ArraySource(kept), kept_index, train.num_puzzle_identifiers)
+      splits["validation"] = SplitData(ArraySource(held), held_index,
+                                       train.num_puzzle_identifiers)
     self.info.metadata.update({
         "seq_len": self._seq_len(),
         "vocab_size": self._vocab_size(),
