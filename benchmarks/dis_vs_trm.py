@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import subprocess
@@ -114,6 +113,7 @@ def child(task, method, schedule, seed, updates, workdir: pathlib.Path) -> None:
   from trm_jax.config import ModelSpec
   from trm_jax.data import datasets, pipeline
   import ml_collections
+  main_lib.apply_host_settings()  # as `python -m trm_jax.main` does, before JAX starts
   cfg = make_config(task, method, schedule, seed, updates)
   shared = workdir.parents[2] / "data"  # one built dataset per task for all its runs
   cfg.data.data_dir = str(shared / "tfds")

@@ -30,7 +30,7 @@ def main():
     jax.distributed.initialize(args.coordinator, 2, args.process_id)
 
   import trm_jax
-  from trm_jax import inference, main as main_lib, sharding
+  from trm_jax import evaluation, inference, sharding
   from trm_jax.config import ModelSpec
   from trm_jax.data import datasets
 
@@ -51,8 +51,8 @@ def main():
   jitted = jax.jit(functools.partial(inference.eval_batch, spec=spec, strategy=strategy))
   with jax.set_mesh(mesh):
     source = datasets.builder_for(cfg.data).as_data_source()["test"]
-    evaluator = main_lib.arc_evaluator_for(cfg)
-    result = main_lib.evaluate(counting, run.params, source, cfg, spec, mesh, evaluator,
+    evaluator = evaluation.arc_evaluator_for(cfg)
+    result = evaluation.evaluate(counting, run.params, source, cfg, spec, mesh, evaluator,
                                strategy)
   if jax.process_index() == 0:
     with open(args.out, "w") as f:

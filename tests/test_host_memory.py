@@ -83,17 +83,26 @@ def test_refuses_once_jax_runs():
 
 
 @needs_glibc
-def test_cli_applies_the_environment_setting_at_import():
-  # Applied at all means applied before JAX's backends started (it refuses after).
-  code = "from trm_jax import main; print(main._HOST_MALLOC)"
+def test_cli_applies_the_environment_setting_in_main_not_at_import():
+  # Importing the CLI applies nothing (the dispatch flag keeps its default), and its main()
+  # applies the setting before JAX's backends start (applied at all means that: it refuses
+  # after).
+  code = ("import jax; from trm_jax import main; "
+          "print(jax.config.read('jax_cpu_enable_async_dispatch')); "
+          "print(main.apply_host_settings()); "
+          "print(jax.config.read('jax_cpu_enable_async_dispatch'))")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=300, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu",
                                                          TRM_JAX_HOST_MALLOC="retain"))
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.splitlines()[0].startswith("host malloc: freed memory is retained")
-  bad = subprocess.run([sys.executable, "-c", "from trm_jax import main"], capture_output=True,
-                       text=True, timeout=300, cwd=REPO,
-                       env=dict(os.environ, TRM_JAX_HOST_MALLOC="sometimes"))
+  lines = proc.stdout.splitlines()
+  assert lines[0] == "True" and lines[1].startswith("host malloc: freed memory is retained")
+  assert lines[2] == "False"
+  bad = subprocess.run([sys.executable, "-m", "trm_jax.main", "--config",
+                        "experiments/sudoku.py:smoke,runlocal", "--workdir", "/nonexistent/x"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                TRM_JAX_HOST_MALLOC="sometimes"))
   assert bad.returncode != 0
   assert "TRM_JAX_HOST_MALLOC = 'sometimes'" in bad.stderr
 

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from trm_jax import main
+from trm_jax import experiment, main, resume
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 FIXTURE_ARC = pathlib.Path(__file__).parent / "fixtures" / "arc"
@@ -95,7 +95,8 @@ def test_arc_runlocal_reports_pass_at_k(tmp_path):
 
 
 def test_eval_schedule_has_no_near_duplicate_at_the_end():
-  from trm_jax.main import is_eval_step
+  is_eval_step = lambda step, every, total: experiment.Schedule(total, every, every).is_eval_step(
+      step)
   # 10 intervals of 39 steps, 392 steps in all (steps per epoch rounded): no eval at 390.
   evals = [s for s in range(1, 393) if is_eval_step(s, 39, 392)]
   assert evals == [39 * k for k in range(1, 10)] + [392]
@@ -165,12 +166,12 @@ def test_batches_that_do_not_split_over_the_mesh_are_refused_naming_the_field():
   cfg.train.global_batch_size, cfg.eval.global_batch_size = 16, 12
   with pytest.raises(ValueError, match=r"'eval.global_batch_size' = 12: must be a multiple of "
                                        r"the mesh's 8 devices"):
-    main.check_batches_fit(cfg, eight_devices)
+    experiment.check_batches_fit(cfg, eight_devices)
   cfg.train.global_batch_size, cfg.eval.global_batch_size = 20, 16
   with pytest.raises(ValueError, match="'train.global_batch_size' = 20"):
-    main.check_batches_fit(cfg, eight_devices)
+    experiment.check_batches_fit(cfg, eight_devices)
   cfg.train.global_batch_size = 24
-  main.check_batches_fit(cfg, eight_devices)
+  experiment.check_batches_fit(cfg, eight_devices)
 
 
 def _saved_run(workdir, cfg):
@@ -184,38 +185,38 @@ def _saved_run(workdir, cfg):
 def test_config_changes_on_resume(tmp_path):
   cfg = small_smoke_config()
   checkpoints = tmp_path / "checkpoints"
-  assert main.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
+  assert resume.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
   _saved_run(tmp_path, cfg)
   # The same config (whose model.seq_len etc. the data fills in) is no change.
-  assert main.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
+  assert resume.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
   # Where it runs and how it keeps checkpoints may change freely.
   moved = small_smoke_config()
   moved.mesh_shape = (2, 1)
   moved.train.keep_checkpoints = 7
-  assert set(main.config_changes_on_resume(moved, tmp_path, checkpoints, allow=False)) == {
+  assert set(resume.config_changes_on_resume(moved, tmp_path, checkpoints, allow=False)) == {
       "mesh_shape", "train.keep_checkpoints"}
   # A moved workdir moves the data folders that default to it.
   elsewhere = small_smoke_config()
   elsewhere.data.data_dir = "/moved/run/tfds"
-  assert main.config_changes_on_resume(elsewhere, tmp_path, checkpoints, allow=False,
+  assert resume.config_changes_on_resume(elsewhere, tmp_path, checkpoints, allow=False,
                                        in_workdir=("data.data_dir",)) == {}
   # Where a host keeps its built dataset may change too (the hosts of a pod each have their
   # own, and they check they read the same records): reported, not refused.
-  assert main.config_changes_on_resume(elsewhere, tmp_path, checkpoints, allow=False) == {
+  assert resume.config_changes_on_resume(elsewhere, tmp_path, checkpoints, allow=False) == {
       "data.data_dir": ("", "/moved/run/tfds")}
   # What it trains may not, unless allowed; every differing field is named, old -> new.
   changed = small_smoke_config()
   changed.train.lr = 0.5
   changed.data.generate.num_train = 32
-  with pytest.raises(main.ConfigChangeError) as error:
-    main.config_changes_on_resume(changed, tmp_path, checkpoints, allow=False)
+  with pytest.raises(resume.ConfigChangeError) as error:
+    resume.config_changes_on_resume(changed, tmp_path, checkpoints, allow=False)
   message = str(error.value)
   assert f"train.lr: {cfg.train.lr!r} -> 0.5" in message
   assert "data.generate.num_train: 71 -> 32" in message and "step 8" in message
-  assert main.config_changes_on_resume(changed, tmp_path, checkpoints, allow=True) == {
+  assert resume.config_changes_on_resume(changed, tmp_path, checkpoints, allow=True) == {
       "train.lr": (cfg.train.lr, 0.5), "data.generate.num_train": (71, 32)}
   # Without a checkpoint there is nothing to resume, so nothing to refuse.
-  assert main.config_changes_on_resume(changed, tmp_path, tmp_path / "none", allow=False) == {}
+  assert resume.config_changes_on_resume(changed, tmp_path, tmp_path / "none", allow=False) == {}
 
 
 def test_mfu_inputs_count_on_accelerators_only():

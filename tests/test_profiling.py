@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from trm_jax import main, profiling
+from trm_jax import experiment, profiling, resume
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
@@ -54,11 +54,11 @@ def test_profile_steps_must_be_steps():
   spec.loader.exec_module(module)
   cfg = module.get_config("smoke,runlocal")
   assert cfg.train.profile_steps == ()
-  main.validate_experiment(cfg)
+  experiment.validate_experiment(cfg)
   cfg.train.profile_steps = (3, 4)
-  main.validate_experiment(cfg)
+  experiment.validate_experiment(cfg)
   for bad in [(0,), (2.5,), (True,)]:
     cfg.train.profile_steps = bad
     with pytest.raises(ValueError, match="train.profile_steps"):
-      main.validate_experiment(cfg)
-  assert "train.profile_steps" in main.EXECUTION_FIELDS  # a resume may trace other steps
+      experiment.validate_experiment(cfg)
+  assert "train.profile_steps" in resume.EXECUTION_FIELDS  # a resume may trace other steps

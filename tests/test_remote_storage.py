@@ -17,7 +17,7 @@ from etils import epath
 import trm_jax
 from tests.test_experiments import load_experiment, write_official_sources
 from tests.test_main import small_smoke_config
-from trm_jax import main, metrics, paths
+from trm_jax import experiment, main, metrics, paths
 from trm_jax.data import datasets
 
 BUCKET = "gs://bucket"
@@ -92,7 +92,7 @@ def test_a_bucket_data_dir_is_refused_naming_the_field(tmp_path):
     main.run(cfg, "gs://b/run")
   cfg.data.data_dir = "gs://b/tfds"
   with pytest.raises(ValueError, match=r"'data\.data_dir' = 'gs://b/tfds': "):
-    main.data_folders(cfg, str(tmp_path))
+    experiment.data_folders(cfg, str(tmp_path))
 
 
 def test_official_sources_are_read_from_a_bucket(gcs, tmp_path):
@@ -118,14 +118,16 @@ def test_a_run_on_a_bucket_trains_resumes_loads_and_evaluates(gcs, tmp_path, cap
           "raw"} <= _listing(workdir)
   assert {"curves.png", "eval_per_step.png"} <= _listing(f"{workdir}/plots")
   assert {"2", "3"} <= _listing(f"{workdir}/checkpoints")
-  assert _records(workdir) == [(1, "train"), (2, "train"), (3, "train"), (3, "eval")]
+  # periodic evaluations read validation ("eval"), test is read once at the end ("test")
+  assert _records(workdir) == [(1, "train"), (2, "train"), (3, "train"), (3, "eval"),
+                               (3, "test")]
   capsys.readouterr()
 
   cfg.train.max_steps = 4  # the last step; resumed from step 3 (the change is recorded)
   main.run(cfg, workdir, allow_config_change=True)
   assert f"resumed from checkpoint step 3 in {workdir}/checkpoints" in capsys.readouterr().out
   assert _records(workdir) == [(1, "train"), (2, "train"), (3, "train"), (3, "eval"),
-                               (4, "train"), (4, "eval")]
+                               (3, "test"), (4, "train"), (4, "eval"), (4, "test")]
   change = json.loads(epath.Path(f"{workdir}/config_changes.jsonl").read_text())
   assert change["step"] == 3 and change["changes"] == {"train.max_steps": [3, 4]}
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import trm_jax
-from trm_jax import inference, main, solve
+from trm_jax import evaluation, inference, main, solve
 from trm_jax.config import ModelSpec
 from trm_jax.data import arc, arc_eval, datasets, pipeline
 
@@ -50,6 +50,7 @@ def maze_run(tmp_path_factory):
                                           subsample=0),
       manual_dir="", data_dir="",
       generate=dict(kind="maze", side=7, num_train=64, num_test=16, seed=0, min_difficulty=0)))
+  cfg.train.keep_best_checkpoints = 0  # no validation split here: nothing to rank by
   return _train(cfg, tmp_path_factory.mktemp("maze"))
 
 
@@ -267,9 +268,9 @@ def test_arc_challenges_file(arc_run, tmp_path):
   strategy = inference.Strategy.from_config(arc_run.config.eval)
   evaluator = arc_eval.ArcEvaluator(arc.load_tasks(FIXTURE_ARC /
                                                    "arc-agi_evaluation_challenges.json"))
-  for batch in pipeline.eval_batches(data, global_batch_size=len(data), keys=main.ARC_KEYS):
+  for batch in pipeline.eval_batches(data, global_batch_size=len(data), keys=evaluation.ARC_KEYS):
     valid = batch.pop("valid")
-    extra = {k: batch.pop(k) for k in main.ARC_KEYS}
+    extra = {k: batch.pop(k) for k in evaluation.ARC_KEYS}
     result = jax.device_get(inference.eval_batch(arc_run.params, batch, spec=spec,
                                                  strategy=strategy))
     evaluator.add(result["preds"], result["q_halt"], extra["task_id"], extra["test_index"],

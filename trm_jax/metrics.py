@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from etils import epath
 
 from trm_jax import paths
@@ -190,3 +191,52 @@ class Throughput:
       if self._peak:
         rates["mfu"] = achieved / self._peak
     return rates
+
+
+def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict[str, float]:
+  """Official reduction: losses and `target_*` metrics (every row, every step) per example of
+  the batch, the rest per halted example."""
+  count = max(float(sums["count"]), 1.0)
+  out = {}
+  for name, value in sums.items():
+    if name in ("lr", "grad_norm"):
+      out[name] = float(value)
+    elif name == "count":
+      out[name] = float(value)
+    elif name.endswith("loss") or name.startswith("target_"):
+      out[name] = float(value) / global_batch
+    else:
+      out[name] = float(value) / count
+  return out
+
+
+class TrainWindow:
+  """The training metrics of the steps since the last log line, summed on device, and their
+  record: per example (`reduce_train_metrics`), with the examples that finished, the forward
+  passes they took and the window's throughput. Non-finite sums stop the run."""
+
+  def __init__(self, global_batch: int, passes_per_step: int, throughput: "Throughput"):
+    self._batch, self._passes, self._throughput = global_batch, passes_per_step, throughput
+    self._sums, self._steps = None, 0
+
+  def add(self, metrics) -> None:
+    self._sums = metrics if self._sums is None else jax.tree.map(
+        lambda a, b: a + b, self._sums, metrics)
+    self._last = metrics
+    self._steps += 1
+
+  def record(self, step: int, where: str) -> dict[str, float]:
+    sums = jax.device_get(self._sums)
+    sums["lr"], sums["grad_norm"] = self._last["lr"], self._last["grad_norm"]
+    if not all(np.isfinite(v) for v in jax.tree.leaves(sums)):
+      bad = sorted(k for k, v in sums.items() if not np.isfinite(v))
+      raise FloatingPointError(f"non-finite {bad} at step {step}; stopping (last good metrics "
+                               f"are in {where})")
+    # Per example of the window's batches (fewer than log_every_steps after a resume).
+    reduced = reduce_train_metrics(sums, self._batch * self._steps)
+    reduced["count"] = float(sums["count"])
+    if "steps" in reduced:  # measured: supervision steps of the examples that finished
+      reduced["forward_passes_per_example"] = reduced["steps"] * self._passes
+    reduced.update(self._throughput.window(self._steps))
+    self._sums, self._steps = None, 0
+    return reduced

@@ -236,7 +236,7 @@ def _validate_experiment(config: ml_collections.ConfigDict, run_name: str, workd
                          ) -> None:
   from trm_jax import inference
   from trm_jax.config import ModelSpec
-  from trm_jax.main import data_folders, validate_experiment
+  from trm_jax.experiment import data_folders, validate_experiment
   try:
     validate_experiment(config)
     inference.Strategy.from_config(config.eval).validate(ModelSpec.from_config(config.model))
