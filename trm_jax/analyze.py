@@ -285,8 +285,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import importlib
   import trm_jax
-  from trm_jax import analysis
+  from trm_jax import analysis, console
   from trm_jax.data import datasets
+  console.quiet_unless_verbose()
 
   for module in _IMPORTS.value:
     importlib.import_module(module)

@@ -690,6 +690,8 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
+  from trm_jax import console
+  console.quiet_unless_verbose()
   args = flags.FLAGS
   cfg = ml_collections.ConfigDict(args.config.to_dict())
   try:

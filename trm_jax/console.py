@@ -6,8 +6,8 @@
       console.line("step 390: eval exact_accuracy 0.6120")   # above the bar, never into it
     console.line(table)
 
-Libraries are quiet unless asked: `quiet_libraries()` (called by `trm_jax.main` unless
-`--verbosity` is given) hides their INFO logs (Orbax's checkpoint manager, TFDS's builder,
+Libraries are quiet unless asked: `quiet_libraries()` (called by every command through
+`quiet_unless_verbose()` unless `--verbosity` is given) hides their INFO logs (Orbax's checkpoint manager, TFDS's builder,
 JAX's backend probing), from every thread, and `library_output()` swallows what TFDS prints
 while it builds a dataset. Warnings and errors always show, on every process.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from typing import Iterator, Sequence
 
 import jax
@@ -25,16 +26,41 @@ from absl import logging as absl_logging
 _quiet = False
 
 
+# Library warnings that tell a user of trm_jax nothing to act on: TFDS names every dataset
+# built from a config object a "custom data configuration" (every trm_jax dataset is one), and
+# finds no dataset_info.json in the folder it is about to build into.
+_NOT_ACTIONABLE = (re.compile(r"^Using custom data configuration"),
+                   re.compile(r"^Variant folder .* has no dataset_info\.json"))
+
+
+class _DropNotActionable(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(pattern.search(message) for pattern in _NOT_ACTIONABLE)
+
+
 def quiet_libraries() -> None:
   """Hides INFO (and DEBUG) logs: absl's (Orbax and TFDS log through it), and any Python
-  logger that leaves its level to the root logger (JAX's). Process-wide, so also Orbax's
-  background save threads. TFDS's progress bars go too."""
+  logger that leaves its level to the root logger (JAX's), and the library warnings a user
+  cannot act on (`_NOT_ACTIONABLE`). Process-wide, so also Orbax's background save threads.
+  TFDS's progress bars go too."""
   global _quiet
   _quiet = True
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger().setLevel(logging.WARNING)
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _DropNotActionable) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropNotActionable())
   import tensorflow_datasets as tfds
   tfds.display_progress_bar(False)
+
+
+def quiet_unless_verbose() -> None:
+  """What every command does first: `quiet_libraries()` unless the user gave `--verbosity`
+  (absl's flag: 0 brings the libraries' INFO lines back, 1 adds DEBUG)."""
+  from absl import flags
+  if not flags.FLAGS["verbosity"].present:
+    quiet_libraries()
 
 
 @contextlib.contextmanager

@@ -438,6 +438,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import trm_jax
   from etils import epath
+  from trm_jax import console
+  console.quiet_unless_verbose()
   options = flags.FLAGS
   baseline = trm_jax.load(options.baseline) if options.baseline else None
   if options.candidate:

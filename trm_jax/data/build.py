@@ -19,6 +19,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory")
 
 def main(argv):
   del argv
+  from trm_jax import console
+  console.quiet_unless_verbose()
   cfg = _CONFIG.value
   cfg.data.data_dir = _DATA_DIR.value
   start = time.time()
