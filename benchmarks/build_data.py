@@ -16,7 +16,7 @@ import time
 import ml_collections
 import numpy as np
 
-from trm_jax.data import datasets, sudoku
+from trm_jax.data import datasets, sudoku, sudoku_solver
 
 
 def _timed(fn):
@@ -37,7 +37,7 @@ def main():
 
   raw = out / "sudoku_raw"
   raw.mkdir(parents=True)
-  base, t_gen = _timed(lambda: sudoku.generate(1000, 9, np.random.default_rng(0)))
+  base, t_gen = _timed(lambda: sudoku_solver.generate(1000, 9, np.random.default_rng(0)))
   q, a = sudoku.augment_many(np.random.default_rng(1), base.questions, base.answers, 9, 10)
   big = sudoku.SudokuSet(q, a, np.zeros(len(q), np.float32), 9)
   sudoku.write_csv(raw / "train.csv", big)

@@ -7,7 +7,7 @@ below (plain Python sets), never from the module under test.
 import numpy as np
 import pytest
 
-from trm_jax.data import sudoku
+from trm_jax.data import sudoku, sudoku_solver
 
 BOXES = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 
@@ -99,13 +99,13 @@ def test_invalid_grids():
 
 
 def test_solve_known_puzzles():
-  solutions, backtracks = sudoku.solve(_grid(PUZZLE_9), 9)
+  solutions, backtracks = sudoku_solver.solve(_grid(PUZZLE_9), 9)
   assert len(solutions) == 1
   np.testing.assert_array_equal(solutions[0], _grid(GRID_9))
   assert backtracks == 0  # the Wikipedia puzzle falls to singles
 
   hard = _grid(HARD_9)
-  solutions, backtracks = sudoku.solve(hard, 9)
+  solutions, backtracks = sudoku_solver.solve(hard, 9)
   expected = _independent_solutions(hard, 9)
   assert len(expected) == 1 and len(solutions) == 1
   np.testing.assert_array_equal(solutions[0], expected[0])
@@ -114,14 +114,14 @@ def test_solve_known_puzzles():
 
 def test_solve_counts_and_contradictions():
   # An empty 4x4 grid has many solutions: the search stops at max_solutions.
-  solutions, _ = sudoku.solve(np.zeros(16, np.uint8), 4, max_solutions=3)
+  solutions, _ = sudoku_solver.solve(np.zeros(16, np.uint8), 4, max_solutions=3)
   assert len(solutions) == 3
   assert len({s.tobytes() for s in solutions}) == 3
   assert all(_independent_valid(s, 4) for s in solutions)
   clash = _grid("11" + "." * 14)
-  assert sudoku.solve(clash, 4) == ([], 0)
+  assert sudoku_solver.solve(clash, 4) == ([], 0)
   with pytest.raises(ValueError, match="values in 0..4"):
-    sudoku.solve(_grid("5" + "." * 15), 4)
+    sudoku_solver.solve(_grid("5" + "." * 15), 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_augment_is_seeded():
 
 @pytest.mark.parametrize("size,num", [(4, 20), (6, 10), (9, 3)])
 def test_generated_puzzles_are_unique(size, num):
-  puzzles = sudoku.generate(num, size, np.random.default_rng(0))
+  puzzles = sudoku_solver.generate(num, size, np.random.default_rng(0))
   assert len(puzzles) == num and puzzles.size == size
   assert puzzles.questions.shape == (num, size * size) and puzzles.questions.dtype == np.uint8
   assert puzzles.ratings.dtype == np.float32
@@ -224,7 +224,7 @@ def test_generated_puzzles_are_unique(size, num):
 
 
 def test_generated_4x4_puzzles_are_minimal():
-  puzzles = sudoku.generate(5, 4, np.random.default_rng(1))
+  puzzles = sudoku_solver.generate(5, 4, np.random.default_rng(1))
   for question in puzzles.questions:
     for cell in np.flatnonzero(question):
       fewer = question.copy()
@@ -233,18 +233,18 @@ def test_generated_4x4_puzzles_are_minimal():
 
 
 def test_generate_difficulty_filter():
-  puzzles = sudoku.generate(3, 9, np.random.default_rng(2), min_backtracks=3)
+  puzzles = sudoku_solver.generate(3, 9, np.random.default_rng(2), min_backtracks=3)
   assert (puzzles.ratings >= 3).all()
   for question, rating in zip(puzzles.questions, puzzles.ratings):
-    assert sudoku.solve(question, 9)[1] == rating
+    assert sudoku_solver.solve(question, 9)[1] == rating
   with pytest.raises(RuntimeError, match="backtracks"):
-    sudoku.generate(1, 4, np.random.default_rng(0), min_backtracks=1, max_attempts=20)
+    sudoku_solver.generate(1, 4, np.random.default_rng(0), min_backtracks=1, max_attempts=20)
 
 
 def test_generate_is_seeded():
-  first = sudoku.generate(5, 6, np.random.default_rng(11))
-  again = sudoku.generate(5, 6, np.random.default_rng(11))
-  other = sudoku.generate(5, 6, np.random.default_rng(12))
+  first = sudoku_solver.generate(5, 6, np.random.default_rng(11))
+  again = sudoku_solver.generate(5, 6, np.random.default_rng(11))
+  other = sudoku_solver.generate(5, 6, np.random.default_rng(12))
   np.testing.assert_array_equal(first.questions, again.questions)
   np.testing.assert_array_equal(first.answers, again.answers)
   assert not np.array_equal(first.answers, other.answers)
@@ -275,7 +275,7 @@ def test_read_hand_written_csv(tmp_path):
 
 @pytest.mark.parametrize("size", [4, 6, 9])
 def test_csv_round_trip(tmp_path, size):
-  puzzles = sudoku.generate(4, size, np.random.default_rng(5))
+  puzzles = sudoku_solver.generate(4, size, np.random.default_rng(5))
   path = tmp_path / "round.csv"
   sudoku.write_csv(path, puzzles)
   lines = path.read_text().splitlines()

@@ -25,7 +25,7 @@ from etils import epath
 
 from trm_jax import paths
 from trm_jax.data import builders, generate, lm
-from trm_jax.data.pipeline import PuzzleIndex, RoutedIndex
+from trm_jax.data.pipeline import Prepared, PuzzleIndex
 
 BUILDERS = {
     "sudoku": (builders.Sudoku, builders.SudokuConfig),
@@ -40,17 +40,6 @@ GENERATED_FILES = ("train.csv", "test.csv")
 
 # Builders whose records are made in memory from the config (nothing built on disk).
 IN_MEMORY = {"rlrp": lm.prepare}
-
-
-@dataclasses.dataclass
-class Prepared:
-  train: Any  # random-access source of training records
-  train_index: PuzzleIndex | RoutedIndex
-  test: Any
-  metadata: dict[str, Any]
-  # Held-out training puzzles (builder config `validation_fraction`): what periodic evaluations,
-  # keep_best and every choice of a protocol read; None when the dataset has no such split.
-  validation: Any = None
 
 
 def _config_values(config) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from etils import epath
 
-from trm_jax.data import maze, sudoku
+from trm_jax.data import maze, sudoku, sudoku_solver
 
 
 def _write_split(out_dir, data, make_set, write_csv, num_train: int, num_test: int,
@@ -40,7 +40,7 @@ def _oversample(num_train: int, num_test: int) -> int:
 
 def sudoku_csvs(out_dir, size: int, num_train: int, num_test: int, seed: int = 0,
                 min_backtracks: int = 0) -> tuple[epath.Path, epath.Path]:
-  data = sudoku.generate(_oversample(num_train, num_test), size, np.random.default_rng(seed),
+  data = sudoku_solver.generate(_oversample(num_train, num_test), size, np.random.default_rng(seed),
                          min_backtracks)
   return _write_split(out_dir, data, lambda q, a, r: sudoku.SudokuSet(q, a, r, size),
                       sudoku.write_csv, num_train, num_test, f"{size}x{size} Sudoku")

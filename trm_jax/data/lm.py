@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from trm_jax.data.pipeline import ArraySource, RoutedIndex
+from trm_jax.data.pipeline import ArraySource, Prepared, RoutedIndex
 
 PAD, BOS, EOS = 0, 1, 2
 BYTE_OFFSET = 3
@@ -289,12 +289,11 @@ def answer_only(records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def prepare(data_cfg):
-  """`datasets.Prepared` for builder 'rlrp': the training stream routes whole batches to the
+  """`pipeline.Prepared` for builder 'rlrp': the training stream routes whole batches to the
   arithmetic or the text records (ratio `reasoning_ratio`); the test split (and the validation
   split, when `num_validation` > 0; else None) is held-out arithmetic supervised on its answer
   digits and EOS only (`answer_only`), so the run's evaluation table reads answer exact match
   at step K (per refinement step: trm_jax/lm_eval.py)."""
-  from trm_jax.data.datasets import Prepared  # datasets imports this module
   config = CorpusConfig.from_config(data_cfg.builder_config)
   data = corpora(config)
   index = RoutedIndex(len(data.arithmetic_train["inputs"]), len(data.fluency_train["inputs"]),

@@ -1,7 +1,7 @@
 """Maze data: the official Maze-Hard CSV, shortest-path checks and a random maze generator.
 
-numpy and the standard library only (see sudoku.py). The CSV has the Sudoku columns
-`source,question,answer,rating`; question and answer are side*side characters (30x30 = 900 for
+numpy and the standard library only (see sudoku.py). The CSV layout is puzzle_csv.py's, the
+Sudoku columns `source,question,answer,rating`; question and answer are side*side characters (30x30 = 900 for
 Maze-Hard) over CHARSET: '#' wall, ' ' open, 'S' start, 'G' goal, and in the answer 'o' on the
 cells of a shortest path strictly between S and G (S and G keep their letters).
 
@@ -19,7 +19,7 @@ import random
 
 import numpy as np
 
-from trm_jax.data import sudoku
+from trm_jax.data import puzzle_csv
 # Maze augmentation is the 8 dihedral transforms in the official numbering, shared with ARC.
 from trm_jax.data.arc import dihedral, inverse_dihedral  # noqa: F401  (re-exported)
 
@@ -54,7 +54,7 @@ class MazeSet:
 # Reading and writing.
 
 
-def read_csv(path: sudoku.PathLike) -> MazeSet:
+def read_csv(path: puzzle_csv.PathLike) -> MazeSet:
   """Reads and validates an official-format maze CSV.
 
   Every row is checked (a square grid of one size for the whole file, allowed characters,
@@ -62,17 +62,17 @@ def read_csv(path: sudoku.PathLike) -> MazeSet:
   those cells a shortest S-G path); the first problem raises ValueError naming the file and its
   1-based line.
   """
-  rows = sudoku.read_csv_rows(path)
+  rows = puzzle_csv.read_csv_rows(path)
   length = len(rows.questions[0])
   side = math.isqrt(length)
   if side * side != length or side < 2:
     raise rows.error(0, f"question has {length} characters, not the square of a side >= 2")
-  sudoku.check_lengths(rows, rows.questions, "question", length)
-  sudoku.check_lengths(rows, rows.answers, "answer", length)
+  puzzle_csv.check_lengths(rows, rows.questions, "question", length)
+  puzzle_csv.check_lengths(rows, rows.answers, "answer", length)
   codes = {char: code for code, char in enumerate(CHARSET)}
-  questions = sudoku.encode_chars(rows, rows.questions, "question",
+  questions = puzzle_csv.encode_chars(rows, rows.questions, "question",
                                   {c: v for c, v in codes.items() if v != PATH}, length)
-  answers = sudoku.encode_chars(rows, rows.answers, "answer", codes, length)
+  answers = puzzle_csv.encode_chars(rows, rows.answers, "answer", codes, length)
 
   for code in (START, GOAL):
     counts = (questions == code).sum(axis=1)
@@ -92,7 +92,7 @@ def read_csv(path: sudoku.PathLike) -> MazeSet:
     problem = _path_problem(questions[i].reshape(side, side), answers[i].reshape(side, side))
     if problem:
       raise rows.error(i, problem)
-  return MazeSet(questions, answers, sudoku.parse_ratings(rows), side, rows.sources)
+  return MazeSet(questions, answers, puzzle_csv.parse_ratings(rows), side, rows.sources)
 
 
 def parse_question(text: str, side: int) -> np.ndarray:
@@ -111,10 +111,10 @@ def parse_question(text: str, side: int) -> np.ndarray:
   return np.array([CHARSET.index(char) for char in text], np.uint8)
 
 
-def write_csv(path: sudoku.PathLike, maze_set: MazeSet) -> None:
+def write_csv(path: puzzle_csv.PathLike, maze_set: MazeSet) -> None:
   """Writes the official format; `read_csv` reads it back unchanged."""
-  sudoku.write_csv_rows(path, maze_set.sources, sudoku.decode_chars(maze_set.questions, CHARSET),
-                        sudoku.decode_chars(maze_set.answers, CHARSET), maze_set.ratings)
+  puzzle_csv.write_csv_rows(path, maze_set.sources, puzzle_csv.decode_chars(maze_set.questions, CHARSET),
+                        puzzle_csv.decode_chars(maze_set.answers, CHARSET), maze_set.ratings)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -155,6 +155,20 @@ class _RoutedPlan:
     return self.starts[source] + int(self.order(source, epoch)[k])
 
 
+@dataclasses.dataclass
+class Prepared:
+  """What a run reads of its dataset: the sources of each split (random access) and the
+  training split's layout, with the dataset's metadata (shapes, puzzle index)."""
+
+  train: Any  # random-access source of training records
+  train_index: PuzzleIndex | RoutedIndex
+  test: Any
+  metadata: dict[str, Any]
+  # Held-out training puzzles (builder config `validation_fraction`): what periodic evaluations,
+  # keep_best and every choice of a protocol read; None when the dataset has no such split.
+  validation: Any = None
+
+
 class ArraySource:
   """A random-access source over in-memory arrays (tests, generated data)."""
 
