@@ -33,7 +33,7 @@ def test_two_hosts_with_their_own_data_dirs_train_like_one(tmp_path, uninterrupt
                                [[f"--config.data.data_dir={d}"] for d in data_dirs])
   assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   for d in data_dirs:  # each built its own copy
-    assert list(d.glob("sudoku/generated_4x4/*/dataset_info.json")), sorted(d.rglob("*"))
+    assert list(d.glob("sudoku/generated_4x4_val*/*/dataset_info.json")), sorted(d.rglob("*"))
   assert not list((tmp_path / "run" / "raw").glob(".generating-*"))
   assert_trains_like_one_process(tmp_path / "run", uninterrupted)
 
