@@ -368,11 +368,14 @@ def report(task: str, result: dict) -> str:
         f"{method} {m['test'][key]['mean']:.3f} [{m['test'][key]['ci95'][0]:.3f}, "
         f"{m['test'][key]['ci95'][1]:.3f}] ({m['test'][key]['puzzles']} puzzles)"
         for method, m in result["methods"].items()))
-  lines += ["", "| metric / test part | A | B | A - B | p (sign-flip) | p (Holm) |",
+  lines += ["", f"Paired tests on the test puzzles, chosen strategies (A - B: mean exact, "
+            f"over seeds and puzzles; p: two-sided sign-flip test of per-puzzle seed means, "
+            f"{FLIPS:,} flips, so p >= {1 / (FLIPS + 1):.1g}; Holm over the task's pairs):", "",
+            "| metric / test part | A | B | A - B | p (sign-flip) | p (Holm) |",
             "|---" * 6 + "|"]
   for row in result["pairs"]:
     lines.append(f"| {row['metric']} / {row['subset']} | {row['a']} | {row['b']} | "
-                 f"{row['difference']:+.3f} | {row['p']:.4f} | {row['p_holm']:.4f} |")
+                 f"{row['difference']:+.3f} | {row['p']:.2g} | {row['p_holm']:.2g} |")
   if result["ratios"]:
     lines += ["", "| method (its strategy) | TRM family | TRM's cheapest strategy at least as "
               "accurate on validation | TRM passes / method passes | test exact: method, TRM |",
