@@ -38,7 +38,7 @@ Protocol, per task:
    Q halting or convergence; any), with the test accuracies of both.
 Training cost, measured per run: optimiser updates executed, network calls (every row of every
 update), network calls per training puzzle (per group of the training split), matmul FLOPs (a
-jaxpr count of one train step, `flops.model_flops`, times the updates), training-loop seconds
+jaxpr count of one train step, `train.step_flops`, times the updates), training-loop seconds
 (metrics.jsonl windows, evaluation excluded) and the training process's wall seconds.
 
 Every run trains in a child process (`trm_jax.main.run`) in <root>/<task>/<method>/<schedule>_s<seed>;
@@ -106,9 +106,8 @@ def make_config(task: str, method: str, schedule: str, seed: int, updates: int):
 
 def child(task, method, schedule, seed, updates, workdir: pathlib.Path) -> None:
   """Trains one run in this process, then writes its measured cost (cost.json)."""
-  import functools
   import jax
-  from trm_jax import flops as flops_lib, main as main_lib, model as model_lib
+  from trm_jax import main as main_lib, model as model_lib
   from trm_jax import train as train_lib
   from trm_jax.config import ModelSpec
   from trm_jax.data import datasets, pipeline
@@ -133,9 +132,7 @@ def child(task, method, schedule, seed, updates, workdir: pathlib.Path) -> None:
   total = cfg.train.max_steps
   state = jax.eval_shape(lambda: train_lib.init_state(model_cfg, cfg.train, batch, total,
                                                       jax.random.key(0)))
-  step_flops = flops_lib.model_flops(
-      spec, functools.partial(train_lib.train_step, train_cfg=cfg.train, total_steps=total),
-      state, batch)
+  step_flops = train_lib.step_flops(spec, cfg.train, total, state, batch)
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   train = [r for r in records if r["kind"] == "train"]
   updates_done = train[-1]["step"]
@@ -233,10 +230,6 @@ def paired_permutation_p(a: np.ndarray, b: np.ndarray, rng, n: int = FLIPS) -> f
 # ------------------------------------------------------------------------------ the protocol --
 
 
-def strategy_key(row) -> str:
-  return row["strategy"]
-
-
 def mean_rows(analyses: list[dict], metric: str, subset=None) -> dict[str, dict]:
   """Strategy -> {accuracy (mean over seeds), passes, correct [seeds, puzzles]}."""
   out = {}
@@ -245,7 +238,7 @@ def mean_rows(analyses: list[dict], metric: str, subset=None) -> dict[str, dict]
     correct = np.asarray([r["examples"][metric] for r in rows], float)
     if subset is not None:
       correct = correct[:, subset]
-    out[strategy_key(row)] = dict(
+    out[row["strategy"]] = dict(
         row=row, accuracy=float(correct.mean()), correct=correct,
         passes=float(np.mean([r["forward_passes_per_example"] for r in rows])))
   return out

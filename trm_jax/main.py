@@ -30,7 +30,6 @@ that default to it) may change freely.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
@@ -169,12 +168,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
 
   # --- Loop.
   writer = metrics_lib.MetricWriter(workdir_path, resume_step=first_step - 1)
+  passes_per_step = model_lib.forward_passes_per_step(spec)
   throughput = metrics_lib.Throughput(
-      batch_size, model_lib.forward_passes_per_step(spec),
+      batch_size, passes_per_step,
       *mfu_inputs(jax.devices()[0], jax.device_count(), spec, cfg.train, total_steps, state,
                   example))
-  window = metrics_lib.TrainWindow(batch_size, model_lib.forward_passes_per_step(spec),
-                                   throughput)
+  window = metrics_lib.TrainWindow(batch_size, passes_per_step, throughput)
   terminate = _TerminationFlag()
   last_eval = (None, None)
   tracer = profiling.StepTracer(cfg.train.get("profile_steps", ()), workdir_path / "profile",
@@ -244,9 +243,7 @@ def mfu_inputs(device, num_devices: int, spec: ModelSpec, train_cfg, total_steps
   peak to divide by, and the FLOP count costs a trace)."""
   if device.platform == "cpu":
     return None, None
-  step_flops = flops_lib.model_flops(
-      spec, functools.partial(train_lib.train_step, train_cfg=train_cfg, total_steps=total_steps),
-      state, batch)
+  step_flops = train_lib.step_flops(spec, train_cfg, total_steps, state, batch)
   peak = flops_lib.peak_tflops(device.device_kind, spec.compute_dtype)
   return step_flops, peak * 1e12 * num_devices if peak else None
 

@@ -217,7 +217,7 @@ class TrainWindow:
 
   def __init__(self, global_batch: int, passes_per_step: int, throughput: "Throughput"):
     self._batch, self._passes, self._throughput = global_batch, passes_per_step, throughput
-    self._sums, self._steps = None, 0
+    self._sums, self._last, self._steps = None, None, 0
 
   def add(self, metrics) -> None:
     self._sums = metrics if self._sums is None else jax.tree.map(

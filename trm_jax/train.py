@@ -16,6 +16,7 @@ trainer; rows that halted take the next example of the incoming batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -24,6 +25,7 @@ import ml_collections
 import optax
 
 from trm_jax import act
+from trm_jax import flops as flops_lib
 from trm_jax import model as model_lib
 from trm_jax import optim
 from trm_jax.config import ModelSpec
@@ -147,3 +149,11 @@ def eval_params(state: State) -> model_lib.Params:
   """The weights evaluation uses: the EMA when there is one."""
   return join_params(state.get("ema", state["trainable"]), state.get("puzzle_emb"),
                      state["constants"])
+
+
+def step_flops(spec: ModelSpec, train_cfg, total_steps: int, state, batch) -> int:
+  """Model matmul FLOPs of one `train_step` (`flops.model_flops`: its jaxpr, XLA's dot and
+  attention, no remat); abstract `state` and `batch` are enough. MFU's numerator."""
+  return flops_lib.model_flops(
+      spec, functools.partial(train_step, train_cfg=train_cfg, total_steps=total_steps),
+      state, batch)
