@@ -49,12 +49,13 @@ def report(path: pathlib.Path) -> str:
   loss, (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1))(params, rows)
   worst = np.abs(row_grads - data["grad/puzzle_emb_local"]).max() / np.abs(
       data["grad/puzzle_emb_local"]).max()
+  names = convert.official_names(spec)
   for name, grad in convert._flatten(grads).items():
     if name.endswith("_init"):
       continue
-    key = convert._official_key(name)
+    key, transposed = names[name]
     ref = data["grad/" + key]
-    grad = np.asarray(grad).T if convert._our_path(key)[1] else np.asarray(grad)
+    grad = np.asarray(grad).T if transposed else np.asarray(grad)
     worst = max(worst, np.abs(grad - ref).max() / np.abs(ref).max())
   fmt = lambda xs: " / ".join(f"{x:.1e}" for x in xs)
   return (f"| {path.stem} | {cfg.compute_dtype} | {fmt(logit_diffs)} | {fmt(q_diffs)} | "

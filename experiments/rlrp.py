@@ -51,7 +51,7 @@ def get_config(arg=None):
       K=8 if accel else (1 if variant == "cpu_k1" else 4), head="attention", step_embed=False,
       alpha=0.5, gradient="full", weights="linear", rl_weight=1.0, rl_span="answer",
       penalty_weight=0.0, penalty_span="answer", margin=0.1)
-  config.data = common.data_spec("rlrp", dict(
+  config.data = common.data_spec("lm", dict(
       name=f"rlrp_{'accel' if accel else 'cpu'}", seq_len=seq_len,
       num_train=200_000 if accel else 20_000, num_test=2048, num_validation=2048,
       add_digits=5 if accel else 3, mul_digits=3 if accel else 2, seed=0, text_files=(),

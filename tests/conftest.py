@@ -125,10 +125,11 @@ def official_training_call(cfg, state_dict, data, prepare=None):
   (loss, metrics), (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
       params, rows)
   by_key = {"puzzle_emb_local": np.asarray(row_grads)}
+  names = convert.official_names(spec)
   for path, grad in convert._flatten(grads).items():
     if not path.endswith("_init"):
-      key = convert._official_key(path)
-      by_key[key] = np.asarray(grad.T if convert._our_path(key)[1] else grad)
+      key, transposed = names[path]
+      by_key[key] = np.asarray(grad.T if transposed else grad)
   return float(loss), {k: float(v) for k, v in metrics.items()}, by_key
 
 

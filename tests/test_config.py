@@ -17,7 +17,6 @@ def test_presets_validate(name):
     ("compute_dtype", "int8"),
     ("loss_type", "hinge"),
     ("remat", "sometimes"),
-    ("scheme", "does_not_exist"),
     ("puzzle_emb_ndim", 10_000),
 ])
 def test_invalid_value_names_the_field(field, value):
@@ -25,6 +24,25 @@ def test_invalid_value_names_the_field(field, value):
   cfg[field] = value
   with pytest.raises(ValueError, match=f"'{field}'"):
     ModelSpec.from_config(cfg)
+
+
+def test_an_unknown_scheme_or_option_names_the_field_when_the_scheme_is_bound():
+  from trm_jax import model
+  cfg = config.tiny()
+  cfg.scheme = "does_not_exist"
+  spec = ModelSpec.from_config(cfg)  # the spec is structure only; the scheme checks its own
+  with pytest.raises(ValueError, match="'scheme' = 'does_not_exist': must be one of the "
+                                       r"registered schemes \['dis', 'hrm', 'rlrp', .*'trm'"):
+    model.scheme_of(spec)
+  cfg.scheme = "dis"
+  cfg.scheme_options = {"input": "label"}
+  with pytest.raises(ValueError, match=r"'scheme_options.input' = 'label': must be one of "
+                                       r"\('prediction', 'puzzle'\)"):
+    model.scheme_of(cfg)
+  cfg.scheme_options = {"cfg_dropout": 1.5}
+  with pytest.raises(ValueError, match=r"'scheme_options.cfg_dropout' = 1.5: must be a number "
+                                       r"in \[0, 1\]"):
+    model.scheme_of(cfg)
 
 
 def test_unknown_and_missing_fields():

@@ -57,8 +57,7 @@ def test_inference_matches_official_steps():
                                err_msg=f"step {step}")
     np.testing.assert_array_equal(carry["prev_pred"], data[f"step{step}/preds"])
     np.testing.assert_array_equal(carry["steps"], step + 1)
-    halted = model.scheme_of(ModelSpec.from_config(cfg)).halted(
-        ModelSpec.from_config(cfg), None, carry["steps"], None, training=False)
+    halted = model.scheme_of(cfg).halted(None, carry["steps"], None, training=False)
     np.testing.assert_array_equal(halted, data[f"step{step}/halted"])
 
 
@@ -181,7 +180,7 @@ def test_targets_are_the_frame_of_the_step_with_ignored_cells_masked():
   scheme = model.scheme_of(spec)
   for t in range(1, spec.halt_max_steps + 1):
     carry = {"path": path, "steps": jnp.full((3,), t, jnp.int32)}
-    target = np.asarray(scheme.targets(spec, carry, {}))
+    target = np.asarray(scheme.targets(carry, {}))
     expected = np.asarray(path[:, t])
     np.testing.assert_array_equal(target, np.where(expected < 0, -100, expected))
 
@@ -266,13 +265,13 @@ def _dis_cfg(**options):
 
 def test_options_are_validated_by_the_scheme():
   with pytest.raises(ValueError, match=r"'scheme_options\.input' = 'noise': must be one of"):
-    ModelSpec.from_config(_dis_cfg(input="noise"))
+    model.scheme_of(_dis_cfg(input="noise"))
   with pytest.raises(ValueError, match=r"'scheme_options\.guidance'.*options"):
-    ModelSpec.from_config(_dis_cfg(guidance=2.0))
+    model.scheme_of(_dis_cfg(guidance=2.0))
   trm = config.tiny()
   trm.scheme_options = {"input": "puzzle"}
   with pytest.raises(ValueError, match=r"scheme 'trm' has none"):
-    ModelSpec.from_config(trm)
+    model.scheme_of(trm)
   with pytest.raises(ValueError, match=r"scheme_options\.targets='mask'.*official"):
     convert.official_arch(_dis_cfg(targets="mask"))
 
@@ -463,16 +462,17 @@ def test_consecutive_training_calls_match_official(monkeypatch):
     used = np.where((ref["steps"] == 1)[:, None], current["inputs"], previous)
     np.testing.assert_array_equal(used, ref["inputs_used"], err_msg=msg)
     np.testing.assert_array_equal(
-        model.scheme_of(spec).targets(spec, carry, current), ref["targets"], err_msg=msg)
+        model.scheme_of(spec).targets(carry, current), ref["targets"], err_msg=msg)
     np.testing.assert_array_equal(carry["prev_pred"], ref["preds"], err_msg=msg)  # fed back next
     t_seen.update(int(t) for t in ref["steps"])
 
     # step_loss divides by the global batch; the official loss head does not.
     by_key = {"puzzle_emb_local": np.asarray(row_grads) * B}
+    names = convert.official_names(spec)
     for path, grad in convert._flatten(grads).items():
       if not path.endswith("_init"):
-        key = convert._official_key(path)
-        by_key[key] = np.asarray(grad.T if convert._our_path(key)[1] else grad) * B
+        key, transposed = names[path]
+        by_key[key] = np.asarray(grad.T if transposed else grad) * B
     assert_matches_official_training(float(loss) * B, {k: float(v) for k, v in metrics.items()},
                                      by_key, ref, same_keys=False)
     assert not np.any(by_key["inner.q_head.weight"]) and not np.any(by_key["inner.q_head.bias"])

@@ -75,7 +75,7 @@ def write_official_sources(data_cfg, out: pathlib.Path) -> bool:
     generate.maze_csvs(out, builder_cfg.side, 12, 8, seed=1)
   elif data_cfg.builder == "arc":
     _arc_json(out, builder_cfg.subsets, builder_cfg.get("prefix", "arc-agi"))
-  elif data_cfg.builder in ("nqueens", "rlrp"):  # generated (rlrp: + the shipped text sample)
+  elif data_cfg.builder in ("nqueens", "lm"):  # generated (lm: + the shipped text sample)
     return False
   else:
     raise AssertionError(f"no test data for builder {data_cfg.builder!r}: add it here")

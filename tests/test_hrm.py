@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import trm_jax
-from trm_jax import config, convert, model
+from trm_jax import config, convert, model, recursion
 from trm_jax.config import ModelSpec
 
 from conftest import (assert_matches_official_training, load_official, official_batch as _batch,
@@ -28,7 +28,7 @@ FIXTURES = [FIXTURE, "official_hrm_learned_fp32.npz"]
 def test_official_hrm_arch_converts_to_the_hrm_scheme():
   cfg, state_dict, _ = load_official(FIXTURE)
   spec = ModelSpec.from_config(cfg)
-  assert spec.scheme == "hrm" and spec.options == {"h_layers": 2} and spec.num_layers == 2
+  assert spec.scheme == "hrm" and spec.scheme_options == (("h_layers", 2),) and spec.num_layers == 2
   assert spec.prefix_len == 1 and not spec.no_ACT_continue  # ceil(64 / 64); Q-continue trained
   params = convert.from_official_state_dict(state_dict, cfg)
   assert set(params["h_net"]["layers"]) == {"0", "1"} and set(params["net"]["layers"]) == {"0", "1"}
@@ -68,17 +68,17 @@ def test_gradients_are_zero_for_what_only_the_no_grad_updates_see():
   spec = ModelSpec.from_config(cfg)
   params = convert.from_official_state_dict(state_dict, cfg)
   x = jax.random.normal(jax.random.key(0), (2, spec.total_len, spec.hidden_size))
-  latents = model.Latents(jnp.ones_like(x), jnp.zeros_like(x))
+  latents = recursion.Latents(jnp.ones_like(x), jnp.zeros_like(x))
   scheme = model.scheme_of(spec)
 
   def through(latent_values):
-    out = scheme.recurse(params, spec, model.Latents(*latent_values), x)
+    out = scheme.recurse(params, recursion.Latents(*latent_values), x)
     return jnp.sum(out.y)
 
   g_y, g_z = jax.grad(through)(tuple(latents))
   np.testing.assert_array_equal(g_y, 0.0)  # z_H and z_L enter the no-grad updates only
   np.testing.assert_array_equal(g_z, 0.0)
-  g_x = jax.grad(lambda x: jnp.sum(scheme.recurse(params, spec, latents, x).y))(x)
+  g_x = jax.grad(lambda x: jnp.sum(scheme.recurse(params, latents, x).y))(x)
   assert float(jnp.abs(g_x).max()) > 0  # the last z_L update does carry gradient to x
 
 
@@ -99,4 +99,4 @@ def test_hrm_refuses_the_no_q_continue_setting():
   cfg = config.tiny()
   cfg.scheme = "hrm"
   with pytest.raises(ValueError, match="no_ACT_continue"):
-    ModelSpec.from_config(cfg)
+    model.scheme_of(cfg)

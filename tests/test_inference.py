@@ -135,7 +135,7 @@ def test_strategy_config_is_checked_naming_the_field():
     with pytest.raises(ValueError, match=match):
       inference.Strategy.from_config(bad)
   dis_spec = ModelSpec.from_config(common.dis(config.tiny(), 4))
-  with pytest.raises(ValueError, match="trains no halting head"):
+  with pytest.raises(ValueError, match="needs a trained halting head: scheme 'dis' has none here"):
     inference.Strategy(halt="q").validate(dis_spec)
   inference.Strategy(halt="converged").validate(dis_spec)
 
@@ -161,7 +161,7 @@ def test_cfg_guidance_mixes_conditioned_and_unconditioned_steps():
   assert (np.asarray(plain["preds"]) != expected[-1]).any()  # guidance changed something
   assert strategy.passes_per_step(spec) == 2 * trm_jax.forward_passes_per_step(cfg)
   for untrained in (config.tiny(), common.dis(config.tiny(), 4)):  # TRM; DIS without dropout
-    with pytest.raises(ValueError, match="no trained unconditioned mode"):
+    with pytest.raises(ValueError, match="needs a trained unconditioned mode"):
       strategy.validate(ModelSpec.from_config(untrained))
 
 
@@ -175,7 +175,7 @@ def test_an_unconditioned_dis_step_sees_no_puzzle():
   blank = dict(state, data=dict(state["data"], inputs=jnp.zeros_like(batch["inputs"])))
   # Inference: the unconditioned mode is the step on a PAD input without puzzle rows.
   _, dropped = model_lib.step(params, rows, spec, model_lib.scheme_of(spec).unconditioned(
-      spec, state["carry"]), state["data"], training=False)
+      state["carry"]), state["data"], training=False)
   _, by_hand = model_lib.step(params, jnp.zeros_like(rows), spec, state["carry"], blank["data"],
                               training=False)
   np.testing.assert_allclose(dropped.logits, by_hand.logits, rtol=1e-6, atol=1e-6)
@@ -194,7 +194,7 @@ def test_an_unconditioned_dis_step_sees_no_puzzle():
     values = always.to_dict()
     values["scheme_options"] = dict(values["scheme_options"], cfg_dropout=bad)
     with pytest.raises(ValueError, match="cfg_dropout"):
-      ModelSpec.from_config(values)
+      model_lib.scheme_of(values)
 
 
 def test_pick_rollout_by_hand():
@@ -228,7 +228,7 @@ def test_rollouts_count_every_pass_and_noise_makes_them_differ():
   assert (np.asarray(voted["preds"]) != np.asarray(plain["preds"])).any()
   with pytest.raises(ValueError, match="first_halt"):
     inference.Strategy(rollouts=2, pick="first_halt").validate(spec)
-  with pytest.raises(ValueError, match="no halting head"):
+  with pytest.raises(ValueError, match="needs a trained halting head"):
     inference.Strategy(rollouts=2, pick="q").validate(
         ModelSpec.from_config(common.dis(config.tiny(), 4)))
 

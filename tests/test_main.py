@@ -11,7 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from trm_jax import experiment, main, resume
+from trm_jax import config, experiment, main, model, resume
+from trm_jax.config import ModelSpec
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 FIXTURE_ARC = pathlib.Path(__file__).parent / "fixtures" / "arc"
@@ -156,6 +157,39 @@ def test_the_readme_scheme_example_trains_through_the_cli(tmp_path):
   assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads((workdir / "analysis" / "analysis.json").read_text())
   assert len(summary["points"]) == 4 * 2  # N_sup * n readout points
+  # Its own metric is in the training log, reduced as it declares (per row: one row of the
+  # batch changes at most 16 cells of a 4x4 grid).
+  assert all(0 <= l["changed_cells"] <= 16 for l in train_lines)
+  # And it solves a puzzle given on stdin (the scheme's `group` field is for training only).
+  puzzle = "1..." + "." * 12
+  proc = subprocess.run([sys.executable, "-m", "trm_jax.solve", "--workdir", str(workdir),
+                         "--imports", "one_latent_scheme", "--input", "-"], input=puzzle + "\n",
+                        cwd=EXPERIMENTS.parent, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(tmp_path)})
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "scheme one_latent" in proc.stdout and "<stdin>, line 1" in proc.stdout
+
+
+def test_a_scheme_whose_batch_field_the_dataset_lacks_is_refused_before_compiling():
+  import types
+  import pytest
+  from trm_jax import recursion, schemes
+  from trm_jax.schemes.trm import TRM
+
+  @schemes.register
+  class NeedsHints(TRM):
+    name = "test_needs_hints"
+    batch_keys = ("hints",)
+
+  cfg = config.tiny()
+  cfg.scheme = "test_needs_hints"
+  data = types.SimpleNamespace(train=[{"inputs": 0, "labels": 0, "puzzle_identifier": 0,
+                                        "group": 0}])
+  with pytest.raises(ValueError, match=r"'scheme' = 'test_needs_hints': the scheme reads batch "
+                                       r"field\(s\) \['hints'\], which the dataset's records "
+                                       r"do not have \(they have \['group', 'inputs'"):
+    experiment.check_batch_keys(ModelSpec.from_config(cfg), data)
+  assert isinstance(model.scheme_of(cfg), recursion.Scheme)
 
 
 def test_batches_that_do_not_split_over_the_mesh_are_refused_naming_the_field():

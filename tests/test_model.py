@@ -8,7 +8,7 @@ import pytest
 from absl.testing import parameterized
 
 import trm_jax
-from trm_jax import act, config, losses, model, nn, recursion
+from trm_jax import act, config, losses, model, nn, recursion, schemes
 from trm_jax.config import ModelSpec
 
 
@@ -212,7 +212,7 @@ def test_forward_pass_accounting():
 def test_a_scheme_defined_here_plugs_in():
   calls = []
 
-  @recursion.register_scheme("test_single_z", forward_passes=lambda spec: spec.L_cycles)
+  @schemes.register_scheme("test_single_z", forward_passes=lambda spec: spec.L_cycles)
   def single_z(spec, net, net_params, latents, x):
     # One latent only: y is refined n times from x, z is left alone.
     calls.append(spec.L_cycles)
@@ -229,6 +229,39 @@ def test_a_scheme_defined_here_plugs_in():
   assert not np.allclose(new_carry["y"], jnp.broadcast_to(params["y_init"], carry["y"].shape))
   np.testing.assert_array_equal(new_carry["z"], jnp.broadcast_to(params["z_init"], carry["z"].shape))
   chex.assert_tree_all_finite(logits)
+  # Without `on_y` it traces no updates inside its step: a recorded step is one readout, the
+  # step's own, so the per-step analysis still reads it.
+  scheme = model.scheme_of(spec)
+  assert "update_trace" not in scheme.capabilities() and "halting_head" in scheme.capabilities()
+  batch = _batch(spec)
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  _, readout = model.step(params, rows, spec, carry, batch, training=False, record=True)
+  assert readout.trace.shape == (1, 3, spec.seq_len, spec.vocab_size)
+  np.testing.assert_array_equal(readout.trace[0], readout.logits)
+
+
+def test_a_metric_a_scheme_does_not_declare_is_refused_when_the_step_is_traced():
+  from trm_jax import train
+  from trm_jax.schemes.trm import TRM
+
+  @schemes.register
+  class Chatty(TRM):
+    name = "test_chatty"
+
+    def loss(self, readout, targets, carry, data, halted):
+      loss, metrics = super().loss(readout, targets, carry, data, halted)
+      return loss, dict(metrics, surprise=jnp.zeros(()))
+
+  cfg = config.tiny()
+  cfg.scheme = "test_chatty"
+  spec = ModelSpec.from_config(cfg)
+  params = _random_params(cfg)
+  batch = _batch(spec)
+  state = act.refresh(spec, act.initial_state(spec, batch), batch)
+  rows = model.puzzle_rows(params, batch["puzzle_identifiers"])
+  with pytest.raises(ValueError, match=r"scheme 'test_chatty' reports metric\(s\) \['surprise'\] "
+                                       r"that its metrics\(\) does not declare"):
+    train.supervision_loss(params, rows, spec, state, jax.random.key(0))
 
 
 def test_q_continue_variant_trains():

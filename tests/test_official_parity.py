@@ -114,11 +114,11 @@ def _training_call(cfg, state_dict, data):
   (loss, metrics), (grads, row_grads) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
       params, rows)
   flat = convert._flatten(grads)
+  names = convert.official_names(spec)
   by_key = {}
   for path, grad in flat.items():
     if not path.endswith("_init"):
-      key = convert._official_key(path)
-      transposed = convert._our_path(key)[1]
+      key, transposed = names[path]
       by_key[key] = np.asarray(grad.T if transposed else grad, np.float64)
   by_key["puzzle_emb_local"] = np.asarray(row_grads, np.float64)
   return float(loss), {k: float(v) for k, v in metrics.items()}, by_key

@@ -77,7 +77,7 @@ def test_k_steps_scan_and_forward_passes(head):
     u = u + 0.5 * jnp.tanh(m.head(m.g_in(jnp.concatenate([u, h], -1))))
     np.testing.assert_allclose(readout.trace[k], m.lm_head(h + m.proj(u)), atol=1e-5)
   l_0 = model_lib.scheme_of(spec).answer_logits(
-      params, None, spec, {"inputs": inputs.astype(jnp.int32)})
+      params, None, {"inputs": inputs.astype(jnp.int32)})
   np.testing.assert_allclose(l_0, m.lm_head(h + m.proj(h)), atol=1e-5)
 
 
@@ -122,14 +122,14 @@ def test_bad_fields_are_named():
   cfg = model_configs.model_config(seq_len=8, vocab_size=16, puzzle_emb_ndim=0,
                                    puzzle_emb_len=0, scheme="rlrp", halt_max_steps=2)
   with pytest.raises(ValueError, match="'halt_max_steps' = 2"):
-    ModelSpec.from_config(cfg)
+    model_lib.scheme_of(cfg)
   cfg.halt_max_steps = 1
   cfg.scheme_options = {"weights": "cubic"}
   with pytest.raises(ValueError, match="'scheme_options.weights' = 'cubic'"):
-    ModelSpec.from_config(cfg)
+    model_lib.scheme_of(cfg)
   cfg.scheme_options = {"K": 0}
   with pytest.raises(ValueError, match="'scheme_options.K' = 0"):
-    ModelSpec.from_config(cfg)
+    model_lib.scheme_of(cfg)
 
 
 # ---------------------------------------------------------------------------------- losses --
@@ -190,7 +190,7 @@ def test_loss_routes_rl_and_penalty_to_reasoning_rows_only(penalty_span):
   for reasoning in ([1, 1], [0, 0], [1, 0]):
     r = np.asarray(reasoning, bool)
     data = {"reasoning": jnp.asarray(reasoning), "answer_mask": answer}
-    total, metrics = scheme.loss(spec, readout, labels, carry, data, jnp.ones(2, bool))
+    total, metrics = scheme.loss(readout, labels, carry, data, jnp.ones(2, bool))
     expected = ds.sum() + 0.5 * rl[r].sum() + 0.25 * imp[r].sum()
     np.testing.assert_allclose(total, expected, rtol=1e-5)
     assert metrics["count"] == r.sum()
@@ -518,7 +518,8 @@ def test_routed_stream_ratio_homogeneous_batches_shards_and_resume():
             "answer_mask": np.zeros((140, 3), bool)}
   source = pipeline.ArraySource(arrays)
   make = lambda p, n: iter(pipeline.train_dataset(source, index, seed=3, global_batch_size=4,
-                                                  num_epochs=3, process_index=p, process_count=n))
+                                                  num_epochs=3, process_index=p, process_count=n,
+                                                  keys=rlrp.RLRP.batch_keys))
   one, shards = make(0, 1), [make(0, 2), make(1, 2)]
   for j in range(20):
     batch = next(one)

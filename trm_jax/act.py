@@ -44,7 +44,7 @@ def refresh(spec: ModelSpec, state: State, batch: Mapping[str, jax.Array],
   def pick(new, old):
     return jnp.where(halted.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
-  carry = model_lib.scheme_of(spec).refresh(spec, state["carry"], halted, batch, rng)
+  carry = model_lib.scheme_of(spec).refresh(state["carry"], halted, batch, rng)
   return {
       "carry": dict(carry, reset=halted, steps=jnp.where(halted, 0, carry["steps"])),
       "halted": halted,
@@ -58,6 +58,6 @@ def advance(params: model_lib.Params, rows: jax.Array | None, spec: ModelSpec, s
   """One supervision step on the refreshed state, then the scheme's halting decision."""
   carry, readout = model_lib.step(params, rows, spec, state["carry"], state["data"], rng,
                                   training=training, record=record)
-  halted = model_lib.scheme_of(spec).halted(spec, readout, carry["steps"], rng,
-                                             training=training, adaptive=adaptive_eval)
+  halted = model_lib.scheme_of(spec).halted(readout, carry["steps"], rng, training=training,
+                                             adaptive=adaptive_eval)
   return {"carry": carry, "halted": halted, "data": state["data"]}, readout

@@ -94,12 +94,12 @@ def trajectory(params: model_lib.Params, batch: Mapping[str, jax.Array], *, spec
     state, readout = act.advance(params, rows, spec, state, training=False, record=True)
     points = readout.trace  # [U, B, L, V]
     refs = jnp.concatenate([l_prev[None], points[:-1]], axis=0)
-    targets = scheme.targets(spec, state["carry"], state["data"])
+    targets = scheme.targets(state["carry"], state["data"])
     stats = jax.vmap(lambda l_u, l_c: point_stats(l_u, l_c, labels, targets, guidance_w))(
         refs, points)
     return (state, points[-1]), (stats, readout.q_halt)
 
-  l_0 = scheme.answer_logits(params, rows, spec, state["carry"])
+  l_0 = scheme.answer_logits(params, rows, state["carry"])
   _, (stats, q_halt) = jax.lax.scan(one_step, (state, l_0), None, length=spec.halt_max_steps)
   out = {k: v.reshape((-1,) + v.shape[2:]) for k, v in stats.items()}  # [N_sup*U, B]
   out["q_halt"] = q_halt

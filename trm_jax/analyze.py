@@ -65,13 +65,15 @@ def strategies_for(spec, ws: list[float], ks: list[int], cfg_ws: list[float] = (
   vote and, with a halting head, by the head (at the full budget and first-to-halt)."""
   from trm_jax import inference
   from trm_jax import model as model_lib
+  capabilities = model_lib.scheme_of(spec).capabilities()
+  head = "halting_head" in capabilities
   out = [inference.Strategy()]
-  out += [inference.Strategy(guidance_w=w) for w in ws if w != 1.0]
+  if "reference_readout" in capabilities:
+    out += [inference.Strategy(guidance_w=w) for w in ws if w != 1.0]
   out += [inference.Strategy(guidance="cfg", guidance_w=w) for w in cfg_ws]
-  if model_lib.scheme_of(spec).has_halting_head(spec):
+  if head:
     out.append(inference.Strategy(halt="q"))
   out += [inference.Strategy(halt="converged", converge_k=k) for k in ks]
-  head = model_lib.scheme_of(spec).has_halting_head(spec)
   for k, noise in rollouts:
     out.append(inference.Strategy(rollouts=k, noise=noise, pick="vote"))
     if head:
@@ -100,7 +102,9 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   scorers = scorers or {}
   spec = ModelSpec.from_config(run.model_config)
   scheme = model_lib.scheme_of(spec)
-  passes_per_step = scheme.forward_passes(spec)
+  scheme.require("reference_readout", "the per-step analysis (each step's margin is read "
+                 "against the readout it starts from)")
+  passes_per_step = scheme.forward_passes()
   trace = jax.jit(functools.partial(analysis.trajectory, spec=spec, guidance_w=margin_w))
   strategies = strategies_for(spec, ws, ks, cfg_ws, rollouts)
   for strategy in strategies:

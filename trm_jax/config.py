@@ -45,8 +45,9 @@ class ModelSpec:
   rope_theta: float = 10000.0
   # Recursion.
   scheme: str = "trm"
-  # The scheme's own settings (validated by the scheme): (name, value) pairs, sorted; a dict in
-  # the ConfigDict (`--config.model.scheme_options.input=puzzle`). Absent = the scheme's default.
+  # The scheme's own settings (parsed into its typed Options by `schemes.bind`): (name, value)
+  # pairs, sorted; a dict in the ConfigDict (`--config.model.scheme_options.input=puzzle`).
+  # Absent = the scheme's default.
   scheme_options: tuple = ()
   H_cycles: int = 3
   L_cycles: int = 6
@@ -130,14 +131,9 @@ class ModelSpec:
       fail("attention", f"must be one of {ATTENTION_IMPLS}")
     if self.loss_type not in LOSS_TYPES:
       fail("loss_type", f"must be one of {LOSS_TYPES}")
-    from trm_jax import recursion  # Local import: the registry imports this module.
-    if self.scheme not in recursion.registered_schemes():
-      fail("scheme", f"must be one of the registered schemes {sorted(recursion.registered_schemes())}")
-    recursion.get_scheme(self.scheme).validate(self)
-
-  @property
-  def options(self) -> dict[str, Any]:
-    return dict(self.scheme_options)
+    if not isinstance(self.scheme, str) or not self.scheme:
+      fail("scheme", "must be a scheme's name")
+    # The scheme's name and options are the scheme's to check (`schemes.bind`).
 
   @property
   def prefix_len(self) -> int:

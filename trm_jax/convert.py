@@ -30,12 +30,11 @@ from etils import epath
 
 from trm_jax import config as config_lib
 from trm_jax import model as model_lib
-from trm_jax import paths
+from trm_jax import paths, recursion, schemes
 from trm_jax.config import ModelSpec
 
 _STRIP_PREFIXES = ("_orig_mod.", "model.")
 _LAYER = re.compile(r"inner\.([LH])_level\.layers\.(\d+)\.(.+)")
-_LEVEL_NETS = {"L": "net", "H": "h_net"}  # official reasoning level -> our network (HRM: both)
 # Official module path inside a block -> (our sub-path, transpose?).
 _BLOCK_KEYS = {
     "self_attn.qkv_proj.weight": ("mixer/qkv/kernel", True),
@@ -54,29 +53,40 @@ _TOP_KEYS = {
     "inner.q_head.bias": ("q_head/bias", False),
     "inner.H_init": ("y_init", False),
     "inner.L_init": ("z_init", False),
-    "inner.timestep_embed.embedding_weight": ("timestep_embed", False),  # DIS
-}
+}  # + the keys of the scheme's own modules (`recursion.Official.keys`)
 
 
-def _our_path(official_key: str) -> tuple[str, bool]:
-  if official_key in _TOP_KEYS:
-    return _TOP_KEYS[official_key]
+def _our_path(official_key: str, official: recursion.Official) -> tuple[str, bool]:
+  top = {**_TOP_KEYS, **official.keys}
+  if official_key in top:
+    return top[official_key]
   match = _LAYER.fullmatch(official_key)
-  if match and match.group(3) in _BLOCK_KEYS:
+  if match and match.group(3) in _BLOCK_KEYS and match.group(1) in official.levels:
     sub, transpose = _BLOCK_KEYS[match.group(3)]
-    return f"{_LEVEL_NETS[match.group(1)]}/layers/{match.group(2)}/{sub}", transpose
+    return f"{official.levels[match.group(1)]}/layers/{match.group(2)}/{sub}", transpose
   raise KeyError(official_key)
 
 
-def _official_key(path: str) -> str:
+def _official_key(path: str, official: recursion.Official) -> str:
   """Inverse of `_our_path` (each of our paths has exactly one official name)."""
-  top = {ours: key for key, (ours, _) in _TOP_KEYS.items()}
+  top = {ours: key for key, (ours, _) in {**_TOP_KEYS, **official.keys}.items()}
   if path in top:
     return top[path]
   net, _, index, sub = path.split("/", 3)
   block = {ours: key for key, (ours, _) in _BLOCK_KEYS.items()}
-  level = {ours: level for level, ours in _LEVEL_NETS.items()}[net]
+  level = {ours: level for level, ours in official.levels.items()}[net]
   return f"inner.{level}_level.layers.{index}.{block[sub]}"
+
+
+def official_names(model_config) -> dict[str, tuple[str, bool]]:
+  """Every parameter path of the model -> (its official state-dict key, stored transposed?)."""
+  spec = ModelSpec.from_config(model_config)
+  official = model_lib.scheme_of(spec).official
+  names = {}
+  for path in _flatten(model_lib.abstract_params(spec)):
+    key = _official_key(path, official)
+    names[path] = (key, _our_path(key, official)[1])
+  return names
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -124,11 +134,14 @@ def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def from_official_state_dict(state_dict: Mapping[str, Any], model_config) -> model_lib.Params:
   """Official TRM state_dict -> trm_jax params for `model_config` (shapes checked)."""
   spec = ModelSpec.from_config(model_config)
+  official = model_lib.scheme_of(spec).official
+  if official is None:
+    raise ValueError(f"model field scheme={spec.scheme!r}: the official code has no such model")
   expected = _flatten(model_lib.abstract_params(spec))
   converted: dict[str, np.ndarray] = {}
   for key, value in strip_prefixes(state_dict).items():
     try:
-      path, transpose = _our_path(key)
+      path, transpose = _our_path(key, official)
     except KeyError:
       raise ValueError(f"official state_dict key '{key}' is not part of a TRM model "
                        "(unknown key)") from None
@@ -145,7 +158,7 @@ def from_official_state_dict(state_dict: Mapping[str, Any], model_config) -> mod
     converted[path] = jnp.asarray(array, dtype=want.dtype)
   missing = sorted(set(expected) - set(converted))
   if missing:
-    raise ValueError(f"official state_dict is missing key(s) {[_official_key(m) for m in missing]}")
+    raise ValueError(f"official state_dict is missing key(s) {[_official_key(m, official) for m in missing]}")
   return _unflatten(converted)
 
 
@@ -154,23 +167,31 @@ OFFICIAL_RENAMES = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
 # Official arch fields that do not shape the model (or, H_layers, are unused by TRM; the DIS
 # code's classifier-free-guidance fields are declared but never read by it).
 OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss", "cf_uncond_prob", "cfg_guidance_w")
-# The official model class (the arch `name` after '@') -> trm_jax scheme.
-# Single-z TRM's class has TRM's name in another module, so its key includes the module.
-OFFICIAL_SCHEMES = {"TinyRecursiveReasoningModel_ACTV1": "trm",
-                    "TinyRecursiveReasoningModel_ACTV5": "dis",
-                    "HierarchicalReasoningModel_ACTV1": "hrm",
-                    "trm_singlez@TinyRecursiveReasoningModel_ACTV1": "trm_singlez"}
-OFFICIAL_MODULES = {"trm": "recursive_reasoning.trm", "dis": "recursive_reasoning.trm",
-                    "hrm": "recursive_reasoning.hrm", "trm_singlez": "recursive_reasoning"}
-# What a scheme's official config class implies where its arch dict is silent (HRM's has no
-# puzzle_emb_len: the ceil-div prefix; no no_ACT_continue: it always trains Q-continue), and
-# official arch fields that are a scheme's options.
-OFFICIAL_IMPLIED = {"hrm": {"puzzle_emb_len": 0, "no_ACT_continue": False}}
-OFFICIAL_OPTIONS = {"hrm": {"H_layers": "h_layers"}}
 # trm_jax model fields the official arch lacks, with the value the official model has (None:
 # performance only or set elsewhere, e.g. the loss type in the official loss head).
 TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None, "matmul": None,
                 "attention": None}
+
+
+def scheme_for_official(name: str) -> str:
+  """The registered scheme whose `official` arch name is `name` ('module.path@Class'): the
+  one with the same class and last module component, else (a name without its module, or
+  another module) the primary scheme of that class (TRM for ACTV1)."""
+  module, model_class = name.rsplit("@", 1) if "@" in name else ("", name)
+  found = {}
+  for scheme_name in schemes.names():
+    official = schemes.get(scheme_name).official
+    if official is not None:
+      theirs, _, their_class = official.arch_name.rpartition("@")
+      if their_class == model_class:
+        found[scheme_name] = (theirs.rsplit(".", 1)[-1], official.primary)
+  exact = [n for n, (last, _) in found.items() if module and last == module.rsplit(".", 1)[-1]]
+  primary = [n for n, (_, is_primary) in found.items() if is_primary]
+  if exact or primary:
+    return (exact or primary)[0]
+  known = sorted(schemes.get(n).official.arch_name for n in schemes.names()
+                 if schemes.get(n).official)
+  raise ValueError(f"official config field 'name' = {name!r}: trm_jax reads {known}")
 
 
 def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collections.ConfigDict":
@@ -180,14 +201,10 @@ def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collec
   (ACTV5, the official DIS code)."""
   cfg = config_lib.model_config(seq_len=arch["seq_len"], vocab_size=arch["vocab_size"])
   name = str(arch.get("name", "TinyRecursiveReasoningModel_ACTV1"))
-  module, model_class = name.rsplit("@", 1) if "@" in name else ("", name)
-  module_class = f"{module.rsplit('.', 1)[-1]}@{model_class}"
-  if module_class not in OFFICIAL_SCHEMES and model_class not in OFFICIAL_SCHEMES:
-    raise ValueError(f"official config field 'name' = {arch['name']!r}: trm_jax reads "
-                     f"{sorted(OFFICIAL_SCHEMES)}")
-  cfg.scheme = OFFICIAL_SCHEMES.get(module_class, OFFICIAL_SCHEMES.get(model_class))
-  cfg.update(OFFICIAL_IMPLIED.get(cfg.scheme, {}))
-  as_options = OFFICIAL_OPTIONS.get(cfg.scheme, {})
+  cfg.scheme = scheme_for_official(name)
+  official = schemes.get(cfg.scheme).official
+  cfg.update(dict(official.implied))
+  as_options = official.options
   cfg.scheme_options = {ours: arch[key] for key, ours in as_options.items() if key in arch}
   for key, value in arch.items():
     if key in OFFICIAL_IGNORED or key in as_options:
@@ -205,16 +222,17 @@ def official_arch(model_config) -> dict[str, Any]:
   of `model_config_from_official`). Raises ValueError, naming the field, for a model the
   official code cannot build."""
   spec = ModelSpec.from_config(model_config)
-  classes = {scheme: model_class for model_class, scheme in OFFICIAL_SCHEMES.items()}
-  if spec.scheme not in classes:
-    raise ValueError(f"model field scheme={spec.scheme!r}: the official code has "
-                     f"{sorted(classes)} only")
   scheme = model_lib.scheme_of(spec)
-  in_arch = set(OFFICIAL_OPTIONS.get(spec.scheme, {}).values())  # options the arch spells out
+  official = scheme.official
+  if official is None:
+    raise ValueError(f"model field scheme={spec.scheme!r}: the official code has "
+                     f"{sorted(n for n in schemes.names() if schemes.get(n).official)} only")
+  defaults = type(scheme.opts)()
+  in_arch = set(official.options.values())  # options the arch spells out
   for name, value in spec.scheme_options:
-    if name not in in_arch and value != scheme.options[name][0]:
+    if name not in in_arch and value != getattr(defaults, name):
       raise ValueError(f"model field scheme_options.{name}={value!r}: the official code only has "
-                       f"{scheme.options[name][0]!r}")
+                       f"{getattr(defaults, name)!r}")
   for field, value in TRM_JAX_ONLY.items():
     if value is not None and getattr(spec, field) != value:
       raise ValueError(f"model field {field}={getattr(spec, field)!r}: the official model only "
@@ -223,13 +241,12 @@ def official_arch(model_config) -> dict[str, Any]:
   arch = {ours_to_official.get(f.name, f.name): getattr(spec, f.name)
           for f in dataclasses.fields(spec)
           if f.name not in TRM_JAX_ONLY and f.name not in ("scheme", "scheme_options")}
-  module, _, model_class = classes[spec.scheme].rpartition("@")
-  arch["name"] = f"{OFFICIAL_MODULES[spec.scheme]}{'.' + module if module else ''}@{model_class}"
+  arch["name"] = official.arch_name
   arch["expansion"] = float(arch["expansion"])
   arch["H_layers"] = 0  # Required by the official config class, unused by TRM.
-  for key, ours in OFFICIAL_OPTIONS.get(spec.scheme, {}).items():
-    arch[key] = scheme.option(spec, ours)
-  for key in OFFICIAL_IMPLIED.get(spec.scheme, {}):
+  for key, ours in official.options.items():
+    arch[key] = getattr(scheme.opts, ours)
+  for key in official.implied:
     arch.pop(key)
   return arch
 

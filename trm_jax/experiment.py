@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from trm_jax import inference
+from trm_jax import model as model_lib
 from trm_jax import sharding as sharding_lib
 from trm_jax.config import ModelSpec
 from trm_jax.data import datasets
@@ -73,6 +74,18 @@ def check_batches_fit(cfg: ml_collections.ConfigDict, mesh) -> None:
       raise ValueError(f"config field '{field}' = {value}: must be a multiple of the mesh's "
                        f"{devices} devices and of the {processes} processes (batches are "
                        "split over both)")
+
+
+def check_batch_keys(spec: ModelSpec, data) -> None:
+  """The scheme's `batch_keys` are fields of the dataset's records (checked before anything
+  compiles)."""
+  keys = model_lib.scheme_of(spec).batch_keys
+  have = set(data.train[0]) if keys and len(data.train) else set()
+  missing = [k for k in keys if k not in have]
+  if missing:
+    raise ValueError(f"model config field 'scheme' = {spec.scheme!r}: the scheme reads batch "
+                     f"field(s) {missing}, which the dataset's records do not have (they have "
+                     f"{sorted(have)})")
 
 
 # Model fields the dataset sets (its metadata holds them under the same names).

@@ -99,25 +99,20 @@ class Strategy:
       raise ValueError(f"config field 'eval.pick' = {self.pick!r}: must be one of {PICKS}")
     if r > 1 and self.pick == "first_halt" and self.halt != "q":
       raise ValueError("config field 'eval.pick' = 'first_halt': needs eval.halt = 'q'")
-    if spec is not None and r > 1 and self.pick in ("q", "first_halt"):
-      scheme = model_lib.scheme_of(spec)
-      if not scheme.has_halting_head(spec):
-        raise ValueError(f"config field 'eval.pick' = {self.pick!r}: scheme '{scheme.name}' "
-                         "trains no halting head here; use 'vote'")
+    scheme = None if spec is None else model_lib.scheme_of(spec)
+    if scheme is not None and r > 1 and self.pick in ("q", "first_halt"):
+      scheme.require("halting_head", f"config field 'eval.pick' = {self.pick!r} (else 'vote')")
     if spec is not None and m > spec.halt_max_steps:
       raise ValueError(f"config field 'eval.max_steps' = {m}: exceeds the model's N_sup "
                        f"(halt_max_steps = {spec.halt_max_steps})")
-    if spec is not None and self.guidance == "cfg":
-      scheme = model_lib.scheme_of(spec)
-      if scheme.unconditioned(spec, model_lib.initial_carry(spec, 1)) is None:
-        raise ValueError(f"config field 'eval.guidance' = 'cfg': scheme '{scheme.name}' has no "
-                         "trained unconditioned mode here (DIS: scheme_options.cfg_dropout > 0)")
-    if spec is not None and self.halt == "q":
-      scheme = model_lib.scheme_of(spec)
-      if not scheme.has_halting_head(spec):
-        raise ValueError(f"config field 'eval.halt' = 'q': scheme '{scheme.name}' trains no "
-                         "halting head here (DIS: scheme_options.halting='learned'); use "
-                         "'fixed' or 'converged'")
+    if scheme is not None and self.guidance == "cfg":
+      scheme.require("unconditioned", "config field 'eval.guidance' = 'cfg'")
+    if scheme is not None and self.guidance == "step" and self.guidance_w != 1.0:
+      scheme.require("reference_readout", f"config field 'eval.guidance_w' = "
+                     f"{self.guidance_w!r} (guidance against the readout a step starts from)")
+    if scheme is not None and self.halt == "q":
+      scheme.require("halting_head", "config field 'eval.halt' = 'q' (else 'fixed' or "
+                     "'converged')")
 
   def steps(self, spec: ModelSpec) -> int:
     """The budget of supervision steps."""
@@ -125,7 +120,7 @@ class Strategy:
 
   def passes_per_step(self, spec: ModelSpec) -> int:
     """Network calls per supervision step (classifier-free guidance runs each step twice)."""
-    return model_lib.scheme_of(spec).forward_passes(spec) * (2 if self.guidance == "cfg" else 1)
+    return model_lib.scheme_of(spec).forward_passes() * (2 if self.guidance == "cfg" else 1)
 
   def describe(self) -> str:
     budget = (f"{self.max_steps} step{'s' * (self.max_steps > 1)}" if self.max_steps
@@ -214,15 +209,14 @@ def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy, step_preds: bo
   def one_step(carry, _):
     state, l_u, done, preds, last, stable, q_halt, steps = carry
     if cfg:  # the same step without its conditioning, from the same carry
-      _, unconditioned = model_lib.step(params, rows, spec,
-                                        scheme.unconditioned(spec, state["carry"]),
+      _, unconditioned = model_lib.step(params, rows, spec, scheme.unconditioned(state["carry"]),
                                         state["data"], training=False)
       l_u = unconditioned.logits
     state, readout = act.advance(params, rows, spec, state, training=False,
                                  adaptive_eval=strategy.halt == "q")
     committed = guided(l_u, readout.logits, w)
-    if w != 1.0:
-      state = dict(state, carry=scheme.feed_back(spec, state["carry"], committed))
+    if w != 1.0 and "feedback" in scheme.capabilities():
+      state = dict(state, carry=scheme.feed_back(state["carry"], committed))
     new_preds = jnp.argmax(committed, axis=-1).astype(jnp.int32)
     stable = jnp.where(jnp.all(new_preds == last, axis=-1), stable + 1, 0)
     halted = state["halted"]
@@ -239,14 +233,16 @@ def _rollouts(params, batch, spec: ModelSpec, strategy: Strategy, step_preds: bo
     if strategy.noise > 0:  # test-time scaling: perturb the latents the next step starts from
       state = dict(state, carry=perturb(state["carry"], state["carry"]["steps"]))
       if l_u is not None:  # the reference is the readout of the perturbed state
-        l_u = scheme.answer_logits(params, rows, spec, state["carry"])
+        l_u = scheme.answer_logits(params, rows, state["carry"])
     return (state, l_u, done, preds, new_preds, stable, q_halt, steps), per_step
 
   # The initial state's readout: the reference of step 1 under guidance, and the prediction a
-  # first step "did not change" under convergence halting. Plain inference never reads it.
+  # first step "did not change" under convergence halting (a scheme without a reference
+  # readout has none: its rows converge from step 2 on). Plain inference never reads it.
   l_0, last = None, jnp.full(labels.shape, -1, jnp.int32)
-  if (w != 1.0 and not cfg) or strategy.halt == "converged":
-    l_0 = scheme.answer_logits(params, rows, spec, state["carry"])
+  if (w != 1.0 and not cfg) or (strategy.halt == "converged"
+                                and "reference_readout" in scheme.capabilities()):
+    l_0 = scheme.answer_logits(params, rows, state["carry"])
     last = jnp.argmax(l_0, axis=-1).astype(jnp.int32)
   init = (state, l_0 if w != 1.0 and not cfg else None, jnp.zeros((B,), bool),
           jnp.zeros(labels.shape, jnp.int32), last, jnp.zeros((B,), jnp.int32),

@@ -1,4 +1,5 @@
-r"""Per-refinement-step evaluation of an RLRP run (scheme 'rlrp', data builder 'rlrp').
+r"""Per-refinement-step evaluation of a language-model run (data builder 'lm'; a scheme whose
+steps trace their updates, e.g. RLRP's refinements).
 
     python -m trm_jax.lm_eval --workdir DIR [--split validation|test] [--step N]
         [--max_examples 0] [--baseline DIR]
@@ -172,12 +173,18 @@ def greedy_verdicts(decoded, problems: list[str]):
 
 
 def _load_checked(run):
+  from trm_jax import model as model_lib
   from trm_jax.config import ModelSpec
+  from trm_jax.data import lm
   spec = ModelSpec.from_config(run.model_config)
-  if spec.scheme != "rlrp" or run.config.data.builder != "rlrp":
-    raise ValueError(f"{run.workdir}: lm_eval evaluates RLRP runs (model.scheme and "
-                     f"data.builder 'rlrp'); this run has scheme '{spec.scheme}' and builder "
-                     f"'{run.config.data.builder}'")
+  if run.config.data.builder != lm.BUILDER:
+    raise ValueError(f"{run.workdir}: lm_eval evaluates language-model runs (data.builder "
+                     f"{lm.BUILDER!r}); this run's builder is '{run.config.data.builder}'")
+  if spec.halt_max_steps != 1:
+    raise ValueError(f"{run.workdir}: lm_eval reads one supervision step's updates; this run "
+                     f"has halt_max_steps = {spec.halt_max_steps}")
+  model_lib.scheme_of(spec).require("update_trace", f"lm_eval of {run.workdir} (it evaluates "
+                                    "every update of the step)")
   return spec
 
 

@@ -131,6 +131,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   # --- Mesh, model and state.
   mesh = sharding_lib.make_mesh(tuple(cfg.mesh_shape))
   experiment.check_batches_fit(cfg, mesh)
+  experiment.check_batch_keys(spec, data)
   jax.set_mesh(mesh)
   if eval_only:
     return evaluation.evaluate_checkpoint(cfg, data, mesh, checkpoint_path, workdir_path,
@@ -140,7 +141,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   train_iter = iter(pipeline.train_dataset(
       data.train, data.train_index, seed=cfg.train.seed, global_batch_size=batch_size,
       num_epochs=cfg.train.epochs + 1, process_index=jax.process_index(),
-      process_count=jax.process_count()))
+      process_count=jax.process_count(), keys=model_lib.scheme_of(spec).batch_keys))
   start_position = pipeline.stream_position(train_iter, jax.process_count())
   example = sharding_lib.global_batch(mesh, next(train_iter))  # shapes; the stream is rewound
   state = train_lib.init_state(model_cfg, cfg.train, example, total_steps,
@@ -173,7 +174,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
       batch_size, passes_per_step,
       *mfu_inputs(jax.devices()[0], jax.device_count(), spec, cfg.train, total_steps, state,
                   example))
-  window = metrics_lib.TrainWindow(batch_size, passes_per_step, throughput)
+  window = metrics_lib.TrainWindow(batch_size, passes_per_step, throughput,
+                                   model_lib.scheme_of(spec).metrics())
   terminate = _TerminationFlag()
   last_eval = (None, None)
   tracer = profiling.StepTracer(cfg.train.get("profile_steps", ()), workdir_path / "profile",

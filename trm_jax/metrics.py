@@ -193,20 +193,17 @@ class Throughput:
     return rates
 
 
-def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int) -> dict[str, float]:
-  """Official reduction: losses and `target_*` metrics (every row, every step) per example of
-  the batch, the rest per halted example."""
+def reduce_train_metrics(sums: dict[str, np.ndarray], global_batch: int,
+                         reductions: dict[str, str]) -> dict[str, float]:
+  """Each metric's sum reduced as the scheme declares it (`Scheme.metrics`): 'per_row' per
+  example of the batches (the official losses: every row, every step), 'per_finished' per
+  example that finished (`count`), 'sum' as it is; `lr` and `grad_norm` are the last step's."""
   count = max(float(sums["count"]), 1.0)
+  divisor = {"sum": 1.0, "per_row": float(global_batch), "per_finished": count}
   out = {}
   for name, value in sums.items():
-    if name in ("lr", "grad_norm"):
-      out[name] = float(value)
-    elif name == "count":
-      out[name] = float(value)
-    elif name.endswith("loss") or name.startswith("target_"):
-      out[name] = float(value) / global_batch
-    else:
-      out[name] = float(value) / count
+    how = "sum" if name in ("lr", "grad_norm") else reductions[name]
+    out[name] = float(value) / divisor[how]
   return out
 
 
@@ -215,8 +212,10 @@ class TrainWindow:
   record: per example (`reduce_train_metrics`), with the examples that finished, the forward
   passes they took and the window's throughput. Non-finite sums stop the run."""
 
-  def __init__(self, global_batch: int, passes_per_step: int, throughput: "Throughput"):
+  def __init__(self, global_batch: int, passes_per_step: int, throughput: "Throughput",
+               reductions: dict[str, str]):
     self._batch, self._passes, self._throughput = global_batch, passes_per_step, throughput
+    self._reductions = reductions
     self._sums, self._last, self._steps = None, None, 0
 
   def add(self, metrics) -> None:
@@ -233,8 +232,7 @@ class TrainWindow:
       raise FloatingPointError(f"non-finite {bad} at step {step}; stopping (last good metrics "
                                f"are in {where})")
     # Per example of the window's batches (fewer than log_every_steps after a resume).
-    reduced = reduce_train_metrics(sums, self._batch * self._steps)
-    reduced["count"] = float(sums["count"])
+    reduced = reduce_train_metrics(sums, self._batch * self._steps, self._reductions)
     if "steps" in reduced:  # measured: supervision steps of the examples that finished
       reduced["forward_passes_per_example"] = reduced["steps"] * self._passes
     reduced.update(self._throughput.window(self._steps))

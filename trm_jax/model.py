@@ -19,18 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trm_jax import nn, recursion
+from trm_jax import nn, recursion, schemes
 from trm_jax.config import ModelSpec
-from trm_jax.recursion import Latents
 
 Params = dict[str, Any]
 Carry = dict[str, jax.Array]  # the scheme's per-row state + {'steps': int32 [B], 'reset': bool [B]}
-
-REMAT_POLICIES = {
-    "full": None,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 def _stringify_keys(tree):
@@ -39,29 +32,20 @@ def _stringify_keys(tree):
   return tree
 
 
-def scheme_of(spec: ModelSpec) -> recursion.Scheme:
-  return recursion.get_scheme(spec.scheme)
-
-
-@functools.lru_cache(maxsize=None)
-def _abstract(spec: ModelSpec):
-  return nnx.eval_shape(lambda: scheme_of(spec).build(spec, nnx.Rngs(0)))
-
-
-@functools.lru_cache(maxsize=None)
-def _graph(spec: ModelSpec):
-  return nnx.graphdef(_abstract(spec))
+def scheme_of(model_config) -> recursion.Scheme:
+  """The configured scheme, bound to the model spec (built once per spec)."""
+  return schemes.bind(ModelSpec.from_config(model_config))
 
 
 def merge(spec: ModelSpec, params: Params) -> nnx.Module:
   """The scheme's module with `params` (inside traced code: rebuilt at trace time only)."""
-  return nnx.merge(_graph(spec), params)
+  return scheme_of(spec).module(params)
 
 
 @functools.lru_cache(maxsize=None)
 def variable_kinds(spec: ModelSpec) -> dict[str, str]:
   """Top-level params key -> 'param' | 'puzzle_table' | 'constant' (decides the optimiser)."""
-  abstract = _abstract(spec)
+  abstract = scheme_of(spec).abstract_module
   kinds = {}
   for kind, variable_type in (("param", nnx.Param), ("puzzle_table", nn.PuzzleTable),
                               ("constant", nn.Constant)):
@@ -72,8 +56,7 @@ def variable_kinds(spec: ModelSpec) -> dict[str, str]:
 
 def init_params(model_config, rng: jax.Array) -> Params:
   """Freshly initialised parameters (official init: truncated LeCun, zero puzzle table, ...)."""
-  spec = ModelSpec.from_config(model_config)
-  model = scheme_of(spec).build(spec, nnx.Rngs(params=rng))
+  model = scheme_of(model_config).build(nnx.Rngs(params=rng))
   return _stringify_keys(nnx.to_pure_dict(nnx.state(model)))
 
 
@@ -95,8 +78,7 @@ def _top_key(path) -> str:
 def initial_carry(model_config, batch_size: int) -> Carry:
   """A carry whose every row starts afresh at the next step: the scheme's per-row state plus
   `steps` (supervision steps taken, int32 [B]) and `reset` (restart from the initial latents)."""
-  spec = ModelSpec.from_config(model_config)
-  return {**scheme_of(spec).initial_carry(spec, batch_size),
+  return {**scheme_of(model_config).initial_carry(batch_size),
           "steps": jnp.zeros((batch_size,), jnp.int32),
           "reset": jnp.ones((batch_size,), bool)}
 
@@ -108,40 +90,18 @@ def puzzle_rows(params: Params, puzzle_identifiers: jax.Array) -> jax.Array | No
   return jnp.take(params["puzzle_emb"], puzzle_identifiers.astype(jnp.int32), axis=0)
 
 
-@functools.lru_cache(maxsize=None)
-def _net_graph(spec: ModelSpec, name: str):
-  return nnx.graphdef(getattr(_abstract(spec), name))
-
-
-def net_fn(spec: ModelSpec, name: str = "net") -> recursion.NetFn:
-  """`net(net_params, h, injection)`: one call of the scheme's network `name` (remat applied)."""
-  graph = _net_graph(spec, name)
-
-  def net(net_params, h, injection):
-    return nnx.merge(graph, net_params)(h, injection)
-
-  if spec.remat != "none":
-    net = jax.checkpoint(net, policy=REMAT_POLICIES[spec.remat])
-  return net
-
-
-def reset_latents(params: Params, spec: ModelSpec, carry: Carry) -> Latents:
-  """The carry's (y, z), with rows flagged `reset` at the initial latents."""
-  cdt = spec.jnp_compute_dtype
-  reset = carry["reset"][:, None, None]
-  return Latents(jnp.where(reset, params["y_init"].astype(cdt)[None, None], carry["y"]),
-                 jnp.where(reset, params["z_init"].astype(cdt)[None, None], carry["z"]))
-
-
 def step(params: Params, rows: jax.Array | None, spec: ModelSpec, carry: Carry, data,
          rng: jax.Array | None = None, *, training: bool, record: bool = False
          ) -> tuple[Carry, recursion.Readout]:
   """One supervision step of the configured scheme (pure; differentiable). Row b takes step
   t = carry['steps'][b] + 1; the returned carry is detached, with `steps` = t and `reset`
-  cleared."""
+  cleared. With `record`, `readout.trace` [U, B, L, V] holds the readouts after each of the
+  step's U updates (U = 1, the step's own readout, for a scheme without `update_trace`)."""
   t = carry["steps"] + 1
-  new_carry, readout = scheme_of(spec).step(params, rows, spec, carry, data, t, rng,
+  new_carry, readout = scheme_of(spec).step(params, rows, carry, data, t, rng,
                                             training=training, record=record)
+  if record and readout.trace is None:  # a scheme that reads out once per step
+    readout = readout._replace(trace=readout.logits[None])
   return dict(new_carry, steps=t, reset=jnp.zeros_like(carry["reset"])), readout
 
 
@@ -177,5 +137,4 @@ def supervision_step(params: Params, model_config, carry: Carry, batch: Mapping[
 
 def forward_passes_per_step(model_config) -> int:
   """Network calls in one supervision step under the configured scheme."""
-  spec = ModelSpec.from_config(model_config)
-  return scheme_of(spec).forward_passes(spec)
+  return scheme_of(model_config).forward_passes()

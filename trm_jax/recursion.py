@@ -1,42 +1,59 @@
 """The recursion-scheme contract: everything in which TRM, DIS, HRM, ... differ, one file each.
 
-A scheme owns, under its own name:
-  build          its modules and their init (an NNX module; `nn.TinyRecursiveModel` by default)
-  initial_carry  its per-row carry (latents and whatever else it tracks per row)
-  refresh        how rows that take a new example reset their part of the carry
-  step           one supervision step given the step index t (1-based, per row) and an rng,
-                 returning the new carry and a `Readout` (logits, halting logits, and on request
-                 the logits after every y update)
-  targets        what step t is supervised with (TRM: the labels; DIS: frame t of its path)
-  loss           the step's loss and metrics (sums over the batch)
-  halted         its halting rule
-  forward_passes network calls per supervision step
-  answer_logits  the readout of the carry's answer state before a step (the reference readout
-                 l_u of policy-improvement analysis and guided inference)
-  feed_back      what the carry takes from a step's committed logits (DIS: the argmax it feeds
-                 back as the next input; TRM: nothing), for inference that commits other logits
-                 (guidance)
-  unconditioned  the carry with the step's conditioning dropped (DIS: no puzzle), for
-                 classifier-free guidance; None where the scheme has no (trained) such mode
-  has_halting_head  whether evaluation may halt on a trained head (halt='q')
-The ACT bookkeeping (act.py), the training loop (train.py, main.py), evaluation, checkpoints,
-sharding and conversion see only this contract; the generic carry keys `steps` (supervision steps
-taken by each row's current example) and `reset` (rows restarting at the next step) are kept by
-act.py, the rest of the carry belongs to the scheme.
+A scheme is a class; `schemes.bind(spec)` builds it once per model spec, with its options
+parsed into the scheme's typed `Options` and validated, and every method reads `self.spec`
+and `self.opts`. The contract, smallest first:
 
-A new scheme is one file: subclass `Scheme` (or `schemes.trm.TRM`, to change only the recursion)
-and `register` an instance; select it with `model_config.scheme = name`. For the common case
-of a different latent recursion inside TRM's step, `register_scheme` turns one function into a
-scheme:
+Required core
+  build(rngs)          its NNX module (parameters, init)
+  initial_carry(B)     its per-row state (any pytree of [B, ...] arrays)
+  step(params, rows, carry, data, t, rng, *, training, record)
+                       one supervision step at step index t (1-based, per row) -> (carry,
+                       Readout): fp32 logits, halting logits (zeros without a head), and with
+                       `record` the readouts after each update of the step (`trace`)
+  loss(readout, targets, carry, data, halted)
+                       the step's loss and its metrics (sums over the batch), each declared in
+                       `metrics()` with how it reduces
+  forward_passes()     network calls per supervision step
 
-    @recursion.register_scheme("mine", forward_passes=lambda spec: 2 * spec.L_cycles)
-    def mine(spec, net, net_params, latents, x): ...   # -> Latents
+Defaults a scheme may override
+  refresh(carry, fresh, batch, rng)  rows that take a new example reset their state (default:
+                       nothing to reset; `act.py` restarts `steps` and flags `reset`)
+  targets(carry, data) what step t is supervised with (default: the labels)
+  halted(readout, t, rng, *, training, adaptive)  default: after N_sup steps
+  metrics()            metric name -> 'sum' | 'per_row' | 'per_finished' (the base declares
+                       `count`, `lm_loss`, `exact_accuracy`, which the training loop reads)
+  batch_keys           training fields the scheme reads (in loss, targets or refresh) besides
+                       inputs, labels and puzzle identifiers: passed through by the input
+                       pipeline, checked against the dataset before anything compiles.
+                       Inference (evaluation, analysis, solving) gives a step those three only:
+                       a user's puzzle has nothing else.
+  official             how its checkpoints convert from the official code (convert.py), or None
+
+Optional capabilities (`capabilities()`; inference and analysis ask with `require`)
+  halting_head         `halted(..., adaptive=True)` reads a trained halting head (halt='q')
+  reference_readout    `answer_logits(params, rows, carry)`: the readout a step starts from
+                       (l_u of policy-improvement margins, guidance's unconditioned reference)
+  feedback             `feed_back(carry, logits)`: what the carry takes from a step's committed
+                       logits (DIS: the argmax it feeds back as the next input)
+  unconditioned        `unconditioned(carry)`: the carry whose next step drops its conditioning
+                       (classifier-free guidance)
+  update_trace         `step(..., record=True)` reads out after every update inside the step;
+                       without it the step's own readout is its one traced update
+                       (`model.step`), so per-step analysis works for every scheme.
+
+A new scheme is one file: subclass `Scheme` (or `schemes.trm.TRM` to change only the
+recursion) and decorate it with `schemes.register`. For a different latent recursion inside
+TRM's step, one function is enough (`schemes.register_scheme`); it traces its updates if it
+takes `on_y` (see `trm_recursion`).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable, Mapping, NamedTuple
+import dataclasses
+import functools
+import typing
+from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +65,22 @@ Carry = dict[str, Any]
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
-# Built-in schemes, imported on first lookup (they import the model modules, which import this).
-BUILTIN = {"trm": "trm_jax.schemes.trm", "dis": "trm_jax.schemes.dis",
-           "hrm": "trm_jax.schemes.hrm", "trm_singlez": "trm_jax.schemes.trm_singlez",
-           "rlrp": "trm_jax.schemes.rlrp"}
+REDUCTIONS = ("sum", "per_row", "per_finished")
+CAPABILITIES = {
+    "halting_head": "a trained halting head",
+    "reference_readout": "the readout of the state a step starts from (answer_logits)",
+    "feedback": "a carry that takes the committed prediction (feed_back)",
+    "unconditioned": "a trained unconditioned mode (unconditioned)",
+    "update_trace": "the readouts after every update inside a step",
+}
+# The methods behind each method-backed capability: a scheme has it when it defines the method.
+_CAPABILITY_METHODS = {"reference_readout": "answer_logits", "feedback": "feed_back",
+                       "unconditioned": "unconditioned"}
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Latents(NamedTuple):
@@ -60,8 +89,8 @@ class Latents(NamedTuple):
 
 
 class Readout(NamedTuple):
-  """What one supervision step shows: fp32 token logits [B, L, V] after its last y update,
-  halting logits [B] (zeros where a scheme has no halting head), the logits after each y update
+  """What one supervision step shows: fp32 token logits [B, L, V] after its last update,
+  halting logits [B] (zeros where a scheme has no halting head), the logits after each update
   [U, B, L, V] when recorded (else None), and outputs the scheme's own loss needs."""
 
   logits: jax.Array
@@ -71,144 +100,208 @@ class Readout(NamedTuple):
   extras: Mapping[str, jax.Array] = {}
 
 
+@dataclasses.dataclass(frozen=True)
+class Official:
+  """Where a scheme's checkpoints come from in the official code (convert.py): the arch
+  `name` (module path under `models.`, '@', model class), the model fields its config class
+  implies where the arch dict is silent, official arch keys that are its options, and the
+  state-dict keys of its own modules."""
+
+  arch_name: str
+  implied: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  options: Mapping[str, str] = dataclasses.field(default_factory=dict)  # official -> ours
+  # State-dict keys of the scheme's own modules: official key -> (our path, transposed?); and
+  # the official reasoning levels' layers -> our network (`inner.L_level.layers.*` -> `net`).
+  keys: Mapping[str, tuple[str, bool]] = dataclasses.field(default_factory=dict)
+  levels: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"L": "net"})
+  # The scheme an arch name with this class but no (or another) module converts to; False for
+  # a class name the official code reuses in another module (single-z TRM's ACTV1).
+  primary: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+  pass
+
+
 NetFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 RecurFn = Callable[..., Latents]
 
 
+def option_field(default, low: float = 0.0, high: float = 1.0):
+  """A float option with its allowed range (plain float options lie in [0, 1])."""
+  return dataclasses.field(default=default, metadata={"range": (low, high)})
+
+
+def parse_options(scheme_cls: type, pairs) -> Any:
+  """`model.scheme_options` ((name, value) pairs) as the scheme's typed `Options`: each value
+  checked against its field's type (bool; int: positive; float: within its range, [0, 1]
+  unless given; Literal: one of its values). Errors name the config field."""
+  options_cls = scheme_cls.Options
+  fields = {f.name: f for f in dataclasses.fields(options_cls)}
+  hints = typing.get_type_hints(options_cls)
+  values = {}
+  for name, value in pairs:
+    field = f"model config field 'scheme_options.{name}'"
+    if name not in fields:
+      raise ValueError(f"{field}: scheme '{scheme_cls.name}' has "
+                       f"{'options ' + str(sorted(fields)) if fields else 'none'}")
+    kind = hints[name]
+    if typing.get_origin(kind) is Literal:
+      if value not in typing.get_args(kind):
+        raise ValueError(f"{field} = {value!r}: must be one of {typing.get_args(kind)}")
+    elif kind is bool:
+      if not isinstance(value, bool):
+        raise ValueError(f"{field} = {value!r}: must be True or False")
+    elif kind is int:
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{field} = {value!r}: must be a positive integer")
+    elif kind is float:
+      low, high = fields[name].metadata.get("range", (0.0, 1.0))
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"{field} = {value!r}: must be a number in [{low:g}, {high:g}]")
+      value = float(value)
+    else:
+      raise TypeError(f"{scheme_cls.__name__}.Options.{name}: type {kind} is not an option "
+                      "type (bool, int, float or Literal[...])")
+    values[name] = value
+  return options_cls(**values)
+
+
 class Scheme:
-  """Base class: TRM's modules and carry, no halting head semantics. See the module docstring."""
+  """A recursion scheme bound to one model spec (see the module docstring)."""
 
-  name: str = ""
-  # The scheme's own settings: name -> allowed values, the first the default (for a published
-  # method, the official code's behaviour); an int default admits any positive integer, a
-  # float default any number in [0, 1] (a probability).
-  options: Mapping[str, tuple] = {}
+  name: ClassVar[str] = ""
+  Options: ClassVar[type] = NoOptions
+  batch_keys: ClassVar[tuple[str, ...]] = ()
+  official: ClassVar[Official | None] = None
 
-  def option(self, spec: ModelSpec, name: str):
-    return spec.options.get(name, self.options[name][0])
+  def __init__(self, spec: ModelSpec):
+    self.spec = spec
+    self.opts = parse_options(type(self), spec.scheme_options)
+    self.check()
 
-  def validate(self, spec: ModelSpec) -> None:
+  def __repr__(self) -> str:
+    return f"<scheme {self.name} {self.opts}>"
+
+  def check(self) -> None:
     """Raises ValueError naming a model-config field this scheme cannot run with."""
-    for name, value in spec.scheme_options:
-      if name not in self.options:
-        raise ValueError(f"model config field 'scheme_options.{name}': scheme '{self.name}' has "
-                         f"{'options ' + str(sorted(self.options)) if self.options else 'none'}")
-      default = self.options[name][0]
-      if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-          raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be a "
-                           "number in [0, 1]")
-      elif isinstance(default, int) and not isinstance(default, bool):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-          raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be a "
-                           "positive integer")
-      elif value not in self.options[name]:
-        raise ValueError(f"model config field 'scheme_options.{name}' = {value!r}: must be one "
-                         f"of {self.options[name]}")
 
-  def build(self, spec: ModelSpec, rngs: nnx.Rngs) -> nnx.Module:
-    from trm_jax import nn
-    return nn.TinyRecursiveModel(spec, rngs=rngs)
+  def fail(self, field: str, why: str):
+    raise ValueError(f"model config field '{field}' = {getattr(self.spec, field)!r}: {why} "
+                     f"(scheme '{self.name}')")
 
-  def initial_carry(self, spec: ModelSpec, batch_size: int) -> Carry:
-    shape = (batch_size, spec.total_len, spec.hidden_size)
-    return {"y": jnp.zeros(shape, spec.jnp_compute_dtype),
-            "z": jnp.zeros(shape, spec.jnp_compute_dtype)}
+  # --------------------------------------------------------------------- required core --
 
-  def refresh(self, spec: ModelSpec, carry: Carry, fresh: jax.Array, batch: Batch,
-              rng: jax.Array) -> Carry:
-    """Rows where `fresh` took a new example from `batch` (latents restart through `reset`)."""
-    del spec, fresh, batch, rng
+  def build(self, rngs: nnx.Rngs) -> nnx.Module:
+    raise NotImplementedError(f"scheme '{self.name}' defines no build()")
+
+  def initial_carry(self, batch_size: int) -> Carry:
+    raise NotImplementedError(f"scheme '{self.name}' defines no initial_carry()")
+
+  def step(self, params, rows, carry: Carry, data: Batch, t: jax.Array, rng: jax.Array | None,
+           *, training: bool, record: bool = False) -> tuple[Carry, Readout]:
+    raise NotImplementedError(f"scheme '{self.name}' defines no step()")
+
+  def loss(self, readout: Readout, targets: jax.Array, carry: Carry, data: Batch,
+           halted: jax.Array) -> tuple[jax.Array, Metrics]:
+    raise NotImplementedError(f"scheme '{self.name}' defines no loss()")
+
+  def forward_passes(self) -> int:
+    raise NotImplementedError(f"scheme '{self.name}' defines no forward_passes()")
+
+  # ------------------------------------------------------------------------- defaults --
+
+  def refresh(self, carry: Carry, fresh: jax.Array, batch: Batch, rng: jax.Array | None
+              ) -> Carry:
+    """Rows where `fresh` took a new example from `batch` (`reset` also flags them)."""
+    del fresh, batch, rng
     return carry
 
-  def step(self, params, rows, spec: ModelSpec, carry: Carry, data: Batch, t: jax.Array,
-           rng: jax.Array | None, *, training: bool, record: bool = False
-           ) -> tuple[Carry, Readout]:
-    raise NotImplementedError
-
-  def targets(self, spec: ModelSpec, carry: Carry, data: Batch) -> jax.Array:
+  def targets(self, carry: Carry, data: Batch) -> jax.Array:
     return data["labels"]
 
-  def loss(self, spec: ModelSpec, readout: Readout, targets: jax.Array, carry: Carry,
-           data: Batch, halted: jax.Array) -> tuple[jax.Array, Metrics]:
-    """(summed loss, metrics summed over the batch). The training loop reads `count` (rows
-    that finished), `lm_loss` and `exact_accuracy`; `*loss` and `target_*` metrics are reduced
-    per row of the batch, the others per finished row, and a `steps` metric (supervision steps of
-    the finished rows) yields the measured forward passes per example."""
-    raise NotImplementedError
-
-  def halted(self, spec: ModelSpec, readout: Readout, t: jax.Array, rng: jax.Array | None, *,
-             training: bool, adaptive: bool = False) -> jax.Array:
-    """Fixed N_sup steps; schemes with a halting head override this."""
+  def halted(self, readout: Readout, t: jax.Array, rng: jax.Array | None, *, training: bool,
+             adaptive: bool = False) -> jax.Array:
+    """Fixed N_sup steps."""
     del readout, rng, training, adaptive
-    return t >= spec.halt_max_steps
+    return t >= self.spec.halt_max_steps
 
-  def forward_passes(self, spec: ModelSpec) -> int:
-    raise NotImplementedError
+  def metrics(self) -> dict[str, str]:
+    """Every metric `loss` reports -> how the training log reduces its sum over steps and
+    rows: 'sum' (as summed), 'per_row' (per row of the batches), 'per_finished' (per row that
+    finished, `count`)."""
+    return {"count": "sum", "lm_loss": "per_row", "exact_accuracy": "per_finished"}
 
-  def has_halting_head(self, spec: ModelSpec) -> bool:
-    """Whether `halted(..., adaptive=True)` reads a trained halting head (evaluation halt='q')."""
-    del spec
-    return False
+  # ------------------------------------------------------------ optional capabilities --
 
-  def answer_logits(self, params, rows, spec: ModelSpec, carry: Carry) -> jax.Array:
-    """fp32 logits [B, L, V] of the carry's answer state as the next step will start from it
-    (rows flagged `reset`: the initial state)."""
-    raise NotImplementedError
+  def capabilities(self) -> frozenset[str]:
+    """What this scheme, with its options, can do beyond the core."""
+    return frozenset(name for name, method in _CAPABILITY_METHODS.items()
+                     if getattr(type(self), method, None) is not None)
 
-  def feed_back(self, spec: ModelSpec, carry: Carry, logits: jax.Array) -> Carry:
-    """The carry after a step whose committed logits are `logits` (default: unchanged)."""
-    del spec, logits
-    return carry
+  def missing_hint(self, capability: str) -> str:
+    """How to get `capability` where an option turns it off ('' where nothing does)."""
+    del capability
+    return ""
 
-  def unconditioned(self, spec: ModelSpec, carry: Carry) -> Carry | None:
-    """The carry whose next step runs without its conditioning (None: no such mode)."""
-    del spec, carry
-    return None
+  def require(self, capability: str, needed_by: str) -> None:
+    """Raises ValueError naming what needs `capability` when this scheme lacks it."""
+    if capability not in CAPABILITIES:
+      raise ValueError(f"unknown scheme capability {capability!r}; known: {sorted(CAPABILITIES)}")
+    if capability not in self.capabilities():
+      hint = self.missing_hint(capability)
+      raise ValueError(f"{needed_by} needs {CAPABILITIES[capability]}: scheme '{self.name}' "
+                       "has none here" + (f" ({hint})" if hint else ""))
 
+  answer_logits: Callable | None = None  # (params, rows, carry) -> fp32 logits [B, L, V]
+  feed_back: Callable | None = None      # (carry, committed logits) -> carry
+  unconditioned: Callable | None = None  # (carry) -> carry
 
-_SCHEMES: dict[str, Scheme] = {}
+  # -------------------------------------------------------- the scheme's own modules --
 
+  @functools.cached_property
+  def abstract_module(self) -> nnx.Module:
+    """`build`'s module as shapes only (no arrays allocated)."""
+    return nnx.eval_shape(lambda: self.build(nnx.Rngs(0)))
 
-def register(scheme: Scheme | type) -> Scheme | type:
-  """Registers a scheme instance (or, as a class decorator, an instance of the class)."""
-  instance = scheme() if isinstance(scheme, type) else scheme
-  if not instance.name:
-    raise ValueError(f"{type(instance).__name__} has no name")
-  if instance.name in _SCHEMES and type(_SCHEMES[instance.name]) is not type(instance):
-    raise ValueError(f"recursion scheme '{instance.name}' is already registered")
-  _SCHEMES[instance.name] = instance
-  return scheme
+  @functools.cached_property
+  def _graph(self):
+    return nnx.graphdef(self.abstract_module)
 
+  def module(self, params) -> nnx.Module:
+    """The scheme's module with `params` (inside traced code: rebuilt at trace time only)."""
+    return nnx.merge(self._graph, params)
 
-def register_scheme(name: str, *, forward_passes: Callable[[ModelSpec], int]):
-  """Decorator: `recur(spec, net, net_params, latents, x) -> Latents` as a TRM-style scheme
-  (TRM's modules, carry, loss and halting; this recursion inside its step)."""
-  from trm_jax.schemes import trm
+  def network(self, name: str = "net") -> NetFn:
+    """`net(net_params, h, injection)`: one call of the module's sub-network `name`, with
+    the spec's rematerialisation policy."""
+    graph = nnx.graphdef(getattr(self.abstract_module, name))
 
-  def decorate(recur: RecurFn) -> RecurFn:
-    previous = _SCHEMES.get(name)
-    if previous is not None and getattr(previous, "recur_fn", None) is not recur:
-      raise ValueError(f"recursion scheme '{name}' is already registered")
-    _SCHEMES[name] = trm.TRM(name=name, recur=recur, passes=forward_passes)
-    return recur
-  return decorate
+    def net(net_params, h, injection):
+      return nnx.merge(graph, net_params)(h, injection)
 
-
-def registered_schemes() -> dict[str, Scheme]:
-  for module in BUILTIN.values():
-    importlib.import_module(module)
-  return dict(_SCHEMES)
+    if self.spec.remat != "none":
+      net = jax.checkpoint(net, policy=REMAT_POLICIES[self.spec.remat])
+    return net
 
 
-def get_scheme(name: str) -> Scheme:
-  if name not in _SCHEMES and name in BUILTIN:
-    importlib.import_module(BUILTIN[name])
-  try:
-    return _SCHEMES[name]
-  except KeyError:
-    raise ValueError(f"unknown recursion scheme '{name}'; registered: "
-                     f"{sorted(registered_schemes())}") from None
+def check_metrics(scheme: Scheme, metrics: Mapping[str, Any]) -> None:
+  """Raises ValueError for a metric `scheme.loss` reports without declaring it (or a declared
+  reduction that is not one of REDUCTIONS)."""
+  declared = scheme.metrics()
+  undeclared = sorted(set(metrics) - set(declared))
+  if undeclared:
+    raise ValueError(f"scheme '{scheme.name}' reports metric(s) {undeclared} that its "
+                     f"metrics() does not declare (declared: {sorted(declared)})")
+  bad = {k: v for k, v in declared.items() if v not in REDUCTIONS}
+  if bad:
+    raise ValueError(f"scheme '{scheme.name}' metrics(): reductions {bad}; each must be one "
+                     f"of {REDUCTIONS}")
+  missing = sorted({"count", "lm_loss", "exact_accuracy"} - set(metrics))
+  if missing:
+    raise ValueError(f"scheme '{scheme.name}' loss() does not report {missing}, which the "
+                     "training loop reads")
 
 
 # ------------------------------------------------------------------------- shared pieces --

@@ -131,7 +131,7 @@ class Solver:
                        f"{self.strategy.rollouts} (eval.rollouts)")
     self.trace = trace
     self.budget = self.strategy.steps(self.spec)
-    self.has_head = model_lib.scheme_of(self.spec).has_halting_head(self.spec)
+    self.has_head = "halting_head" in model_lib.scheme_of(self.spec).capabilities()
     self.batch_size = batch_size or run.config.eval.global_batch_size
     self._evaluate = _evaluator(self.spec, self.strategy, trace)
 

@@ -27,7 +27,7 @@ import optax
 from trm_jax import act
 from trm_jax import flops as flops_lib
 from trm_jax import model as model_lib
-from trm_jax import optim
+from trm_jax import optim, recursion
 from trm_jax.config import ModelSpec
 
 State = dict[str, Any]
@@ -99,8 +99,9 @@ def supervision_loss(params: model_lib.Params, rows: jax.Array | None, spec: Mod
   scheme = model_lib.scheme_of(spec)
   new_act, readout = act.advance(params, rows, spec, act_state, rng, training=True)
   carry, data = new_act["carry"], new_act["data"]
-  loss, metrics = scheme.loss(spec, readout, scheme.targets(spec, carry, data), carry, data,
+  loss, metrics = scheme.loss(readout, scheme.targets(carry, data), carry, data,
                               new_act["halted"])
+  recursion.check_metrics(scheme, metrics)
   return loss, (new_act, metrics)
 
 

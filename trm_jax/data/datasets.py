@@ -1,7 +1,7 @@
 """From an experiment's `config.data` to built TFDS splits and their puzzle indices.
 
     config.data.builder         'sudoku' | 'maze' | 'arc' | 'nqueens' (TFDS builders), or
-                                'rlrp' (in-memory corpora for the RLRP language model, lm.py)
+                                'lm' (in-memory corpora for a language model, e.g. RLRP's; lm.py)
     config.data.builder_config  fields of that builder's BuilderConfig (incl. its `name`)
     config.data.manual_dir      source files (official CSV / kaggle JSON); local or gs://
     config.data.data_dir        where TFDS datasets live; a local directory (check_data_dir)
@@ -39,7 +39,7 @@ BUILDERS = {
 GENERATED_FILES = ("train.csv", "test.csv")
 
 # Builders whose records are made in memory from the config (nothing built on disk).
-IN_MEMORY = {"rlrp": lm.prepare}
+IN_MEMORY = {lm.BUILDER: lm.prepare}
 
 
 def _config_values(config) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The RLRP corpora: generated arithmetic (reasoning) and plain text (fluency), as records.
 
-    config.data.builder = 'rlrp'
+    config.data.builder = 'lm'
     config.data.builder_config:
       name             a label for the run's data (nothing is written to disk)
       seq_len          tokens per record (inputs and next-token labels)
@@ -61,9 +61,12 @@ def decode(ids: Sequence[int]) -> str:
   return bytes(int(i) - BYTE_OFFSET for i in ids if i >= BYTE_OFFSET).decode("utf-8", "replace")
 
 
+BUILDER = "lm"  # config.data.builder of these corpora
+
+
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
-  name: str = "rlrp"
+  name: str = "lm"
   seq_len: int = 32
   num_train: int = 20_000
   num_test: int = 512
@@ -84,7 +87,7 @@ class CorpusConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(f"{FIELD} has unknown field(s) {unknown} for 'rlrp'; known: "
+      raise ValueError(f"{FIELD} has unknown field(s) {unknown} for 'lm'; known: "
                        f"{sorted(known)}")
     config = cls(**values)
     for name in ("seq_len", "num_train", "num_test", "add_digits", "mul_digits"):
@@ -289,7 +292,7 @@ def answer_only(records: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def prepare(data_cfg):
-  """`pipeline.Prepared` for builder 'rlrp': the training stream routes whole batches to the
+  """`pipeline.Prepared` for builder 'lm': the training stream routes whole batches to the
   arithmetic or the text records (ratio `reasoning_ratio`); the test split (and the validation
   split, when `num_validation` > 0; else None) is held-out arithmetic supervised on its answer
   digits and EOS only (`answer_only`), so the run's evaluation table reads answer exact match

@@ -28,9 +28,8 @@ import numpy as np
 
 from trm_jax.losses import IGNORE_LABEL_ID
 
+# What every model batch holds; a scheme reads more fields through its `batch_keys`.
 MODEL_KEYS = ("inputs", "labels", "puzzle_identifiers")
-# Per-row fields a language-model record may carry besides the model keys (passed through).
-LM_KEYS = ("answer_mask", "reasoning")
 
 
 def run_length_encode(values: Sequence[int]) -> list[list[int]]:
@@ -224,22 +223,25 @@ class _EpochPlan:
     return int(self.epoch(epoch)[offset])
 
 
-def to_model_batch(example: Mapping[str, np.ndarray], pad_id: int = 0) -> dict[str, np.ndarray]:
-  """Model-facing fields with int32 dtypes; label PAD becomes the ignored id."""
+def to_model_batch(example: Mapping[str, np.ndarray], pad_id: int = 0,
+                   keys: Sequence[str] = ()) -> dict[str, np.ndarray]:
+  """Model-facing fields with int32 dtypes, label PAD the ignored id; `keys` (a scheme's
+  `batch_keys`) passed through as they are."""
   labels = np.asarray(example["labels"], np.int32)
   batch = {
       "inputs": np.asarray(example["inputs"], np.int32),
       "labels": np.where(labels == pad_id, IGNORE_LABEL_ID, labels).astype(np.int32),
       "puzzle_identifiers": np.asarray(example["puzzle_identifier"], np.int32),
   }
-  batch.update({k: np.asarray(example[k]) for k in LM_KEYS if k in example})
+  batch.update({k: np.asarray(example[k]) for k in keys})
   return batch
 
 
 def train_dataset(source, index: PuzzleIndex | RoutedIndex, *, seed: int, global_batch_size: int,
-                  num_epochs: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """This process's share of the global training batches (drop_remainder, infinite-epoch plan)."""
+                  num_epochs: int, process_index: int = 0, process_count: int = 1,
+                  keys: Sequence[str] = ()) -> grain.IterDataset:
+  """This process's share of the global training batches (drop_remainder, infinite-epoch
+  plan); `keys`: fields passed through besides MODEL_KEYS (the scheme's `batch_keys`)."""
   if len(source) != index.num_records:
     raise ValueError(f"source has {len(source)} records, the puzzle index {index.num_records}")
   if global_batch_size % process_count:
@@ -247,7 +249,7 @@ def train_dataset(source, index: PuzzleIndex | RoutedIndex, *, seed: int, global
   plan = index.plan(seed, global_batch_size)
   positions = grain.MapDataset.range(plan.length * num_epochs)
   local = positions[process_index::process_count]
-  examples = local.map(lambda position: to_model_batch(source[plan(position)]))
+  examples = local.map(lambda position: to_model_batch(source[plan(position)], keys=keys))
   return examples.to_iter_dataset().batch(global_batch_size // process_count,
                                           drop_remainder=True)
 

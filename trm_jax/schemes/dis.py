@@ -46,12 +46,13 @@ Options (`model.scheme_options`; the first value is the official code's):
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trm_jax import losses, nn, recursion
+from trm_jax import losses, nn, recursion, schemes
 from trm_jax.config import ModelSpec
 from trm_jax.schemes.trm import TRM
 
@@ -77,107 +78,134 @@ def linear_path(rng: jax.Array, x0: jax.Array, x1: jax.Array, num_frames: int) -
   return jnp.where(mask, x1[:, None, :], x0[:, None, :]).astype(jnp.int32)
 
 
-@dataclasses.dataclass(frozen=True)
+@schemes.register
 class DIS(TRM):
   """TRM's step and recursion with DIS's input, carry, targets, loss and fixed halting."""
 
-  name: str = "dis"
-  options = {"input": ("prediction", "puzzle"), "targets": ("path", "mask"),
-             "loss_weights": ("uniform", "linear"), "halting": ("none", "learned"),
-             "cfg_dropout": (0.0,), "loss": ("official", "dual")}
+  name = "dis"
+  official = recursion.Official(
+      "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV5",
+      keys={"inner.timestep_embed.embedding_weight": ("timestep_embed", False)})
 
-  def build(self, spec, rngs):
-    return DISModel(spec, rngs=rngs)
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    input: Literal["prediction", "puzzle"] = "prediction"
+    targets: Literal["path", "mask"] = "path"
+    loss_weights: Literal["uniform", "linear"] = "uniform"
+    halting: Literal["none", "learned"] = "none"
+    cfg_dropout: float = 0.0
+    loss: Literal["official", "dual"] = "official"
 
-  def initial_carry(self, spec, batch_size):
-    return {**super().initial_carry(spec, batch_size),
+  def build(self, rngs):
+    return DISModel(self.spec, rngs=rngs)
+
+  def initial_carry(self, batch_size):
+    spec = self.spec
+    return {**super().initial_carry(batch_size),
             "prev_pred": jnp.zeros((batch_size, spec.seq_len), jnp.int32),
             "path": jnp.zeros((batch_size, spec.halt_max_steps + 1, spec.seq_len), jnp.int32),
             "uncond": jnp.zeros((batch_size,), bool)}
 
-  def refresh(self, spec, carry, fresh, batch, rng):
+  def metrics(self):
+    metrics = {**recursion.Scheme.metrics(self), "accuracy": "per_finished",
+               "steps": "per_finished", "target_exact_accuracy": "per_row"}
+    if self.opts.loss == "dual":
+      metrics["reference_loss"] = "per_row"
+    if self.opts.halting == "learned":
+      metrics.update(q_halt_loss="per_row", q_halt_accuracy="per_finished")
+    return metrics
+
+  def capabilities(self):
+    caps = set(super().capabilities())
+    if self.opts.halting != "learned":  # else the Q head is never trained
+      caps.discard("halting_head")
+    if self.opts.cfg_dropout == 0:  # never trained without its conditioning
+      caps.discard("unconditioned")
+    return frozenset(caps)
+
+  def missing_hint(self, capability):
+    return {"halting_head": "DIS: scheme_options.halting='learned'",
+            "unconditioned": "DIS: scheme_options.cfg_dropout > 0"}.get(capability, "")
+
+  def refresh(self, carry, fresh, batch, rng):
     if rng is None:
       raise ValueError("DIS draws each new row's target path: refresh needs an rng")
     labels = batch["labels"].astype(jnp.int32)
-    start = (batch["inputs"].astype(jnp.int32) if self.option(spec, "targets") == "path"
+    start = (batch["inputs"].astype(jnp.int32) if self.opts.targets == "path"
              else jnp.full_like(labels, losses.IGNORE_LABEL_ID))  # "mask": unrevealed = ignored
-    path = linear_path(rng, start, labels, spec.halt_max_steps + 1)
+    path = linear_path(rng, start, labels, self.spec.halt_max_steps + 1)
     return dict(carry, path=jnp.where(fresh[:, None, None], path, carry["path"]))
 
-  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
-    p = self.option(spec, "cfg_dropout")
+  def step(self, params, rows, carry, data, t, rng, *, training, record=False):
+    p = self.opts.cfg_dropout
     if training and p > 0:  # classifier-free-guidance training: drop the conditioning
       # fold 2: train_step's refresh (which draws the paths) has fold 1 of the same step rng
       carry = dict(carry, uncond=jax.random.bernoulli(jax.random.fold_in(rng, 2), p, t.shape))
-    new_carry, readout = super().step(params, rows, spec, carry, data, t, rng,
+    new_carry, readout = super().step(params, rows, carry, data, t, rng,
                                       training=training, record=record)
-    if training and self.option(spec, "loss") == "dual":
-      reference = self.answer_logits(params, rows, spec, carry)
+    if training and self.opts.loss == "dual":
+      reference = self.answer_logits(params, rows, carry)
       readout = readout._replace(extras=dict(readout.extras, reference_logits=reference))
     return dict(new_carry, uncond=jnp.zeros_like(carry["uncond"])), readout
 
-  def unconditioned(self, spec, carry):
-    if self.option(spec, "cfg_dropout") == 0:  # never trained without its conditioning
-      return None
+  def unconditioned(self, carry):
     return dict(carry, uncond=jnp.ones_like(carry["uncond"]))
 
-  def embed(self, model, rows, spec, carry, data, t):
-    puzzle = (t == 1) | (self.option(spec, "input") == "puzzle")
+  def embed(self, model, rows, carry, data, t):
+    puzzle = (t == 1) | (self.opts.input == "puzzle")
     inputs = jnp.where(puzzle[:, None], data["inputs"].astype(jnp.int32), carry["prev_pred"])
     inputs = jnp.where(inputs == losses.IGNORE_LABEL_ID, 0, inputs)
     uncond = carry["uncond"]
     inputs = jnp.where(uncond[:, None], 0, inputs)
     if rows is not None:
       rows = jnp.where(uncond[:, None], jnp.zeros_like(rows), rows)
-    timestep = jnp.take(model.timestep_embed[...], jnp.clip(t, 0, spec.halt_max_steps), axis=0)
+    timestep = jnp.take(model.timestep_embed[...], jnp.clip(t, 0, self.spec.halt_max_steps),
+                        axis=0)
     return model.embed(inputs, rows, timestep)
 
   def next_carry(self, carry, latents, logits):
-    return self.feed_back(None, super().next_carry(carry, latents, logits), logits)
+    return self.feed_back(super().next_carry(carry, latents, logits), logits)
 
-  def feed_back(self, spec, carry, logits):
+  def feed_back(self, carry, logits):
     """The argmax of the committed logits is the next step's token input."""
     return dict(carry, prev_pred=jnp.argmax(logits, axis=-1).astype(jnp.int32))
 
-  def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
+  def q_continue_target(self, params, rows, new_carry, data, t, training):
     return {}  # no Q loss
 
-  def has_halting_head(self, spec):
-    return self.option(spec, "halting") == "learned"  # else the Q head is never trained
-
-  def halted(self, spec, readout, t, rng, *, training, adaptive=False):
-    halted = recursion.Scheme.halted(self, spec, readout, t, rng, training=training)
-    if adaptive and not training and self.has_halting_head(spec):
+  def halted(self, readout, t, rng, *, training, adaptive=False):
+    halted = t >= self.spec.halt_max_steps
+    if adaptive and not training and "halting_head" in self.capabilities():
       halted = halted | (readout.q_halt > 0)
     return halted
 
-  def targets(self, spec, carry, data):
+  def targets(self, carry, data):
     """Frame t of each row's path (t = the step just taken), out-of-vocabulary -> ignored."""
-    return self.frame(spec, carry, carry["steps"])
+    return self.frame(carry, carry["steps"])
 
-  def frame(self, spec, carry, k):
+  def frame(self, carry, k):
     """Frame k [B] of each row's path, out-of-vocabulary -> ignored."""
-    frame = jnp.clip(k, 0, spec.halt_max_steps)
+    frame = jnp.clip(k, 0, self.spec.halt_max_steps)
     target = jnp.take_along_axis(carry["path"], frame[:, None, None], axis=1)[:, 0]
-    valid = (target >= 0) & (target < spec.vocab_size)
+    valid = (target >= 0) & (target < self.spec.vocab_size)
     return jnp.where(valid, target, losses.IGNORE_LABEL_ID)
 
-  def step_loss(self, spec, logits, targets):
+  def step_loss(self, logits, targets):
     """Per row: the mean token loss over the row's supervised targets."""
     mask = targets != losses.IGNORE_LABEL_ID
-    token_loss = losses.TOKEN_LOSSES[spec.loss_type](logits, targets, mask)
+    token_loss = losses.TOKEN_LOSSES[self.spec.loss_type](logits, targets, mask)
     return jnp.sum(token_loss / jnp.maximum(mask.sum(-1), 1)[:, None], axis=-1)
 
-  def loss(self, spec, readout, targets, carry, data, halted):
+  def loss(self, readout, targets, carry, data, halted):
     """Official ACTLossHeadV4: the step-target CE; metrics against the final labels on rows that
     finished, plus `target_exact_accuracy` (every row, against its step target)."""
-    row_loss = self.step_loss(spec, readout.logits, targets)
+    row_loss = self.step_loss(readout.logits, targets)
     reference = readout.extras.get("reference_logits")
     if reference is not None:  # the dual loss: the step's start read against frame t-1
-      reference_loss = self.step_loss(spec, reference, self.frame(spec, carry, carry["steps"] - 1))
+      reference_loss = self.step_loss(reference, self.frame(carry, carry["steps"] - 1))
       row_loss = row_loss + reference_loss
-    if self.option(spec, "loss_weights") == "linear":
-      row_loss = row_loss * (2 * carry["steps"] / (spec.halt_max_steps + 1))
+    if self.opts.loss_weights == "linear":
+      row_loss = row_loss * (2 * carry["steps"] / (self.spec.halt_max_steps + 1))
     lm_loss = jnp.sum(row_loss)
     mask, correct, seq_correct, counts = losses.sequence_correctness(readout.logits, data["labels"])
     valid = halted & (counts > 0)
@@ -194,11 +222,9 @@ class DIS(TRM):
     if reference is not None:
       metrics["reference_loss"] = jax.lax.stop_gradient(jnp.sum(reference_loss))
     total = lm_loss
-    if self.has_halting_head(spec):
+    if self.opts.halting == "learned":
       q_halt_loss = jnp.sum(losses.binary_cross_entropy_with_logits(readout.q_halt, seq_correct))
       total = total + 0.5 * q_halt_loss
       metrics["q_halt_loss"] = jax.lax.stop_gradient(q_halt_loss)
       metrics["q_halt_accuracy"] = (valid & ((readout.q_halt >= 0) == seq_correct)).sum()
     return total, {k: v.astype(jnp.float32) for k, v in metrics.items()}
-
-recursion.register(DIS())

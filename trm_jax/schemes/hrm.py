@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trm_jax import nn, recursion
-from trm_jax import model as model_lib
+from trm_jax import nn, recursion, schemes
 from trm_jax.config import ModelSpec
 from trm_jax.schemes.trm import TRM
 
@@ -27,9 +26,8 @@ from trm_jax.schemes.trm import TRM
 class HRMModel(nn.TinyRecursiveModel):
   """TRM's embeddings, heads and initial latents, `net` as the L level and `h_net` as H."""
 
-  def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs):
+  def __init__(self, spec: ModelSpec, *, h_layers: int, rngs: nnx.Rngs):
     super().__init__(spec, rngs=rngs)
-    h_layers = recursion.get_scheme(spec.scheme).option(spec, "h_layers")
     h_spec = dataclasses.replace(spec, num_layers=h_layers)
     self.h_net = nn.ReasoningNet(h_spec, rngs=rngs)
 
@@ -58,23 +56,29 @@ def hrm_recursion(spec, l_net, h_net, l_params, h_params, latents, x, *, on_y=No
   return latents, jnp.stack(trace)
 
 
-@dataclasses.dataclass(frozen=True)
+@schemes.register
 class HRM(TRM):
-  name: str = "hrm"
-  options = {"h_layers": (4,)}
+  name = "hrm"
+  official = recursion.Official(
+      "recursive_reasoning.hrm@HierarchicalReasoningModel_ACTV1",
+      # The official config class has no puzzle_emb_len (the ceil-div prefix) and always trains
+      # the Q-continue head; its H_layers is our h_layers.
+      implied={"puzzle_emb_len": 0, "no_ACT_continue": False}, options={"H_layers": "h_layers"},
+      levels={"L": "net", "H": "h_net"})
+  recur = staticmethod(hrm_recursion)
 
-  def validate(self, spec):
-    super().validate(spec)
-    if spec.no_ACT_continue:
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    h_layers: int = 4
+
+  def check(self):
+    if self.spec.no_ACT_continue:
       raise ValueError("model config field 'no_ACT_continue' = True: HRM always trains the "
                        "Q-continue head; set it to False")
 
-  def build(self, spec, rngs):
-    return HRMModel(spec, rngs=rngs)
+  def build(self, rngs):
+    return HRMModel(self.spec, h_layers=self.opts.h_layers, rngs=rngs)
 
-  def recurse(self, params, spec, latents, x, *, on_y=None):
-    return hrm_recursion(spec, model_lib.net_fn(spec), model_lib.net_fn(spec, "h_net"),
-                         params["net"], params["h_net"], latents, x, on_y=on_y)
-
-
-recursion.register(HRM())
+  def recurse(self, params, latents, x, *, on_y=None):
+    return hrm_recursion(self.spec, self.network(), self.network("h_net"), params["net"],
+                         params["h_net"], latents, x, on_y=on_y)

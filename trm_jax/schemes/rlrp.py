@@ -52,13 +52,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trm_jax import losses, nn, recursion
-from trm_jax import model as model_lib
+from trm_jax import losses, nn, recursion, schemes
 from trm_jax.config import ModelSpec
 from trm_jax.recursion import Readout
 
@@ -175,81 +175,100 @@ def improvement_penalty(ce_KB: jax.Array, margin: float) -> jax.Array:
   return jax.nn.relu(ce_KB[-1] - jax.lax.stop_gradient(ce_KB[0]) + margin)
 
 
-@dataclasses.dataclass(frozen=True)
+@schemes.register
 class RLRP(recursion.Scheme):
-  name: str = "rlrp"
-  options = {"K": (4,), "head": ("attention", "mlp"), "step_embed": (False, True),
-             "alpha": (0.5,), "gradient": ("full", "truncated"),
-             "weights": ("uniform", "linear", "last"), "rl_weight": (1.0,),
-             "rl_span": ("answer", "all"), "penalty_weight": (0.0,),
-             "penalty_span": ("answer", "all"), "margin": (0.0,)}
+  name = "rlrp"
+  # Per-row fields of the language-model data (data/lm.py): the answer digits' mask and
+  # whether the row is an arithmetic (reasoning) row.
+  batch_keys = ("answer_mask", "reasoning")
 
-  def validate(self, spec):
-    super().validate(spec)
-    def fail(field, why):
-      raise ValueError(f"model config field '{field}' = {getattr(spec, field)!r}: {why} "
-                       "(scheme 'rlrp')")
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    K: int = 4
+    head: Literal["attention", "mlp"] = "attention"
+    step_embed: bool = False
+    alpha: float = 0.5
+    gradient: Literal["full", "truncated"] = "full"
+    weights: Literal["uniform", "linear", "last"] = "uniform"
+    rl_weight: float = 1.0
+    rl_span: Literal["answer", "all"] = "answer"
+    penalty_weight: float = 0.0
+    penalty_span: Literal["answer", "all"] = "answer"
+    margin: float = 0.0
+
+  def check(self):
+    spec = self.spec
     if spec.halt_max_steps != 1:
-      fail("halt_max_steps", "must be 1: one supervision step per batch, the K refinements "
-           "are inside it (scheme_options.K)")
+      self.fail("halt_max_steps", "must be 1: one supervision step per batch, the K refinements "
+                "are inside it (scheme_options.K)")
     if spec.mlp_t:
-      fail("mlp_t", "must be False: a causal LM mixes tokens by causal attention")
+      self.fail("mlp_t", "must be False: a causal LM mixes tokens by causal attention")
     if spec.puzzle_emb_ndim:
-      fail("puzzle_emb_ndim", "must be 0: a language model has no puzzle table")
+      self.fail("puzzle_emb_ndim", "must be 0: a language model has no puzzle table")
     if spec.pos_encodings not in ("rope", "none"):
-      fail("pos_encodings", "must be 'rope' or 'none'")
+      self.fail("pos_encodings", "must be 'rope' or 'none'")
 
-  def build(self, spec, rngs):
-    return RLRPModel(spec, head=self.option(spec, "head"), steps=self.option(spec, "K"),
-                     step_embed=self.option(spec, "step_embed"), rngs=rngs)
+  def build(self, rngs):
+    return RLRPModel(self.spec, head=self.opts.head, steps=self.opts.K,
+                     step_embed=self.opts.step_embed, rngs=rngs)
 
-  def initial_carry(self, spec, batch_size):
+  def initial_carry(self, batch_size):
     """The row's tokens: all a row's state is (`answer_logits` reads from them)."""
-    return {"inputs": jnp.zeros((batch_size, spec.seq_len), jnp.int32)}
+    return {"inputs": jnp.zeros((batch_size, self.spec.seq_len), jnp.int32)}
 
-  def refresh(self, spec, carry, fresh, batch, rng):
-    del spec, rng
+  def capabilities(self):
+    return super().capabilities() | {"update_trace"}
+
+  def metrics(self):
+    metrics = {**super().metrics(), "accuracy": "per_finished", "steps": "per_finished",
+               "rl_loss": "per_row", "improvement_loss": "per_row"}
+    for k in range(1, self.opts.K + 1):
+      metrics[f"step{k}_ce_loss"] = "per_row"
+      metrics[f"exact_accuracy_step{k}"] = "per_finished"
+    return metrics
+
+  def refresh(self, carry, fresh, batch, rng):
+    del rng
     inputs = batch["inputs"].astype(jnp.int32)
     return dict(carry, inputs=jnp.where(fresh[:, None], inputs, carry["inputs"]))
 
-  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+  def step(self, params, rows, carry, data, t, rng, *, training, record=False):
     del rows, t, rng, training
-    model = model_lib.merge(spec, params)
+    model = self.module(params)
     inputs = data["inputs"].astype(jnp.int32)
-    logits = refine(model, model.hidden(inputs), self.option(spec, "K"),
-                    self.option(spec, "alpha"), self.option(spec, "gradient") == "truncated")
+    logits = refine(model, model.hidden(inputs), self.opts.K, self.opts.alpha,
+                    self.opts.gradient == "truncated")
     zeros = jnp.zeros(inputs.shape[:1], jnp.float32)
     return (dict(carry, inputs=inputs),
             Readout(logits[-1], zeros, zeros, logits if record else None,
                     {"step_logits": logits}))
 
-  def answer_logits(self, params, rows, spec, carry):
+  def answer_logits(self, params, rows, carry):
     """logits_0 = lm_head(h + proj(u_0)) with u_0 = h: the readout before any refinement."""
     del rows
-    model = model_lib.merge(spec, params)
+    model = self.module(params)
     h = model.hidden(carry["inputs"])
     return model.readout(h, h)
 
-  def forward_passes(self, spec):
-    return 1 + self.option(spec, "K")
+  def forward_passes(self):
+    return 1 + self.opts.K
 
-  def loss(self, spec, readout, targets, carry, data, halted):
+  def loss(self, readout, targets, carry, data, halted):
+    opts = self.opts
     logits = readout.extras["step_logits"]  # [K, B, L, V]
     K, B = logits.shape[:2]
     mask = targets != losses.IGNORE_LABEL_ID
     reasoning = data["reasoning"].astype(bool) if "reasoning" in data else jnp.zeros((B,), bool)
     answer = data["answer_mask"].astype(bool) & mask if "answer_mask" in data else mask & False
-    token_ce = token_cross_entropy(logits, targets, spec.loss_type)  # [K, B, L]
+    token_ce = token_cross_entropy(logits, targets, self.spec.loss_type)  # [K, B, L]
     ce = row_mean(token_ce, mask)  # [K, B]
-    lm_loss = jnp.sum(convex_weights(K, self.option(spec, "weights"))[:, None] * ce)
-    rl_mask = answer if self.option(spec, "rl_span") == "answer" else mask
+    lm_loss = jnp.sum(convex_weights(K, opts.weights)[:, None] * ce)
+    rl_mask = answer if opts.rl_span == "answer" else mask
     rl_loss = jnp.sum(jnp.where(reasoning, soft_rl(logits, targets, rl_mask), 0.0))
-    span_ce = ce if self.option(spec, "penalty_span") == "all" else row_mean(token_ce, answer)
+    span_ce = ce if opts.penalty_span == "all" else row_mean(token_ce, answer)
     improvement_loss = jnp.sum(jnp.where(
-        reasoning, improvement_penalty(span_ce, self.option(spec, "margin")), 0.0))
-    total = (lm_loss + self.option(spec, "rl_weight") * rl_loss
-             + self.option(spec, "penalty_weight") * improvement_loss)
-
+        reasoning, improvement_penalty(span_ce, opts.margin), 0.0))
+    total = lm_loss + opts.rl_weight * rl_loss + opts.penalty_weight * improvement_loss
     # Answer metrics on reasoning rows (teacher-forced: every answer digit is the argmax given
     # the true prefix, which for greedy decoding is the same as generating the whole answer).
     counts = answer.sum(-1)
@@ -271,5 +290,3 @@ class RLRP(recursion.Scheme):
       metrics[f"exact_accuracy_step{k + 1}"] = exact[k].sum()
     return total, {k: v.astype(jnp.float32) for k, v in metrics.items()}
 
-
-recursion.register(RLRP())

@@ -9,44 +9,74 @@ N_sup steps at evaluation (or on the Q head with adaptive evaluation).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+import inspect
 
 import jax
 import jax.numpy as jnp
 
-from trm_jax import losses, recursion
-from trm_jax import model as model_lib
-from trm_jax.config import ModelSpec
-from trm_jax.recursion import Readout
+from trm_jax import losses, nn, recursion, schemes
+from trm_jax.recursion import Latents, Readout
 
 
-@dataclasses.dataclass(frozen=True)
+@schemes.register
 class TRM(recursion.Scheme):
-  name: str = "trm"
-  recur: recursion.RecurFn = recursion.trm_recursion
-  passes: Callable[[ModelSpec], int] = lambda spec: spec.H_cycles * (spec.L_cycles + 1)
+  name = "trm"
+  official = recursion.Official("recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1")
+  # The latent recursion of one step, and the network calls it makes (`register_scheme` makes
+  # subclasses with others).
+  recur = staticmethod(recursion.trm_recursion)
+  passes = staticmethod(lambda spec: spec.H_cycles * (spec.L_cycles + 1))
 
-  @property
-  def recur_fn(self):
-    return self.recur
+  @classmethod
+  def with_recursion(cls, name, recur, passes):
+    """This scheme with another latent recursion (`schemes.register_scheme`)."""
+    return type(f"{cls.__name__}_{name}", (cls,), {
+        "name": name, "recur": staticmethod(recur), "passes": staticmethod(passes),
+        "official": None, "__module__": getattr(recur, "__module__", cls.__module__)})
 
-  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+  def build(self, rngs):
+    return nn.TinyRecursiveModel(self.spec, rngs=rngs)
+
+  def initial_carry(self, batch_size):
+    spec = self.spec
+    shape = (batch_size, spec.total_len, spec.hidden_size)
+    return {"y": jnp.zeros(shape, spec.jnp_compute_dtype),
+            "z": jnp.zeros(shape, spec.jnp_compute_dtype)}
+
+  def metrics(self):
+    return {**super().metrics(), "accuracy": "per_finished", "q_halt_accuracy": "per_finished",
+            "steps": "per_finished", "q_halt_loss": "per_row", "q_continue_loss": "per_row"}
+
+  def capabilities(self):
+    caps = super().capabilities() | {"halting_head"}  # the Q head
+    return caps | ({"update_trace"} if self.traces_updates() else set())
+
+  def traces_updates(self) -> bool:
+    return "on_y" in inspect.signature(self.recur).parameters
+
+  def start(self, params, carry) -> Latents:
+    """The carry's (y, z), with rows flagged `reset` at the initial latents."""
+    cdt = self.spec.jnp_compute_dtype
+    reset = carry["reset"][:, None, None]
+    return Latents(jnp.where(reset, params["y_init"].astype(cdt)[None, None], carry["y"]),
+                   jnp.where(reset, params["z_init"].astype(cdt)[None, None], carry["z"]))
+
+  def step(self, params, rows, carry, data, t, rng, *, training, record=False):
     del rng  # the recursion is deterministic; halting draws its own randomness
-    model = model_lib.merge(spec, params)
-    latents = model_lib.reset_latents(params, spec, carry)
-    x = self.embed(model, rows, spec, carry, data, t)
+    model = self.module(params)
+    latents = self.start(params, carry)
+    x = self.embed(model, rows, carry, data, t)
     trace = None
-    if record:
-      latents, trace = self.recurse(params, spec, latents, x, on_y=lambda y: model.heads(y)[0])
+    if record and self.traces_updates():
+      latents, trace = self.recurse(params, latents, x, on_y=lambda y: model.heads(y)[0])
     else:
-      latents = self.recurse(params, spec, latents, x)
+      latents = self.recurse(params, latents, x)
     logits, q_halt, q_continue = model.heads(latents.y)
     new_carry = self.next_carry(carry, latents, logits)
-    extras = self.q_continue_target(params, rows, spec, new_carry, data, t, training)
+    extras = self.q_continue_target(params, rows, new_carry, data, t, training)
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
 
-  def embed(self, model, rows, spec, carry, data, t):
+  def embed(self, model, rows, carry, data, t):
     """The step's input embedding x (subclasses change what the step is conditioned on)."""
     return model.embed(data["inputs"], rows)
 
@@ -54,36 +84,37 @@ class TRM(recursion.Scheme):
     """The detached carry after the step (subclasses add what they track per row)."""
     return dict(carry, y=jax.lax.stop_gradient(latents.y), z=jax.lax.stop_gradient(latents.z))
 
-  def q_continue_target(self, params, rows, spec, new_carry, data, t, training):
+  def q_continue_target(self, params, rows, new_carry, data, t, training):
     """{'target_q_continue'} when the continue head is trained: the bootstrapped target from one
     more (no-grad) step, as in the official code (PQN-style); else {}."""
+    spec = self.spec
     if not training or spec.no_ACT_continue or spec.halt_max_steps <= 1:
       return {}
     frozen_params, frozen_rows = jax.lax.stop_gradient((params, rows))
     next_carry = dict(new_carry, reset=jnp.zeros_like(new_carry["reset"]))
-    _, after = self.step(frozen_params, frozen_rows, spec, next_carry, data, t + 1, None,
+    _, after = self.step(frozen_params, frozen_rows, next_carry, data, t + 1, None,
                          training=False)
     return {"target_q_continue": jax.nn.sigmoid(jnp.where(
         t >= spec.halt_max_steps, after.q_halt, jnp.maximum(after.q_halt, after.q_continue)))}
 
-  def recurse(self, params, spec, latents, x, *, on_y=None):
+  def recurse(self, params, latents, x, *, on_y=None):
     """The latent recursion of one step (with `on_y`: also the readouts after each y update)."""
-    net = model_lib.net_fn(spec)
+    net = self.network()
     if on_y is None:
-      return self.recur(spec, net, params["net"], latents, x)
-    if self.recur is not recursion.trm_recursion:
-      raise NotImplementedError(f"scheme '{self.name}' does not record per-update readouts")
-    return recursion.trm_recursion(spec, net, params["net"], latents, x, on_y=on_y)
+      return self.recur(self.spec, net, params["net"], latents, x)
+    return self.recur(self.spec, net, params["net"], latents, x, on_y=on_y)
 
-  def loss(self, spec, readout, targets, carry, data, halted):
+  def loss(self, readout, targets, carry, data, halted):
     return losses.act_loss(readout.logits, readout.q_halt, readout.q_continue, targets, halted,
-                           carry["steps"], spec.loss_type, readout.extras.get("target_q_continue"))
+                           carry["steps"], self.spec.loss_type,
+                           readout.extras.get("target_q_continue"))
 
-  def halted(self, spec, readout, t, rng, *, training, adaptive=False):
+  def halted(self, readout, t, rng, *, training, adaptive=False):
     """Training halts a row when its Q head says so (`q_halt > 0`, or `q_halt > q_continue`
     with the continue head), never before a per-sample minimum drawn with probability
     `halt_exploration_prob` from U{2..N_sup}. Evaluation runs all N_sup steps unless
     `adaptive`, which halts on the Q head without exploration."""
+    spec = self.spec
     halted = t >= spec.halt_max_steps
     if (training or adaptive) and spec.halt_max_steps > 1:
       q_says_halt = (readout.q_halt > 0 if spec.no_ACT_continue
@@ -96,16 +127,9 @@ class TRM(recursion.Scheme):
       halted = halted & (t >= jnp.where(explore, min_steps, 0))
     return halted
 
-  def forward_passes(self, spec):
-    return self.passes(spec)
+  def forward_passes(self):
+    return self.passes(self.spec)
 
-  def has_halting_head(self, spec):
-    return True  # the Q head
-
-  def answer_logits(self, params, rows, spec, carry):
+  def answer_logits(self, params, rows, carry):
     del rows
-    y = model_lib.reset_latents(params, spec, carry).y
-    return model_lib.merge(spec, params).heads(y)[0]
-
-
-recursion.register(TRM())
+    return self.module(params).heads(self.start(params, carry).y)[0]

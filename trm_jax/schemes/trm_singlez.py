@@ -8,14 +8,11 @@ z. T-1 cycles without gradient, the last with it; loss, halting and Q head are T
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from trm_jax import nn, recursion
-from trm_jax import model as model_lib
+from trm_jax import nn, recursion, schemes
 from trm_jax.config import ModelSpec
 from trm_jax.recursion import Readout
 from trm_jax.schemes.trm import TRM
@@ -39,23 +36,30 @@ def single_z_cycle(spec, net, net_params, z, x, *, unroll: bool = False):
   return net(net_params, z, zero)
 
 
-@dataclasses.dataclass(frozen=True)
+@schemes.register
 class SingleZ(TRM):
-  name: str = "trm_singlez"
+  name = "trm_singlez"
+  official = recursion.Official(
+      "recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1", primary=False)
 
-  def build(self, spec, rngs):
-    return SingleZModel(spec, rngs=rngs)
+  def build(self, rngs):
+    return SingleZModel(self.spec, rngs=rngs)
 
-  def initial_carry(self, spec, batch_size):
+  def initial_carry(self, batch_size):
+    spec = self.spec
     return {"z": jnp.zeros((batch_size, spec.total_len, spec.hidden_size),
                            spec.jnp_compute_dtype)}
 
-  def step(self, params, rows, spec, carry, data, t, rng, *, training, record=False):
+  def capabilities(self):
+    return super().capabilities() | {"update_trace"}
+
+  def step(self, params, rows, carry, data, t, rng, *, training, record=False):
     del rng
-    model = model_lib.merge(spec, params)
-    z = self.start(params, spec, carry)
+    spec = self.spec
+    model = self.module(params)
+    z = self.start(params, carry)
     x = model.embed(data["inputs"], rows)
-    net = model_lib.net_fn(spec)
+    net = self.network()
     trace = []
     if spec.H_cycles > 1:
       frozen_params, frozen_x = jax.lax.stop_gradient((params["net"], x))
@@ -69,18 +73,15 @@ class SingleZ(TRM):
     z = single_z_cycle(spec, net, params["net"], z, x, unroll=True)
     logits, q_halt, q_continue = model.heads(z)
     new_carry = dict(carry, z=jax.lax.stop_gradient(z))
-    extras = self.q_continue_target(params, rows, spec, new_carry, data, t, training)
+    extras = self.q_continue_target(params, rows, new_carry, data, t, training)
     trace = jnp.concatenate([*trace, logits[None]], axis=0) if record else None
     return new_carry, Readout(logits, q_halt, q_continue, trace, extras)
 
-  def start(self, params, spec, carry):
+  def start(self, params, carry):
     """The carry's z, rows flagged `reset` at the initial latent."""
-    z_init = params["z_init"].astype(spec.jnp_compute_dtype)[None, None]
+    z_init = params["z_init"].astype(self.spec.jnp_compute_dtype)[None, None]
     return jnp.where(carry["reset"][:, None, None], z_init, carry["z"])
 
-  def answer_logits(self, params, rows, spec, carry):
+  def answer_logits(self, params, rows, carry):
     del rows
-    return model_lib.merge(spec, params).heads(self.start(params, spec, carry))[0]
-
-
-recursion.register(SingleZ())
+    return self.module(params).heads(self.start(params, carry))[0]
