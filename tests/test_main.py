@@ -219,6 +219,22 @@ def test_config_changes_on_resume(tmp_path):
   assert resume.config_changes_on_resume(changed, tmp_path, tmp_path / "none", allow=False) == {}
 
 
+def test_a_kernel_flag_of_the_model_names_its_new_place(tmp_path):
+  """`--config.model.matmul` moved to `--config.execution.matmul` (issue 29): the command line
+  says so, without a traceback, before anything runs."""
+  for module in ("trm_jax.main", "trm_jax.aot"):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--config", "experiments/sudoku.py:smoke", "--workdir",
+         str(tmp_path / "run"), "--topology", "v5e:2x2", "--config.model.matmul=xla"],
+        cwd=EXPERIMENTS.parent, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode != 0
+    assert ("error: --config.model.matmul moved to --config.execution.matmul"
+            in proc.stderr), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_mfu_inputs_count_on_accelerators_only():
   """The FLOP count and peak the training loop's MFU uses (no accelerator needed to check)."""
   import dataclasses

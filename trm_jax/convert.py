@@ -169,8 +169,7 @@ OFFICIAL_IMPLIED = {"hrm": {"puzzle_emb_len": 0, "no_ACT_continue": False}}
 OFFICIAL_OPTIONS = {"hrm": {"H_layers": "h_layers"}}
 # trm_jax model fields the official arch lacks, with the value the official model has (None:
 # performance only or set elsewhere, e.g. the loss type in the official loss head).
-TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None, "matmul": None,
-                "attention": None}
+TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None}
 
 
 def model_config_from_official(arch: Mapping[str, Any]) -> "config_lib.ml_collections.ConfigDict":
