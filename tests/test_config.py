@@ -92,3 +92,15 @@ def test_a_moved_command_line_flag_names_its_new_place():
     name = flag.split("=")[0].rsplit(".", 1)[1]
     assert f"moved to --config.execution.{name}" in message
 
+
+def test_a_config_saved_with_the_kernels_in_its_model_loads():
+  """Runs saved before issue 29 hold matmul and attention in their model config: read back,
+  they are the run's execution settings, and the model config validates."""
+  from trm_jax import runs
+  model = config.tiny().to_dict()
+  saved = {"model": dict(model, matmul="xla", attention="auto"), "train": {"lr": 0.1}}
+  upgraded = runs.upgrade_config(saved)
+  assert upgraded == {"model": model, "train": {"lr": 0.1},
+                      "execution": {"matmul": "xla", "attention": "auto"}}
+  ModelSpec.from_config(upgraded["model"])
+  assert runs.upgrade_config(upgraded) == upgraded  # today's layout stays as it is
