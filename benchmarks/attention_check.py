@@ -2,8 +2,8 @@ r"""Numerics of the fused (cuDNN) attention path against the XLA path, on a GPU.
 
     python benchmarks/attention_check.py --config arc_dis_medium --batch_size 32
 
-Same random weights and batch for three models: bf16 with `attention=xla`, bf16 with
-`attention=cudnn`, and fp32 with `attention=xla` (the reference). For each bf16 path it prints
+Same random weights and batch for three runs: bf16 with `execution.attention=xla`, bf16 with
+`execution.attention=cudnn`, and fp32 with `execution.attention=xla` (the reference). For each bf16 path it prints
 the distance of the logits of every eval supervision step (fed back as the scheme does) from the
 fp32 reference and the share of argmax tokens that agree with it, then the same for the
 gradients of one training call. The fused path passes when its errors are of the size of the bf16
@@ -34,6 +34,7 @@ def main() -> int:
   from trm_jax import model as model_lib
   from trm_jax.config import ModelSpec
   from trm_jax.kernels import attention as attention_lib
+  from trm_jax.kernels import execution
 
   base = bench_trm.CONFIGS[args.config]().model
   np_batch = bench_trm.random_batch(base.seq_len, base.vocab_size, base.num_puzzle_identifiers,
@@ -45,7 +46,7 @@ def main() -> int:
     params["puzzle_emb"] = 0.02 * jax.random.normal(jax.random.key(1), params["puzzle_emb"].shape)
 
   def run(dtype: str, impl: str):
-    spec = ModelSpec.from_config(dict(base.to_dict(), compute_dtype=dtype, attention=impl))
+    spec = ModelSpec.from_config(dict(base.to_dict(), compute_dtype=dtype))
     if impl == "cudnn" and not attention_lib.uses_cudnn(impl, jnp.bfloat16, spec.hidden_size //
                                                         spec.num_heads):
       raise SystemExit("cuDNN attention does not apply here (needs an NVIDIA GPU)")
@@ -67,7 +68,9 @@ def main() -> int:
       loss = lambda p: train.supervision_loss(p, rows, spec, state, jax.random.key(2))[0]
       return jax.grad(loss)(params)
 
-    return jax.device_get(logits_per_step(params, batch)), jax.device_get(grads(params, batch))
+    with execution.using(execution.Settings(attention=impl)):
+      return (jax.device_get(logits_per_step(params, batch)),
+              jax.device_get(grads(params, batch)))
 
   ref_logits, ref_grads = run("float32", "xla")
   print(f"config {args.config}, batch {args.batch_size}, device {jax.devices()[0].device_kind}")

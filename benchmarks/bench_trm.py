@@ -26,9 +26,9 @@ Full measurements (official sizes; examples/s = batch / median):
   # on a GPU host, larger batches (the official global batch is 768):
   python benchmarks/bench_trm.py --configs sudoku_mlp_t,sudoku_att,maze_att,arc_att \
       --batch_sizes 64,256,768 --repeats 10 --warmup 2 --json_out /tmp/bench_trm_gpu.json
-  # a model-config override (e.g. the matmul implementation, once ModelSpec has it):
+  # a model-config override, and XLA's dot instead of the CPU kernels (execution.matmul):
   python benchmarks/bench_trm.py --configs sudoku_mlp_t --batch_sizes 32 \
-      --model_overrides matmul=xla
+      --model_overrides remat=full --matmul xla
 
 Quick smoke run (a minute on 2 CPU cores):
 
@@ -134,6 +134,7 @@ def build_config(name: str, args):
     raise SystemExit(f"unknown config {name!r}; known: {sorted(CONFIGS)}")
   config = CONFIGS[name]()
   apply_model_overrides(config.model, shrink_overrides(args) + parse_overrides(args.model_overrides))
+  config.execution.update(matmul=args.matmul, attention=args.attention)
   return config
 
 
@@ -347,6 +348,10 @@ def add_shared_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
   p.add_argument("--l_cycles", type=int, default=None, help=f"override L_cycles ({scope})")
   p.add_argument("--halt_max_steps", type=int, default=None,
                  help=f"override halt_max_steps ({scope})")
+  p.add_argument("--matmul", default="auto", help="trm_jax's matmul kernels, execution.matmul "
+                 "(trm_jax/kernels/matmul.py)")
+  p.add_argument("--attention", default="auto", help="trm_jax's attention kernel, "
+                 "execution.attention (trm_jax/kernels/attention.py)")
   p.add_argument("--host_malloc", default="auto", choices=host_memory.MODES,
                  help=f"host memory settings of {scope} (trm_jax/host_memory.py)")
   p.add_argument("--json_out", default=None, help="write all results as JSON here")
@@ -391,14 +396,17 @@ def main(argv: list[str] | None = None) -> int:
   if args.one:  # Child: one measurement, reported as a JSON line.
     host_malloc = host_memory.configure(args.host_malloc)  # before JAX starts its backend
     name, batch_size, what = args.one.split(":")
+    from trm_jax import experiment
+    from trm_jax.kernels import execution
     config = build_config(name, args)
     model = config.model
     batch = random_batch(model.seq_len, model.vocab_size, model.num_puzzle_identifiers,
                          int(batch_size))
-    result = time_jax(model, config.train, batch, what, args.warmup, args.repeats,
-                      peak_override=args.peak_tflops,
-                      profile_dir=profile_dir(args, name, batch_size, what),
-                      profile_calls=args.profile_calls)
+    with execution.using(experiment.execution_settings(config)):
+      result = time_jax(model, config.train, batch, what, args.warmup, args.repeats,
+                        peak_override=args.peak_tflops,
+                        profile_dir=profile_dir(args, name, batch_size, what),
+                        profile_calls=args.profile_calls)
     result.update(config=name, env=dict(jax_environment(), host_malloc=host_malloc))
     emit(result)
     return 0
@@ -407,13 +415,17 @@ def main(argv: list[str] | None = None) -> int:
   os.environ["JAX_PLATFORMS"] = "cpu"  # This parent never touches an accelerator; children do.
   configs, whats = _csv(args.configs), _csv(args.what)
   batch_sizes = [int(b) for b in _csv(args.batch_sizes)]
+  from trm_jax import experiment
+  from trm_jax.config import ModelSpec
   for name in configs:
     if name not in CONFIGS:
       raise SystemExit(f"unknown config {name!r}; known: {sorted(CONFIGS)}")
-    # Fail on bad overrides before any subprocess starts (no backend is initialised here).
-    from trm_jax.config import ModelSpec
+    # Fail on bad overrides before any subprocess starts (at most the CPU backend starts here:
+    # asking whether a CPU kernel is available).
     try:
-      ModelSpec.from_config(build_config(name, args).model)
+      config = build_config(name, args)
+      ModelSpec.from_config(config.model)
+      experiment.execution_settings(config)
     except (ValueError, TypeError) as e:
       raise SystemExit(f"config {name}: {e}") from None
   for what in whats:
@@ -441,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{env.get('host_malloc', '?')}")
   shrink = shrink_overrides(args) + parse_overrides(args.model_overrides)
   print(f"repeats {args.repeats}, warmup {args.warmup}; model overrides: "
-        f"{', '.join(f'{k}={v}' for k, v in shrink) or 'none'}")
+        f"{', '.join(f'{k}={v}' for k, v in shrink) or 'none'}; execution: matmul="
+        f"{args.matmul}, attention={args.attention}")
   print("train = 1 supervision step + optimiser update per call; eval = 1 full eval batch "
         "(halt_max_steps supervision steps) per call.")
   print()

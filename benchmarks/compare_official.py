@@ -131,13 +131,6 @@ def build_configs(args):
     arch = convert.official_arch(model)
   except ValueError as e:
     raise SystemExit(f"--config {args.config}: {e}") from None
-  # trm_jax-only knobs that leave the model as it is (today: matmul).
-  free_knobs = {key for key, value in convert.TRM_JAX_ONLY.items() if value is None} - set(_FIXED)
-  for key, raw in bench_trm.parse_overrides(args.jax_model_overrides):
-    if key not in free_knobs:
-      raise SystemExit(f"--jax_model_overrides {key}: changes the model itself; use "
-                       "--model_overrides to change both sides")
-    bench_trm.apply_model_overrides(model, [(key, raw)])
   if args.no_ema:
     config.train.ema = False
   return config, arch
@@ -251,18 +244,20 @@ def torch_child(args, root: pathlib.Path, workdir: pathlib.Path, batch_size: int
 
 def jax_child(args, workdir: pathlib.Path, batch_size: int, what: str) -> dict:
   import numpy as np
-  from trm_jax import convert
+  from trm_jax import convert, experiment
+  from trm_jax.kernels import execution
   config, arch = build_configs(args)
   weights = np.load(workdir / "weights.npz")
   params = convert.from_official_state_dict({k: weights[k] for k in weights.files}, config.model)
   np_batch = bench_trm.random_batch(arch["seq_len"], arch["vocab_size"],
                                     arch["num_puzzle_identifiers"], batch_size)
-  result = bench_trm.time_jax(config.model, config.train, np_batch, what, args.warmup,
-                              args.repeats, params=params, return_preds=True,
-                              peak_override=args.peak_tflops,
-                              profile_dir=bench_trm.profile_dir(args, args.config, batch_size,
-                                                                what),
-                              profile_calls=args.profile_calls)
+  with execution.using(experiment.execution_settings(config)):
+    result = bench_trm.time_jax(config.model, config.train, np_batch, what, args.warmup,
+                                args.repeats, params=params, return_preds=True,
+                                peak_override=args.peak_tflops,
+                                profile_dir=bench_trm.profile_dir(args, args.config, batch_size,
+                                                                  what),
+                                profile_calls=args.profile_calls)
   preds = result.pop("preds", None)
   if preds is not None:
     np.save(workdir / f"preds_jax_{batch_size}.npy", np.asarray(preds, np.int32))
@@ -308,8 +303,6 @@ def make_parser() -> argparse.ArgumentParser:
   p.add_argument("--no_ema", action="store_true", help="no EMA on either side")
   p.add_argument("--model_overrides", default="",
                  help="key=value,... on the model config of BOTH sides (trm_jax field names)")
-  p.add_argument("--jax_model_overrides", default="",
-                 help="key=value,... for trm_jax only, not changing the model (e.g. matmul=amx)")
   p.add_argument("--quick", action="store_true",
                  help="H_cycles 1, L_cycles 1, halt_max_steps 2, batch 2, 2 repeats (both sides)")
   # Internal (child processes).
@@ -407,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "forward_dtype")}
   print(f"config {args.config}: {json.dumps(shown)}; EMA {'on' if config.train.ema else 'off'}; "
         f"repeats {args.repeats}, warmup {args.warmup}"
-        + (f"; trm_jax only: {args.jax_model_overrides}" if args.jax_model_overrides else ""))
+        + f"; trm_jax execution: matmul={args.matmul}, attention={args.attention}")
   print("notes: official optimiser = torch AdamW (the official AdamATan2 is a CUDA-only package) "
         "+ the official sparse sign-SGD (world_size=1, no torch.distributed) + EMAHelper; "
         "trm_jax = AdamATan2 + sparse sign-SGD + EMA in one jitted step (slightly more "

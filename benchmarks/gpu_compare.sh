@@ -49,7 +49,7 @@ for check in $checks; do
                  --config arc_dis_medium --batch_size 32 2>&1 | tee "$out/attention.log" ;;
     dis_arc_medium) compare dis_arc_medium 170 "${arc[@]}" --what train ;;
     dis_arc_medium_native) compare dis_arc_medium_native 170 "${arc[@]}" --what train \
-                             --jax_model_overrides matmul=xla_native ;;
+                             --matmul xla_native ;;
     dis_arc_medium_eval) compare dis_arc_medium_eval 170 "${arc[@]}" --what eval ;;
     dis_nqueens) compare dis_nqueens 150 --official "$dis" --config nqueens_dis --batch_sizes 512 ;;
     trm_sudoku_mlp_t) compare trm_sudoku_mlp_t 200 --official "$trm" --config sudoku_mlp_t \

@@ -55,16 +55,16 @@ from jax.extend import core as jax_core  # noqa: E402
 import bench_trm  # noqa: E402
 from trm_jax import flops, train  # noqa: E402
 from trm_jax.config import ModelSpec  # noqa: E402
+from trm_jax.kernels import execution  # noqa: E402
 from trm_jax.kernels import target as target_lib  # noqa: E402
 
 TOTAL_STEPS = 100_000
 HLO_OPS = ("fusion", "convert", "copy", "transpose", "dot", "custom-call")
 
 
-def build(name: str, matmul: str, remat: str, batch_size: int):
+def build(name: str, remat: str, batch_size: int):
   """(config, spec, abstract train state, abstract batch) of a bench_trm config."""
   config = bench_trm.CONFIGS[name]()
-  config.model.matmul = matmul
   config.model.remat = remat
   spec = ModelSpec.from_config(config.model)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in bench_trm.random_batch(
@@ -155,20 +155,22 @@ def compiled_stats(step, state, batch, model_flops: int) -> dict:
 
 def anatomy(name: str, target: str, matmul: str, remat: str, batch_size: int,
             compile_batch: int) -> dict:
-  config, spec, state, batch = build(name, matmul, remat, batch_size)
+  config, spec, state, batch = build(name, remat, batch_size)
   step = functools.partial(train.train_step, spec=spec, train_cfg=config.train,
                            total_steps=TOTAL_STEPS)
-  with tracing_for(target):
+  settings = execution.Settings(matmul=matmul, attention=config.execution.attention)
+  with tracing_for(target), execution.using(settings):
     result = {"config": name, "target": target, "matmul": matmul, "remat": remat,
               "batch": batch_size, "residuals": residuals(spec, state, batch),
               "dot_flops": dot_flops_by_dtype(step, state, batch)}
   if target == "cpu" and compile_batch:
-    _, _, small_state, small_batch = build(name, matmul, remat, compile_batch)
+    _, _, small_state, small_batch = build(name, remat, compile_batch)
     small_flops = flops.model_flops(spec, functools.partial(
         train.train_step, train_cfg=config.train, total_steps=TOTAL_STEPS), small_state,
         small_batch)
-    result["cpu_compile"] = dict(batch=compile_batch, **compiled_stats(
-        step, small_state, small_batch, small_flops))
+    with execution.using(settings):
+      result["cpu_compile"] = dict(batch=compile_batch, **compiled_stats(
+          step, small_state, small_batch, small_flops))
   return result
 
 
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
   p.add_argument("--configs", default="arc_dis_medium",
                  help=f"comma list of {sorted(bench_trm.CONFIGS)}")
   p.add_argument("--targets", default="gpu,cpu", help="comma list of gpu, cpu")
-  p.add_argument("--matmuls", default="xla,xla_native", help="comma list of matmul impls")
+  p.add_argument("--matmuls", default="xla,xla_native",
+                 help="comma list of matmul impls (execution.matmul)")
   p.add_argument("--remats", default="none", help="comma list of remat policies (model.remat)")
   p.add_argument("--batch_size", type=int, default=512, help="batch of the traced step")
   p.add_argument("--compile_batch", type=int, default=8,

@@ -58,6 +58,7 @@ def get_config(arg=None):
     common.hrm(config.model)
     config.train = common.hrm_train_recipe()
   config.mesh_shape = common.DEFAULT_MESH
+  config.execution = common.execution()
   if local:  # every task, 4 augmentations instead of 1000
     config = common.runlocal(config, num_aug=4)
   return config

@@ -6,6 +6,14 @@ import ml_collections
 DEFAULT_MESH = (-1, 1)
 
 
+def execution(**overrides) -> ml_collections.ConfigDict:
+  """The kernels the steps run on (trm_jax/kernels/execution.py): how, not what, they compute,
+  so a resume may change them. "auto": the fastest that applies where the program runs."""
+  values = dict(matmul="auto", attention="auto")  # matmul: xla | xla_native | amx | avx512
+  values.update(overrides)
+  return ml_collections.ConfigDict(values)
+
+
 def train_recipe(**overrides) -> ml_collections.ConfigDict:
   """The official TRM training hyper-parameters (config/cfg_pretrain.yaml + the README commands)."""
   values = dict(

@@ -41,6 +41,7 @@ def get_config(arg=None):
                                            puzzle_emb_lr=1e-4, weight_decay=1.0,
                                            puzzle_emb_weight_decay=1.0)
   config.mesh_shape = common.DEFAULT_MESH
+  config.execution = common.execution()
   if local:  # 64 of the official 30x30 training mazes, as the full recipe reads them
     config = common.runlocal(config, subsample=64)
   return config

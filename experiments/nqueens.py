@@ -31,6 +31,7 @@ def get_config(arg=None):
     common.dis(config.model, n_sup=8)
     config.train = common.train_recipe(epochs=100_000, eval_interval=5_000, ema=False)
   config.mesh_shape = common.DEFAULT_MESH
+  config.execution = common.execution()
   if local:  # the official generator and seeds, fewer boards
     config = common.runlocal(config, num_train=256, num_test=64)
   return config

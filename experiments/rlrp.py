@@ -69,6 +69,7 @@ def get_config(arg=None):
       log_every_steps=100, checkpoint_every_steps=500 if not accel else 5000)
   config.eval = common.eval_recipe(global_batch_size=256 if not accel else 1024)
   config.mesh_shape = common.DEFAULT_MESH
+  config.execution = common.execution()
   if local:
     config = common.runlocal(config, num_train=512, num_test=64, num_validation=64)
     config.model.num_layers = 2

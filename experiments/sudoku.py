@@ -76,6 +76,7 @@ def get_config(arg=None):
                                              puzzle_emb_lr=1e-4, weight_decay=1.0,
                                              puzzle_emb_weight_decay=1.0)
   config.mesh_shape = common.DEFAULT_MESH
+  config.execution = common.execution()
   if local and variant in ("smoke", "dis_smoke", "hrm_smoke"):
     config = common.runlocal(config)  # already generated, small data
   elif local:  # a slice of the official CSVs, as the full recipe reads them

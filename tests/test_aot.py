@@ -51,7 +51,8 @@ def _config(mesh_shape=(-1, 1), batch=16, **model):
   import sudoku  # the smoke recipe: 6x6 Sudoku, mlp_t, a small network
   cfg = sudoku.get_config("smoke")
   cfg.model.update(hidden_size=HIDDEN, puzzle_emb_ndim=TABLE_DIM, compute_dtype="bfloat16",
-                   matmul="auto", **model)
+                   **model)
+  cfg.execution.matmul = "auto"
   cfg.train.global_batch_size = batch
   cfg.eval.global_batch_size = batch
   cfg.mesh_shape = mesh_shape
@@ -232,6 +233,6 @@ def test_attention_on_a_tpu_mesh_is_the_flash_kernel_per_device():
   assert 'custom_call_target="tpu_custom_call"' in hlo
   L = spec.total_len
   assert not re.search(rf"\[\d+,\d+,{L},{L}\]", hlo)  # the XLA path's scores
-  cfg.model.attention = "xla"
+  cfg.execution.attention = "xla"
   lowered, *_ = aot.lower_train(_target(cfg), 16)
   assert re.search(rf"\[\d+,\d+,{L},{L}\]", lowered.compile().as_text())

@@ -70,3 +70,55 @@ def test_parse_field_value_follows_the_replaced_fields_type():
     parse_field_value("maybe", True)
   with pytest.raises(ValueError):
     parse_field_value("2.5", 3)
+
+
+def test_kernel_choices_are_not_model_fields():
+  """matmul and attention are execution settings (trm_jax/kernels/execution.py): a model config
+  that still sets one is refused, naming it."""
+  with pytest.raises(ValueError, match=r"unknown field.*'matmul'"):
+    ModelSpec.from_config(config.model_config(seq_len=4, vocab_size=4, matmul="xla"))
+  assert not {"matmul", "attention"} & set(config.model_config(seq_len=4, vocab_size=4))
+
+
+def test_execution_settings_are_checked_naming_the_field(monkeypatch):
+  import ml_collections
+  from trm_jax import experiment
+  from trm_jax.kernels import cpu_gemm, execution
+  settings = lambda **values: experiment.execution_settings(
+      ml_collections.ConfigDict(dict(execution=values)))
+  assert settings(matmul="xla", attention="auto") == execution.Settings(matmul="xla")
+  assert experiment.execution_settings(ml_collections.ConfigDict()) == execution.Settings()
+  with pytest.raises(ValueError, match=r"'execution.matmul' = 'mkl': must be one of \("):
+    settings(matmul="mkl")
+  with pytest.raises(ValueError, match=r"'execution.attention' = 'flash': must be one of \("):
+    settings(attention="flash")
+  with pytest.raises(ValueError, match=r"section 'execution': unknown field\(s\) \['matmull'\]"):
+    settings(matmull="xla")
+  monkeypatch.setattr(cpu_gemm, "available", lambda isa: False)
+  monkeypatch.setattr(cpu_gemm, "unavailable_reason", lambda isa: "this CPU lacks amx_bf16")
+  with pytest.raises(ValueError, match="config field 'execution.matmul' = 'amx': the amx kernel "
+                                       "is unavailable here: this CPU lacks amx_bf16"):
+    settings(matmul="amx")
+
+
+def test_a_moved_command_line_flag_names_its_new_place():
+  from trm_jax import experiment
+  assert experiment.moved_flag(["main", "--config.execution.matmul=xla"]) is None
+  assert experiment.moved_flag(["main", "--config.model.matmul_x=1"]) is None
+  for flag in ("--config.model.matmul=xla", "--config.model.attention"):
+    message = experiment.moved_flag(["main", "--workdir=/tmp/x", flag])
+    name = flag.split("=")[0].rsplit(".", 1)[1]
+    assert f"moved to --config.execution.{name}" in message
+
+
+def test_a_config_saved_with_the_kernels_in_its_model_loads():
+  """Runs saved before issue 29 hold matmul and attention in their model config: read back,
+  they are the run's execution settings, and the model config validates."""
+  from trm_jax import runs
+  model = config.tiny().to_dict()
+  saved = {"model": dict(model, matmul="xla", attention="auto"), "train": {"lr": 0.1}}
+  upgraded = runs.upgrade_config(saved)
+  assert upgraded == {"model": model, "train": {"lr": 0.1},
+                      "execution": {"matmul": "xla", "attention": "auto"}}
+  ModelSpec.from_config(upgraded["model"])
+  assert runs.upgrade_config(upgraded) == upgraded  # today's layout stays as it is

@@ -15,6 +15,7 @@ import pytest
 import trm_jax
 from trm_jax import act, config, convert, losses, model, train
 from trm_jax.config import ModelSpec
+from trm_jax.kernels import execution
 from trm_jax.schemes import dis
 
 from experiments import common
@@ -74,11 +75,10 @@ def test_training_call_matches_official_loss_and_gradients():
   assert not np.any(ours["inner.q_head.weight"]) and not np.any(ours["inner.q_head.bias"])
 
 
-def _bf16_case(matmul):
-  """(bf16 config on the `matmul` path, the same in fp32, state_dict, fixture)."""
+def _bf16_case():
+  """(bf16 config, the same in fp32, state_dict, fixture)."""
   cfg, state_dict, data = load_official(BF16_FIXTURE)
   assert cfg.scheme == "dis" and cfg.compute_dtype == "bfloat16"
-  cfg.matmul = matmul
   fp32_cfg = cfg.copy_and_resolve_references()
   fp32_cfg.compute_dtype = "float32"
   return cfg, fp32_cfg, state_dict, data
@@ -104,9 +104,10 @@ def _steps_on_official_inputs(cfg, state_dict, data):
 def test_bf16_inference_matches_within_bf16_precision(matmul):
   """Our bf16 logits deviate from our fp32 ones (which match the official fp32 code to 1e-4) by
   at most BF16_FACTOR x what the official bf16 code deviates, per step, in max and mean."""
-  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
+  cfg, fp32_cfg, state_dict, data = _bf16_case()
   np.testing.assert_array_equal(data["step1/inputs_used"], data["step0/preds"])  # fed back
-  ours = _steps_on_official_inputs(cfg, state_dict, data)
+  with execution.using(execution.Settings(matmul=matmul)):
+    ours = _steps_on_official_inputs(cfg, state_dict, data)
   exact = _steps_on_official_inputs(fp32_cfg, state_dict, data)
   for step in range(6):
     within_official_noise(ours[step], data[f"step{step}/logits"], exact[step],
@@ -120,12 +121,13 @@ def test_bf16_training_matches_within_bf16_precision(matmul):
   metrics equal, and the loss within BF16_FACTOR x the most the official bf16 step-1 logits could
   move it (each example's loss is a mean over tokens of a cross-entropy whose gradient in the
   logits has l1 norm <= 2: |d loss| <= sum over examples of 2 mean_t max_v |d logit|)."""
-  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
+  cfg, fp32_cfg, state_dict, data = _bf16_case()
 
   def official_path(state):
     state["carry"]["path"] = jnp.asarray(data["train/path"], jnp.int32)
 
-  loss, metrics, grads = official_training_call(cfg, state_dict, data, official_path)
+  with execution.using(execution.Settings(matmul=matmul)):
+    loss, metrics, grads = official_training_call(cfg, state_dict, data, official_path)
   exact_loss, _, exact = official_training_call(fp32_cfg, state_dict, data, official_path)
   exact_logits = _steps_on_official_inputs(fp32_cfg, state_dict, data)[0]
   loss_scale = (2 * np.abs(data["step0/logits"] - exact_logits).max(-1).mean(-1)).sum()

@@ -6,8 +6,8 @@ C++ compiler (an AMD Zen 4 runs the avx512 cases, a Sapphire Rapids both); the m
 XLA's dot (covered by every other test).
 """
 
-import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from trm_jax import config as config_lib
-from trm_jax.kernels import cpu_gemm
+from trm_jax.kernels import cpu_gemm, execution
 from trm_jax.kernels import matmul as km
 
 KERNEL_ISAS = [
@@ -192,11 +192,11 @@ def test_model_logits_kernel_close_to_xla(isa):
   params = model_lib.init_params(spec, jax.random.key(0))
   inputs = jnp.asarray(np.random.default_rng(0).integers(1, 11, (8, 16)), jnp.int32)
   outs = {}
+  carry = model_lib.initial_carry(spec, 8)
   for impl in (isa, "xla"):
-    s = dataclasses.replace(spec, matmul=impl)
-    carry = model_lib.initial_carry(s, 8)
-    outs[impl] = np.asarray(jax.jit(lambda p: model_lib.forward(p, s, carry, inputs, None)[1])(
-        params))
+    with execution.using(execution.Settings(matmul=impl)):
+      outs[impl] = np.asarray(jax.jit(
+          lambda p: model_lib.forward(p, spec, carry, inputs, None)[1])(params))
   # Same math; the two differ by fp32 summation order and the SwiGLU rounding points only.
   assert np.abs(outs[isa] - outs["xla"]).max() < 0.1 * np.abs(outs["xla"]).max()
   assert (outs[isa].argmax(-1) == outs["xla"].argmax(-1)).mean() > 0.95
@@ -228,17 +228,55 @@ def test_dispatch_rules(monkeypatch):
                                 np.full((4, 4), 32.0))
 
 
-def test_config_rejects_bad_or_unavailable_matmul(monkeypatch):
-  with pytest.raises(ValueError, match="'matmul'"):
-    config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
-                                                             matmul="mkl"))
-  monkeypatch.setattr(cpu_gemm, "available", lambda isa: False)
-  monkeypatch.setattr(cpu_gemm, "unavailable_reason", lambda isa: "this CPU lacks amx_bf16")
-  with pytest.raises(ValueError, match="amx kernel is unavailable here: this CPU lacks amx_bf16"):
-    config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
-                                                             matmul="amx"))
-  cfg = ml_collections.ConfigDict(config_lib.model_config(seq_len=4, vocab_size=4))
-  assert config_lib.ModelSpec.from_config(cfg).matmul == "auto"
+def _dot_output_dtypes(lowered_text: str) -> set[str]:
+  """The result element types of the dot_generals of a lowered (StableHLO) program."""
+  return set(re.findall(r"stablehlo\.dot_general.*-> tensor<[\dx]*x(\w+)>", lowered_text))
+
+
+def test_a_step_built_under_other_settings_takes_their_kernels(monkeypatch):
+  """The execution settings are read at trace time, so nothing traced under one may serve
+  another. Under matmul="xla" every bf16 dot has an fp32 result, under "xla_native" a bf16 one:
+  the same step built twice (`steps.train_step`, a new jit per build) and the module-level jit
+  of `model.supervision_step` (the settings are in its key) each show both."""
+  from trm_jax import model as model_lib
+  from trm_jax import sharding as sharding_lib
+  from trm_jax import steps, train
+  cfg = config_lib.model_config(
+      seq_len=12, vocab_size=7, num_puzzle_identifiers=2, hidden_size=32, num_heads=2,
+      puzzle_emb_ndim=32, puzzle_emb_len=1, H_cycles=1, L_cycles=1, halt_max_steps=2,
+      mlp_t=True, pos_encodings="none", compute_dtype="bfloat16")
+  spec = config_lib.ModelSpec.from_config(cfg)
+  train_cfg = ml_collections.ConfigDict(dict(
+      lr=1e-3, lr_min_ratio=1.0, lr_warmup_steps=1, beta1=0.9, beta2=0.95, weight_decay=0.1,
+      puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1, grad_clip_norm=0.0, ema=False,
+      ema_rate=0.999))
+  batch = {"inputs": jnp.ones((2, 12), jnp.int32), "labels": jnp.ones((2, 12), jnp.int32),
+           "puzzle_identifiers": jnp.zeros((2,), jnp.int32)}
+  state = jax.eval_shape(lambda: train.init_state(cfg, train_cfg, batch, 10, jax.random.key(0)))
+  mesh = sharding_lib.make_mesh((-1, 1))
+  dots = {}
+  for impl in ("xla", "xla_native", "xla"):
+    with execution.using(execution.Settings(matmul=impl)):
+      dots[impl] = _dot_output_dtypes(
+          steps.train_step(spec, train_cfg, 10, mesh, state, batch).as_text())
+  assert "f32" in dots["xla"] and "bf16" not in dots["xla"], dots
+  assert "bf16" in dots["xla_native"], dots
+
+  native_traces = []
+  native = km.xla_native_matmul
+  monkeypatch.setattr(km, "xla_native_matmul",
+                      lambda x, w: native_traces.append(1) or native(x, w))
+  params = model_lib.init_params(cfg, jax.random.key(0))
+  carry = model_lib.initial_carry(cfg, 2)
+  with execution.using(execution.Settings(matmul="xla")):
+    model_lib.supervision_step(params, cfg, carry, batch)
+  assert not native_traces
+  with execution.using(execution.Settings(matmul="xla_native")):
+    model_lib.supervision_step(params, cfg, carry, batch)  # traced anew, not the xla trace
+    traced = len(native_traces)
+    assert traced > 0
+    model_lib.supervision_step(params, cfg, carry, batch)  # the same settings: its own trace
+  assert len(native_traces) == traced
 
 
 def test_build_failure_raises_with_compiler_message(monkeypatch, tmp_path):
@@ -269,16 +307,17 @@ def test_kernel_is_never_consulted_off_a_single_cpu_device(monkeypatch, where):
   monkeypatch.setattr(cpu_gemm, "unavailable_reason", consulted)
   monkeypatch.setattr(cpu_gemm, "best", consulted)
   from trm_jax import model as model_lib
+  spec = config_lib.ModelSpec.from_config(config_lib.model_config(
+      seq_len=16, vocab_size=11, hidden_size=64, num_heads=4, puzzle_emb_ndim=0, H_cycles=1,
+      L_cycles=1, mlp_t=True, pos_encodings="none", compute_dtype="bfloat16"))
+  params = model_lib.abstract_params(spec)
+  carry = model_lib.initial_carry(spec, 2)
+  inputs = jnp.ones((2, 16), jnp.int32)
   for impl in ("auto", *cpu_gemm.ISAS):
     assert km.kernel_isa(impl, jnp.bfloat16) is None
-    spec = config_lib.ModelSpec.from_config(config_lib.model_config(
-        seq_len=16, vocab_size=11, hidden_size=64, num_heads=4, puzzle_emb_ndim=0, H_cycles=1,
-        L_cycles=1, mlp_t=True, pos_encodings="none", compute_dtype="bfloat16", matmul=impl))
-    params = model_lib.abstract_params(spec)
-    carry = model_lib.initial_carry(spec, 2)
-    inputs = jnp.ones((2, 16), jnp.int32)
-    lowered = jax.jit(lambda p: model_lib.forward(p, spec, carry, inputs, None)[1]).lower(
-        params).as_text()
+    with execution.using(execution.Settings(matmul=impl)):
+      lowered = jax.jit(lambda p: model_lib.forward(p, spec, carry, inputs, None)[1]).lower(
+          params).as_text()
     assert "trm_" not in lowered and "dot_general" in lowered
 
 
@@ -286,9 +325,6 @@ def test_attention_dispatch_takes_xla_off_an_nvidia_gpu(monkeypatch):
   from trm_jax.kernels import attention as ka
   with pytest.raises(ValueError, match="attention implementation"):
     ka.uses_cudnn("flash", jnp.bfloat16, 64)
-  with pytest.raises(ValueError, match="'attention'"):
-    config_lib.ModelSpec.from_config(config_lib.model_config(seq_len=4, vocab_size=4,
-                                                             attention="flash"))
   # The rules, with the platform answered both ways.
   monkeypatch.setattr(ka, "nvidia_gpu", lambda: True)
   assert ka.uses_cudnn("auto", jnp.bfloat16, 64) and ka.uses_cudnn("cudnn", jnp.float16, 128)

@@ -223,12 +223,14 @@ def test_config_changes_on_resume(tmp_path):
   _saved_run(tmp_path, cfg)
   # The same config (whose model.seq_len etc. the data fills in) is no change.
   assert resume.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
-  # Where it runs and how it keeps checkpoints may change freely.
+  # Where it runs, on which kernels and how it keeps checkpoints may change freely.
   moved = small_smoke_config()
   moved.mesh_shape = (2, 1)
+  moved.execution.matmul = "xla"
   moved.train.keep_checkpoints = 7
-  assert set(resume.config_changes_on_resume(moved, tmp_path, checkpoints, allow=False)) == {
-      "mesh_shape", "train.keep_checkpoints"}
+  assert resume.config_changes_on_resume(moved, tmp_path, checkpoints, allow=False) == {
+      "mesh_shape": ([-1, 1], [2, 1]), "execution.matmul": ("auto", "xla"),
+      "train.keep_checkpoints": (3, 7)}
   # A moved workdir moves the data folders that default to it.
   elsewhere = small_smoke_config()
   elsewhere.data.data_dir = "/moved/run/tfds"
@@ -251,6 +253,39 @@ def test_config_changes_on_resume(tmp_path):
       "train.lr": (cfg.train.lr, 0.5), "data.generate.num_train": (71, 32)}
   # Without a checkpoint there is nothing to resume, so nothing to refuse.
   assert resume.config_changes_on_resume(changed, tmp_path, tmp_path / "none", allow=False) == {}
+
+
+def test_a_run_saved_with_the_kernels_in_its_model_config_resumes(tmp_path):
+  """Before issue 29 the model config held matmul and attention (config.json and every
+  checkpoint): such a run resumes as the same config, its kernels as execution settings that
+  may change."""
+  cfg = small_smoke_config()
+  _saved_run(tmp_path, cfg)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  execution = saved.pop("execution")
+  saved["model"].update(matmul="xla", attention=execution["attention"])
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  checkpoints = tmp_path / "checkpoints"
+  assert resume.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {
+      "execution.matmul": ("xla", "auto")}
+  cfg.execution.matmul = "xla"
+  assert resume.config_changes_on_resume(cfg, tmp_path, checkpoints, allow=False) == {}
+
+
+def test_a_kernel_flag_of_the_model_names_its_new_place(tmp_path):
+  """`--config.model.matmul` moved to `--config.execution.matmul` (issue 29): the command line
+  says so, without a traceback, before anything runs."""
+  for module in ("trm_jax.main", "trm_jax.aot"):
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--config", "experiments/sudoku.py:smoke", "--workdir",
+         str(tmp_path / "run"), "--topology", "v5e:2x2", "--config.model.matmul=xla"],
+        cwd=EXPERIMENTS.parent, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode != 0
+    assert ("error: --config.model.matmul moved to --config.execution.matmul"
+            in proc.stderr), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
 
 
 def test_mfu_inputs_count_on_accelerators_only():

@@ -12,6 +12,7 @@ import pytest
 import trm_jax
 from trm_jax import act, convert, train
 from trm_jax.config import ModelSpec
+from trm_jax.kernels import execution
 
 from conftest import (BF16_FACTOR, assert_matches_official_training, bf16_matmul_paths,
                       load_official, within_official_noise)
@@ -67,11 +68,10 @@ def test_eval_steps_match(name, atols, _):
                                  err_msg=f"{key}, step {step}")
 
 
-def _bf16_case(matmul: str, name: str = BF16_CASE):
-  """(bf16 config on the `matmul` path, the same in fp32, state_dict, fixture)."""
+def _bf16_case(name: str = BF16_CASE):
+  """(bf16 config, the same in fp32, state_dict, fixture)."""
   cfg, state_dict, data = load_official(name)
   assert cfg.compute_dtype == "bfloat16"
-  cfg.matmul = matmul
   fp32_cfg = cfg.copy_and_resolve_references()
   fp32_cfg.compute_dtype = "float32"
   return cfg, fp32_cfg, state_dict, data
@@ -85,8 +85,9 @@ def test_bf16_eval_steps_match_within_bf16_precision(matmul, name):
   deviates by at most BF16_FACTOR x what the official bf16 code deviates, per step, in max and
   mean; Q logits within that factor of the step's logit noise (2 values are too few to set
   their own scale)."""
-  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul, name)
-  ours = _eval_steps(convert.from_official_state_dict(state_dict, cfg), cfg, _batch(data))
+  cfg, fp32_cfg, state_dict, data = _bf16_case(name)
+  with execution.using(execution.Settings(matmul=matmul)):
+    ours = _eval_steps(convert.from_official_state_dict(state_dict, cfg), cfg, _batch(data))
   exact = _eval_steps(convert.from_official_state_dict(state_dict, fp32_cfg), fp32_cfg,
                       _batch(data))
   for step in range(3):
@@ -143,8 +144,9 @@ def test_bf16_training_matches_within_bf16_precision(matmul):
   most the official bf16 logits could move it: each example's loss is a mean over tokens of a
   cross-entropy whose gradient in the logits has l1 norm <= 2, plus half a BCE (slope <= 1) of
   the Q logit, so |d loss| <= sum over examples of 2 mean_t max_v |d logit| + |d q| / 2."""
-  cfg, fp32_cfg, state_dict, data = _bf16_case(matmul)
-  loss, metrics, grads = _training_call(cfg, state_dict, data)
+  cfg, fp32_cfg, state_dict, data = _bf16_case()
+  with execution.using(execution.Settings(matmul=matmul)):
+    loss, metrics, grads = _training_call(cfg, state_dict, data)
   exact_loss, _, exact = _training_call(fp32_cfg, state_dict, data)
   exact_logits, exact_q, _ = _eval_steps(
       convert.from_official_state_dict(state_dict, fp32_cfg), fp32_cfg, _batch(data), steps=1)[0]

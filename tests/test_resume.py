@@ -185,6 +185,26 @@ def test_resume_with_a_changed_config_and_the_flag_is_recorded(tmp_path, uninter
   assert json.loads((workdir / "config.json").read_text())["train"]["lr"] == 0.5
 
 
+def test_a_run_saved_before_issue_29_resumes_on_other_kernels(tmp_path, uninterrupted):
+  """A config.json whose model config holds matmul and attention (as every run saved before
+  the kernels became execution settings): the same run for the resume, and a changed
+  execution.matmul is free, recorded as a change of execution settings."""
+  workdir = tmp_path / "run"
+  shutil.copytree(uninterrupted, workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["model"].update(saved.pop("execution"))
+  assert saved["model"]["matmul"] == "auto"
+  (workdir / "config.json").write_text(json.dumps(saved))
+  result = subprocess.run(_command(workdir) + ["--config.execution.matmul=xla"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from checkpoint step 12" in result.stdout
+  records = [json.loads(l) for l in (workdir / "config_changes.jsonl").read_text().splitlines()]
+  assert [r["changes"] for r in records] == [{"execution.matmul": ["auto", "xla"]}]
+  config = json.loads((workdir / "config.json").read_text())
+  assert "matmul" not in config["model"] and config["execution"]["matmul"] == "xla"
+
+
 def test_eval_only_on_the_run_itself_with_other_eval_settings(tmp_path, uninterrupted):
   """Evaluation settings are not the run's config: --eval_only neither refuses nor records."""
   workdir = tmp_path / "run"

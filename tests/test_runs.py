@@ -49,6 +49,22 @@ def test_a_checkpoint_moved_on_its_own_still_says_what_it_is(smoke_run, tmp_path
   jax.tree.map(np.testing.assert_array_equal, alone.params, original.params)
 
 
+def test_a_run_saved_with_the_kernels_in_its_model_config_loads(smoke_run, tmp_path):
+  """Runs saved before issue 29 hold matmul and attention in their model config (here a
+  config.json next to checkpoints that hold none): read back, they are execution settings."""
+  old = tmp_path / "old"
+  shutil.copytree(smoke_run, old)
+  shutil.rmtree(old / "checkpoints" / "2" / "config")
+  saved = json.loads((old / "config.json").read_text())
+  del saved["execution"]
+  saved["model"].update(matmul="xla", attention="auto")
+  (old / "config.json").write_text(json.dumps(saved))
+  run = trm_jax.load(old)
+  assert "matmul" not in run.model_config and "attention" not in run.model_config
+  assert run.config.execution.to_dict() == {"matmul": "xla", "attention": "auto"}
+  assert run.model_config.to_dict() == trm_jax.load(smoke_run).model_config.to_dict()
+
+
 def test_load_names_what_is_missing(smoke_run, tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint of step 7"):
     trm_jax.load(smoke_run, step=7)

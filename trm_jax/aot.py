@@ -48,6 +48,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from trm_jax import experiment
 from trm_jax import flops as flops_lib
 from trm_jax import inference
 from trm_jax import sharding as sharding_lib
@@ -55,6 +56,7 @@ from trm_jax import steps as steps_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
 from trm_jax.data import pipeline
+from trm_jax.kernels import execution
 from trm_jax.kernels import target as kernel_target
 
 # The official datasets' puzzle-table rows and training examples per epoch (the official
@@ -397,6 +399,11 @@ class SliceRecipe:
   def mesh(self):
     return sharding_lib.make_mesh(tuple(self.cfg.mesh_shape), devices=self.devices)
 
+  @property
+  def settings(self) -> execution.Settings:
+    """The kernels of `config.execution`, as `trm_jax.main` takes them."""
+    return experiment.execution_settings(self.cfg)
+
   def model_config(self):
     model_cfg = ml_collections.ConfigDict(self.cfg.model.to_dict())
     model_cfg.num_puzzle_identifiers = sharding_lib.table_rows(self.num_puzzle_identifiers)
@@ -416,7 +423,8 @@ def lower_train(target: SliceRecipe, global_batch: int):
   total_steps = target.total_steps(global_batch)
   batch = abstract_batch(spec, global_batch, mesh)
   state = abstract_state(model_cfg, target.cfg.train, batch, total_steps, mesh)
-  lowered = steps_lib.train_step(spec, target.cfg.train, total_steps, mesh, state, batch)
+  with execution.using(target.settings):
+    lowered = steps_lib.train_step(spec, target.cfg.train, total_steps, mesh, state, batch)
   return lowered, spec, state, batch, total_steps
 
 
@@ -429,10 +437,11 @@ def compile_train(target: SliceRecipe, global_batch: int) -> tuple[dict[str, Any
   # Matmul FLOPs per device on the jaxpr: the program's own (its remat included) for the
   # roofline, the model's (no remat, what MFU credits) for the MFU. A fused attention kernel
   # hides its matmuls from the counter; they are the XLA path's (up to its padding).
-  counted = dataclasses.replace(spec, attention="xla")
+  counted = dataclasses.replace(target.settings, attention="xla")
   with kernel_target.lowering_for(target.mesh(), sharding_lib.BATCH_AXES):
-    executed = flops_lib.matmul_flops(functools.partial(step, spec=counted), state,
-                                      batch) / chips
+    with execution.using(counted):
+      executed = flops_lib.matmul_flops(functools.partial(step, spec=spec), state,
+                                        batch) / chips
     model = flops_lib.model_flops(spec, step, state, batch) / chips
   report = _compiled_report(lowered, target.chip, executed)
   report["model_flops"] = model
@@ -447,11 +456,12 @@ def compile_eval(target: SliceRecipe, spec: ModelSpec, state) -> dict[str, Any]:
   strategy = inference.Strategy.from_config(target.cfg.eval)
   rows = abstract_batch(spec, target.cfg.eval.global_batch_size, mesh)
   params = train_lib.eval_params(state)
-  lowered = steps_lib.eval_step(spec, strategy, mesh, params, rows)
-  counted = dataclasses.replace(spec, attention="xla")  # (see compile_train)
-  with kernel_target.lowering_for(mesh, sharding_lib.BATCH_AXES):
+  with execution.using(target.settings):
+    lowered = steps_lib.eval_step(spec, strategy, mesh, params, rows)
+  counted = dataclasses.replace(target.settings, attention="xla")  # (see compile_train)
+  with kernel_target.lowering_for(mesh, sharding_lib.BATCH_AXES), execution.using(counted):
     executed = flops_lib.matmul_flops(
-        functools.partial(inference.eval_batch, spec=counted, strategy=strategy), params, rows)
+        functools.partial(inference.eval_batch, spec=spec, strategy=strategy), params, rows)
   return _compiled_report(lowered, target.chip, executed / len(target.devices))
 
 
@@ -550,6 +560,7 @@ def run(cfg: ml_collections.ConfigDict, topology: str, *, num_puzzle_identifiers
         fit_search: bool = True, log=print) -> dict[str, Any]:
   """Compiles and reports; returns the JSON-able result. Raises DoesNotFit (after reporting
   the largest buffers and searching the largest batch that fits) when the step does not fit."""
+  experiment.execution_settings(cfg)  # checked before anything compiles
   official = official_data(cfg)
   num_puzzle_identifiers = (num_puzzle_identifiers or official.get("num_puzzle_identifiers")
                             or cfg.model.num_puzzle_identifiers)
@@ -640,7 +651,8 @@ def largest_buffers(target: SliceRecipe, global_batch: int, top: int = 5) -> lis
     ad_checkpoint.print_saved_residuals(lambda t, r: loss_fn(t, r)[0], trainable, rows)
     return 0
 
-  with contextlib.redirect_stdout(printed), kernel_target.lowering_for(mesh, sharding_lib.BATCH_AXES):
+  with (contextlib.redirect_stdout(printed), execution.using(target.settings),
+        kernel_target.lowering_for(mesh, sharding_lib.BATCH_AXES)):
     jax.eval_shape(residuals, state, batch)
   for line in printed.getvalue().splitlines():
     match = _SHAPE_AT_START.match(line)
@@ -710,6 +722,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if moved := experiment.moved_flag(sys.argv):  # before the config flag fails on it
+    sys.exit(f"error: {moved}")
   _define_flags()
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)

@@ -20,8 +20,6 @@ POS_ENCODINGS = ("rope", "learned", "none")
 LOSS_TYPES = ("stablemax", "softmax")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
-MATMUL_IMPLS = ("auto", "xla", "xla_native", "amx", "avx512")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "tpu_flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +58,6 @@ class ModelSpec:
   compute_dtype: str = "bfloat16"
   remat: str = "none"
   loss_type: str = "stablemax"
-  # Performance only (same numerics up to fp32 summation order): see trm_jax/kernels/matmul.py.
-  matmul: str = "auto"
-  # Performance only: see trm_jax/kernels/attention.py (fused attention on NVIDIA GPUs).
-  attention: str = "auto"
 
   @classmethod
   def from_config(cls, config: "ml_collections.ConfigDict | ModelSpec | dict[str, Any]") -> "ModelSpec":
@@ -119,16 +113,6 @@ class ModelSpec:
         fail(name, f"must be one of {DTYPES}")
     if self.remat not in REMAT_POLICIES:
       fail("remat", f"must be one of {REMAT_POLICIES}")
-    if self.matmul not in MATMUL_IMPLS:
-      fail("matmul", f"must be one of {MATMUL_IMPLS}")
-    if self.matmul in ("amx", "avx512"):
-      # Local imports: builds the kernel on first use, and only where it would run.
-      from trm_jax.kernels import cpu_gemm, matmul as kernels_matmul
-      if kernels_matmul.single_cpu_device() and not cpu_gemm.available(self.matmul):
-        fail("matmul", f"the {self.matmul} kernel is unavailable here: "
-                       f"{cpu_gemm.unavailable_reason(self.matmul)}")
-    if self.attention not in ATTENTION_IMPLS:
-      fail("attention", f"must be one of {ATTENTION_IMPLS}")
     if self.loss_type not in LOSS_TYPES:
       fail("loss_type", f"must be one of {LOSS_TYPES}")
     if not isinstance(self.scheme, str) or not self.scheme:

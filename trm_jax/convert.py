@@ -169,8 +169,7 @@ OFFICIAL_RENAMES = {"L_layers": "num_layers", "forward_dtype": "compute_dtype"}
 OFFICIAL_IGNORED = ("batch_size", "H_layers", "name", "loss", "cf_uncond_prob", "cfg_guidance_w")
 # trm_jax model fields the official arch lacks, with the value the official model has (None:
 # performance only or set elsewhere, e.g. the loss type in the official loss head).
-TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None, "matmul": None,
-                "attention": None}
+TRM_JAX_ONLY = {"param_dtype": "float32", "remat": None, "loss_type": None}
 
 
 def scheme_for_official(name: str) -> str:

@@ -1,6 +1,6 @@
-"""An experiment config checked and completed before anything is built: its training and
-evaluation fields, its batches against the mesh, the model config with the dataset's shapes,
-and the data folders that default to the workdir."""
+"""An experiment config checked and completed before anything is built: its training,
+evaluation and execution fields, its batches against the mesh, the model config with the
+dataset's shapes, and the data folders that default to the workdir."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from trm_jax import model as model_lib
 from trm_jax import sharding as sharding_lib
 from trm_jax.config import ModelSpec
 from trm_jax.data import datasets
+from trm_jax.kernels import attention as kernels_attention
+from trm_jax.kernels import cpu_gemm, execution
+from trm_jax.kernels import matmul as kernels_matmul
 
 OPTIMIZERS = ("adam_atan2", "adamw")
 
 
 def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
-  """Checks the training and evaluation fields; raises ValueError naming the field."""
+  """Checks the training, evaluation and execution fields; raises ValueError naming the
+  field."""
   def fail(field, why):
     section, name = field.split(".")
     raise ValueError(f"config field '{field}' = {cfg[section][name]!r}: {why}")
@@ -61,6 +65,45 @@ def validate_experiment(cfg: ml_collections.ConfigDict) -> None:
       isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in profile_steps):
     fail("train.profile_steps", "must be a list of training steps (positive integers)")
   inference.Strategy.from_config(cfg.eval)
+  execution_settings(cfg)
+
+
+def execution_settings(cfg: ml_collections.ConfigDict) -> execution.Settings:
+  """The kernels the run's programs use (`config.execution`; absent: the defaults), checked;
+  raises ValueError naming the field, e.g. a CPU kernel this machine cannot run."""
+  values = cfg.get("execution", ml_collections.ConfigDict()).to_dict()
+  known = [field.name for field in dataclasses.fields(execution.Settings)]
+  if set(values) - set(known):
+    raise ValueError(f"config section 'execution': unknown field(s) "
+                     f"{sorted(set(values) - set(known))}; known fields: {known}")
+  settings = execution.Settings(**values)
+
+  def fail(name, why):
+    raise ValueError(f"config field 'execution.{name}' = {getattr(settings, name)!r}: {why}")
+
+  if settings.matmul not in kernels_matmul.IMPLS:
+    fail("matmul", f"must be one of {kernels_matmul.IMPLS}")
+  # Asked only where the kernel would run (one CPU device): builds it on first use.
+  if (settings.matmul in cpu_gemm.ISAS and kernels_matmul.single_cpu_device()
+      and not cpu_gemm.available(settings.matmul)):
+    fail("matmul", f"the {settings.matmul} kernel is unavailable here: "
+                   f"{cpu_gemm.unavailable_reason(settings.matmul)}")
+  if settings.attention not in kernels_attention.IMPLS:
+    fail("attention", f"must be one of {kernels_attention.IMPLS}")
+  return settings
+
+
+def moved_flag(argv: list[str]) -> str | None:
+  """Why a command line's `--config.model.matmul` (or `.attention`) no longer works, naming
+  its new place; None when it has none. (The config flag would only say that the model has no
+  such field.)"""
+  for arg in argv:
+    key = arg.split("=", 1)[0]
+    for name in execution.FORMER_MODEL_FIELDS:
+      if key == f"--config.model.{name}":
+        return (f"{key} moved to --config.execution.{name}: the kernel choice is an execution "
+                "setting, not part of the model")
+  return None
 
 
 def check_batches_fit(cfg: ml_collections.ConfigDict, mesh) -> None:

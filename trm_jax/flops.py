@@ -14,8 +14,9 @@ a few percent of the matmul FLOPs, and MFU conventionally counts matmuls only.
 
 Counting is on the traced program, before XLA: nothing is compiled or run. The result is the
 *model* FLOPs of a step when the program is traced without rematerialisation and with XLA's
-own dot (`ModelSpec(remat="none", matmul="xla")`): a custom call (the AMX kernels) holds no
-`dot_general` for this counter to see, and remat adds recomputation that MFU does not credit.
+own dot and attention (`model_flops`: remat "none", execution settings "xla"): a custom call
+(the CPU kernels, a fused attention) holds no `dot_general` for this counter to see, and remat
+adds recomputation that MFU does not credit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any, Callable
 import jax
 from jax.extend import core as jax_core
 
+from trm_jax.kernels import execution
+
 
 def matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
   """Matmul FLOPs of one call `fn(*args, **kwargs)` (abstract arguments are enough)."""
@@ -37,8 +40,9 @@ def matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
 def model_flops(spec, fn: Callable[..., Any], *args, **kwargs) -> int:
   """Matmul FLOPs of `fn(*args, spec=..., **kwargs)` traced with XLA's dot and attention and no
   remat, whatever `spec` (a ModelSpec) asks for: the model's own FLOPs, which MFU credits."""
-  plain = dataclasses.replace(spec, matmul="xla", attention="xla", remat="none")
-  return matmul_flops(functools.partial(fn, spec=plain, **kwargs), *args)
+  plain = dataclasses.replace(spec, remat="none")
+  with execution.using(execution.Settings(matmul="xla", attention="xla")):
+    return matmul_flops(functools.partial(fn, spec=plain, **kwargs), *args)
 
 
 @dataclasses.dataclass(frozen=True)

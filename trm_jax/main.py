@@ -24,8 +24,8 @@ before training (`datasets.prepare_on_every_host`).
 Run again with the same --workdir to resume from its newest checkpoint. A resume with a config
 that differs from the workdir's config.json is refused, naming the fields, unless
 --allow_config_change is given; then the change is appended to config_changes.jsonl. Where the
-run executes (mesh_shape), how it keeps checkpoints, and where the workdir is (the data folders
-that default to it) may change freely.
+run executes (mesh_shape), its kernels (execution.matmul, execution.attention), how it keeps
+checkpoints, and where the workdir is (the data folders that default to it) may change freely.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from trm_jax import steps as steps_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
 from trm_jax.data import datasets, pipeline
+from trm_jax.kernels import execution
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
                                           lock_config=True)
@@ -105,6 +106,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   `allow_config_change`: resume even when `cfg` differs from the workdir's config.json.
   """
   experiment.validate_experiment(cfg)
+  settings = experiment.execution_settings(cfg)  # the kernels every compiled step uses
   # Shapes are filled in from the data later; fields (and the eval strategy) checked now.
   strategy = inference.Strategy.from_config(cfg.eval)
   strategy.validate(ModelSpec.from_config(cfg.model))
@@ -134,8 +136,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
   experiment.check_batch_keys(spec, data)
   jax.set_mesh(mesh)
   if eval_only:
-    return evaluation.evaluate_checkpoint(cfg, data, mesh, checkpoint_path, workdir_path,
-                                          console, data_seconds)
+    with execution.using(settings):
+      return evaluation.evaluate_checkpoint(cfg, data, mesh, checkpoint_path, workdir_path,
+                                            console, data_seconds)
   split = evaluation.evaluation_split(cfg, data)  # periodic evaluations; test is read once
   eval_source = data.validation if split == "validation" else data.test
   train_iter = iter(pipeline.train_dataset(
@@ -162,9 +165,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
 
   # --- Compile (before the loop, so that neither throughput nor evaluation times hold it).
   start_compile = time.time()
-  train_step = steps_lib.train_step(spec, cfg.train, total_steps, mesh, state, example).compile()
-  evaluate = evaluation.Evaluator(cfg, spec, strategy, train_lib.eval_params(state), data.test,
-                                  mesh)
+  with execution.using(settings):
+    train_step = steps_lib.train_step(spec, cfg.train, total_steps, mesh, state,
+                                      example).compile()
+    evaluate = evaluation.Evaluator(cfg, spec, strategy, train_lib.eval_params(state),
+                                    data.test, mesh)
   console.line(f"compiled in {time.time() - start_compile:.1f}s")
 
   # --- Loop.
@@ -306,5 +311,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if moved := experiment.moved_flag(sys.argv):  # before the config flag fails on it
+    sys.exit(f"error: {moved}")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -21,6 +21,7 @@ from flax import nnx
 
 from trm_jax import nn, recursion, schemes
 from trm_jax.config import ModelSpec
+from trm_jax.kernels import execution
 
 Params = dict[str, Any]
 Carry = dict[str, jax.Array]  # the scheme's per-row state + {'steps': int32 [B], 'reset': bool [B]}
@@ -113,15 +114,19 @@ def forward(params: Params, spec: ModelSpec, carry: Carry, inputs: jax.Array,
   return carry, readout.logits, readout.q_halt, readout.q_continue
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _supervision_step(params, spec, carry, inputs, puzzle_identifiers):
-  return forward(params, spec, carry, inputs, puzzle_rows(params, puzzle_identifiers))
+# The execution settings are a static argument: the trace reads them, so a call under other
+# settings must not reuse it.
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _supervision_step(params, spec, settings, carry, inputs, puzzle_identifiers):
+  with execution.using(settings):
+    return forward(params, spec, carry, inputs, puzzle_rows(params, puzzle_identifiers))
 
 
 def supervision_step(params: Params, model_config, carry: Carry, batch: Mapping[str, jax.Array]):
   """Eval-mode supervision step: `(carry, logits, q_halt, q_continue)`.
 
-  `batch` holds `inputs` [B, L] (int token ids) and `puzzle_identifiers` [B].
+  `batch` holds `inputs` [B, L] (int token ids) and `puzzle_identifiers` [B]. The kernels are
+  the current execution settings' (trm_jax/kernels/execution.py).
   """
   spec = ModelSpec.from_config(model_config)
   for key in ("inputs", "puzzle_identifiers"):
@@ -132,7 +137,8 @@ def supervision_step(params: Params, model_config, carry: Carry, batch: Mapping[
     raise ValueError(f"batch['inputs'] has shape {inputs.shape}; expected [batch, {spec.seq_len}]")
   if carry["steps"].shape[0] != inputs.shape[0]:
     raise ValueError(f"carry batch size {carry['steps'].shape[0]} != batch size {inputs.shape[0]}")
-  return _supervision_step(params, spec, carry, inputs, jnp.asarray(batch["puzzle_identifiers"]))
+  return _supervision_step(params, spec, execution.current(), carry, inputs,
+                           jnp.asarray(batch["puzzle_identifiers"]))
 
 
 def forward_passes_per_step(model_config) -> int:

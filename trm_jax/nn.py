@@ -4,6 +4,9 @@ Semantics follow the official PyTorch code (see BUILD_NOTES.md): post-norm block
 without scale computed in fp32, SwiGLU with the official width rounding, RoPE applied in fp32,
 parameters kept in `param_dtype` and cast to the activation dtype at every use.
 
+The matmul and attention kernels are execution settings, read at trace time
+(`execution.current()`), not attributes of the modules: the same model runs on any of them.
+
 Variable kinds (they decide what each optimiser touches):
   nnx.Param    - dense weights, trained by AdamATan2;
   PuzzleTable  - the per-puzzle embedding table, trained by sparse sign-SGD;
@@ -22,6 +25,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from trm_jax.kernels import attention as kernels_attention
+from trm_jax.kernels import execution
 from trm_jax.kernels import matmul as kernels_matmul
 from trm_jax.config import ModelSpec
 
@@ -102,14 +106,13 @@ class Linear(nnx.Module):
   """Bias-free (by default) linear layer with truncated-LeCun init, cast to the input dtype."""
 
   def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
-               param_dtype=jnp.float32, bias: bool = False, matmul: str = "xla"):
-    self.matmul = matmul
+               param_dtype=jnp.float32, bias: bool = False):
     self.kernel = nnx.Param(trunc_normal(rngs.params(), (in_features, out_features),
                                          1.0 / math.sqrt(in_features), param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = kernels_matmul.matmul(x, self.kernel[...].astype(x.dtype), self.matmul)
+    y = kernels_matmul.matmul(x, self.kernel[...].astype(x.dtype), execution.current().matmul)
     if self.bias is not None:
       y = y + jnp.expand_dims(self.bias[...].astype(x.dtype), range(y.ndim - 1))
     return y
@@ -118,34 +121,33 @@ class Linear(nnx.Module):
 class SwiGLU(nnx.Module):
   """down(silu(gate) * up) with a fused gate/up projection."""
 
-  def __init__(self, hidden: int, expansion: float, *, rngs: nnx.Rngs, param_dtype,
-               matmul: str = "xla"):
+  def __init__(self, hidden: int, expansion: float, *, rngs: nnx.Rngs, param_dtype):
     inter = swiglu_width(hidden, expansion)
-    self.gate_up = Linear(hidden, 2 * inter, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
-    self.down = Linear(inter, hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
+    self.gate_up = Linear(hidden, 2 * inter, rngs=rngs, param_dtype=param_dtype)
+    self.down = Linear(inter, hidden, rngs=rngs, param_dtype=param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     gate_up = self.gate_up.kernel[...].astype(x.dtype)
-    return self.down(kernels_matmul.swiglu(x, gate_up, self.gate_up.matmul))
+    return self.down(kernels_matmul.swiglu(x, gate_up, execution.current().matmul))
 
 
 def dot_product_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
-                          impl: str = "xla", causal: bool = False) -> jax.Array:
-  """softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out, causal on request (see
-  trm_jax/kernels/attention.py for `impl`)."""
-  return kernels_attention.attention(q_BTNH, k_BSNH, v_BSNH, impl, causal)
+                          causal: bool = False) -> jax.Array:
+  """softmax(q k^T / sqrt(H)) v per head, [B, T, N, H] in and out, causal on request, by the
+  current `execution.attention` (trm_jax/kernels/attention.py)."""
+  return kernels_attention.attention(q_BTNH, k_BSNH, v_BSNH, execution.current().attention,
+                                     causal)
 
 
 class Attention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection; `causal` for a language model."""
 
   def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs, param_dtype,
-               matmul: str = "xla", attention: str = "xla", causal: bool = False):
+               causal: bool = False):
     self.num_heads = num_heads
-    self.attention = attention
     self.causal = causal
-    self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
-    self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype, matmul=matmul)
+    self.qkv = Linear(hidden, 3 * hidden, rngs=rngs, param_dtype=param_dtype)
+    self.out = Linear(hidden, hidden, rngs=rngs, param_dtype=param_dtype)
 
   def __call__(self, h_BSD: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
     B, S, D = h_BSD.shape
@@ -153,7 +155,7 @@ class Attention(nnx.Module):
     q, k, v = jnp.split(qkv, 3, axis=2)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    attended = dot_product_attention(q, k, v, self.attention, self.causal)
+    attended = dot_product_attention(q, k, v, self.causal)
     return self.out(attended.reshape(B, S, D))
 
 
@@ -168,13 +170,11 @@ class Block(nnx.Module):
     if spec.mlp_t and causal:
       raise ValueError("model config field 'mlp_t' = True: a causal block needs attention")
     if spec.mlp_t:
-      self.mixer = SwiGLU(spec.total_len, spec.expansion, rngs=rngs, param_dtype=pdt,
-                          matmul=spec.matmul)
+      self.mixer = SwiGLU(spec.total_len, spec.expansion, rngs=rngs, param_dtype=pdt)
     else:
       self.mixer = Attention(spec.hidden_size, spec.num_heads, rngs=rngs, param_dtype=pdt,
-                             matmul=spec.matmul, attention=spec.attention, causal=causal)
-    self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt,
-                      matmul=spec.matmul)
+                             causal=causal)
+    self.mlp = SwiGLU(spec.hidden_size, spec.expansion, rngs=rngs, param_dtype=pdt)
 
   def __call__(self, h_BSD: jax.Array, rope) -> jax.Array:
     if self.mlp_t:

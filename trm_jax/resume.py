@@ -18,7 +18,8 @@ from trm_jax.experiment import DATA_SHAPE_FIELDS
 
 # How a run executes, not what it trains: a resume may change these without --allow_config_change
 # (where a host keeps its built dataset too: every host checks that all read the same data).
-EXECUTION_FIELDS = ("mesh_shape", "train.checkpoint_every_steps", "train.keep_checkpoints",
+EXECUTION_FIELDS = ("mesh_shape", "execution.matmul", "execution.attention",
+                    "train.checkpoint_every_steps", "train.keep_checkpoints",
                     "train.keep_best_checkpoints", "train.profile_steps", "data.data_dir")
 
 
@@ -41,7 +42,7 @@ def config_changes_on_resume(cfg: ml_collections.ConfigDict, workdir: epath.Path
   steps = runs_lib.checkpoint_steps(checkpoint_dir)
   if not steps or not config_path.exists():
     return {}
-  old = json.loads(config_path.read_text())
+  old = runs_lib.upgrade_config(json.loads(config_path.read_text()))
   new = json.loads(json.dumps(cfg.to_dict(), default=str))
   for name in DATA_SHAPE_FIELDS:
     if name in old.get("model", {}):

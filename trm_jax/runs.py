@@ -11,6 +11,7 @@ the weights from the newest complete checkpoint (or the step asked for), read fr
 checkpoint's own metadata onto this process's first device (or into a mesh's shardings). `params` are what evaluation uses:
 the EMA weights when the run keeps an EMA.
 
+    upgrade_config(saved)          # a config saved by an earlier version, in today's layout
     config_differences(old, new)   # {"train.lr": (0.003, 0.5), ...}: what a resume would change
     record_config_change(workdir, step, differences)   # appended to config_changes.jsonl
     code_version()                 # the trm_jax code a run used: git commit (+dirty) or version
@@ -33,6 +34,7 @@ from orbax.checkpoint import v1 as ocp
 from trm_jax import checkpoint as checkpoint_lib, paths, sharding as sharding_lib
 from trm_jax import train as train_lib
 from trm_jax.config import ModelSpec
+from trm_jax.kernels import execution
 
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
@@ -96,17 +98,16 @@ def load(path: paths.PathLike, step: int | None = None, *,
   """
   workdir, checkpoint = _locate(path, step)
   saved = checkpoint_lib.load_config(checkpoint)
-  if saved is not None:
-    config = ml_collections.ConfigDict(saved)
-  else:
+  if saved is None:
     config_path = workdir / CONFIG_FILE
     if not config_path.exists():
       raise FileNotFoundError(f"{checkpoint} holds no config and {config_path} is missing; a "
                               "run directory written by `python -m trm_jax.main` has one")
     try:
-      config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+      saved = json.loads(config_path.read_text())
     except json.JSONDecodeError as error:
       raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+  config = ml_collections.ConfigDict(upgrade_config(saved))
   model_config = ml_collections.ConfigDict(config.model.to_dict())
   ModelSpec.from_config(model_config)  # validates, naming a bad field
 
@@ -123,6 +124,17 @@ def load(path: paths.PathLike, step: int | None = None, *,
   return Run(workdir=workdir, config=config, model_config=model_config,
              params=train_lib.eval_params(state), step=int(checkpoint.name),
              checkpoint=checkpoint)
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+  """A resolved config as any version saved it, in this version's layout: the model fields
+  `matmul` and `attention` of runs saved before issue 29 become the run's `execution`
+  settings (a kernel choice, not part of the model)."""
+  model = dict(saved.get("model", {}))
+  moved = {name: model.pop(name) for name in execution.FORMER_MODEL_FIELDS if name in model}
+  if not moved:
+    return saved
+  return {**saved, "model": model, "execution": {**moved, **saved.get("execution", {})}}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -5,7 +5,8 @@ have (abstract inputs: `jax.ShapeDtypeStruct`s with shardings). One builder for 
 
 The devices of `mesh` decide the kernels the trace may use (trm_jax/kernels/target.py): the
 CPU kernels only for one CPU device, cuDNN attention only on NVIDIA GPUs; never the process's
-default backend.
+default backend. Which kernels among those are the execution settings current when a builder is
+called (trm_jax/kernels/execution.py); each call jits afresh, so no trace serves other settings.
 """
 
 from __future__ import annotations

@@ -225,6 +225,9 @@ def _check_key(config: ml_collections.ConfigDict, key: str, run_name: str) -> No
   node, path = config, []
   for part in key.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      from trm_jax.experiment import moved_flag
+      if moved := moved_flag([f"--config.{key}"]):
+        raise ValueError(f"run {run_name!r}: {moved}")
       where = f"'{'.'.join(path)}'" if path else "the config"
       fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       raise ValueError(f"run {run_name!r}: unknown override key {key!r}: {where} has no field "

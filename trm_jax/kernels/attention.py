@@ -1,7 +1,7 @@
 """The one attention every attention layer uses: softmax(q k^T / sqrt(H)) v, non-causal (the
 puzzle models) or causal (a language model: query t sees keys 0..t).
 
-`impl` (model config field `attention`):
+`impl` (IMPLS; the execution setting `attention`: kernels/execution.py):
   "xla"   - two einsums and a softmax (below); the score tensor [B, N, T, S] is materialised in
             fp32. The path on CPU, and the numerics the parity tests pin.
   "cudnn" - cuDNN's fused (flash) attention through `jax.nn.dot_product_attention`: scores stay
@@ -27,8 +27,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from trm_jax.config import ATTENTION_IMPLS as IMPLS
 from trm_jax.kernels import target
+
+IMPLS = ("auto", "xla", "cudnn", "tpu_flash")
 
 
 def xla_attention(q_BTNH: jax.Array, k_BSNH: jax.Array, v_BSNH: jax.Array,
@@ -55,8 +56,7 @@ def nvidia_gpu() -> bool:
 
 
 def uses_cudnn(impl: str, dtype, head_dim: int) -> bool:
-  """Whether `attention(..., impl)` runs cuDNN's fused kernel (decided at trace time; the model
-  config's `attention` is part of the jit key)."""
+  """Whether `attention(..., impl)` runs cuDNN's fused kernel (decided at trace time)."""
   if impl not in IMPLS:
     raise ValueError(f"attention implementation {impl!r}; choose one of {IMPLS}")
   return (impl in ("auto", "cudnn") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)

@@ -1,6 +1,6 @@
 """The one matmul every linear layer uses: `x @ w` with fp32 accumulation, in x's dtype.
 
-`impl` (model config field `matmul`):
+`impl` (IMPLS; the execution setting `matmul`: kernels/execution.py):
   "xla"    - XLA's dot, asked for an fp32 result and rounded back (on CPU this reaches XLA's
              YNNPACK bf16 kernels, twice as fast as a bf16-output dot; identical numerics).
   "xla_native" - XLA's dot with its result in the operands' dtype (cuBLAS accumulates a bf16
@@ -29,8 +29,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from trm_jax.config import MATMUL_IMPLS as IMPLS
 from trm_jax.kernels import cpu_gemm, target
+
+IMPLS = ("auto", "xla", "xla_native", "amx", "avx512")
 
 
 @jax.custom_vjp
@@ -131,7 +132,7 @@ def single_cpu_device() -> bool:
 
 def kernel_isa(impl: str, dtype) -> str | None:
   """The ISA whose kernel `matmul(..., impl)` runs for operands of `dtype`, or None for XLA's
-  dot (decided at trace time; the model config's `matmul` is part of the jit key)."""
+  dot (decided at trace time)."""
   if impl not in IMPLS:
     raise ValueError(f"matmul implementation {impl!r}; choose one of {IMPLS}")
   if (impl in ("xla", "xla_native") or jnp.dtype(dtype) != jnp.bfloat16

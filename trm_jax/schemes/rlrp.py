@@ -75,12 +75,12 @@ class RLRPModel(nnx.Module):
     self.layers = nnx.List([nn.Block(spec, rngs=rngs, causal=True)
                             for _ in range(spec.num_layers)])
     self.lm_head = nn.Linear(D, spec.vocab_size, rngs=rngs, param_dtype=pdt)
-    self.g_in = nn.Linear(2 * D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+    self.g_in = nn.Linear(2 * D, D, rngs=rngs, param_dtype=pdt)
     if head == "attention":
       self.g = nn.Block(spec, rngs=rngs, causal=True)
     else:
-      self.g = nn.SwiGLU(D, spec.expansion, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
-    self.proj = nn.Linear(D, D, rngs=rngs, param_dtype=pdt, matmul=spec.matmul)
+      self.g = nn.SwiGLU(D, spec.expansion, rngs=rngs, param_dtype=pdt)
+    self.proj = nn.Linear(D, D, rngs=rngs, param_dtype=pdt)
     # e_k, one row per refinement step, zero at init (the unconditioned head), added to the
     # head's input: the step index DIS gives its network, here for the refinement head.
     self.step_embed = nnx.Param(jnp.zeros((steps, D), pdt)) if step_embed else None
