@@ -262,6 +262,13 @@ def test_a_metric_a_scheme_does_not_declare_is_refused_when_the_step_is_traced()
   with pytest.raises(ValueError, match=r"scheme 'test_chatty' reports metric\(s\) \['surprise'\] "
                                        r"that its metrics\(\) does not declare"):
     train.supervision_loss(params, rows, spec, state, jax.random.key(0))
+  # A subclass converts weights as its parent does, but the official names stay the parent's.
+  from trm_jax import convert
+  assert model.scheme_of(cfg).official.arch_name.endswith("@TinyRecursiveReasoningModel_ACTV1")
+  assert convert.scheme_for_official("recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1") == "trm"
+  assert convert.scheme_for_official("TinyRecursiveReasoningModel_ACTV1") == "trm"
+  assert convert.scheme_for_official(
+      "recursive_reasoning.trm_singlez@TinyRecursiveReasoningModel_ACTV1") == "trm_singlez"
 
 
 def test_q_continue_variant_trains():

@@ -179,7 +179,9 @@ def scheme_for_official(name: str) -> str:
   module, model_class = name.rsplit("@", 1) if "@" in name else ("", name)
   found = {}
   for scheme_name in schemes.names():
-    official = schemes.get(scheme_name).official
+    # Only a class that declares it: a subclass inherits its parent's origin for converting
+    # weights, but the official name means the parent.
+    official = vars(schemes.get(scheme_name)).get("official")
     if official is not None:
       theirs, _, their_class = official.arch_name.rpartition("@")
       if their_class == model_class:
