@@ -261,7 +261,7 @@ FAMILIES = {"fixed steps": lambda row: row["halt"] == "fixed" and row["guidance_
 
 
 def evaluate_task(task: str, runs: dict[str, list[pathlib.Path]], choices: dict) -> dict:
-  from trm_jax import analysis
+  from trm_jax import significance
   rng = np.random.default_rng(0)
   metrics = ["exact"] + (["valid_completion"] if task == "nqueens8" else [])
   out = {"methods": {}, "pairs": [], "ratios": []}
@@ -304,7 +304,7 @@ def evaluate_task(task: str, runs: dict[str, list[pathlib.Path]], choices: dict)
           family.append({"metric": metric, "subset": name, "a": a, "b": b,
                          "difference": float(ca.mean() - cb.mean()),
                          "p": paired_permutation_p(ca, cb, rng)})
-      for row, adjusted in zip(family, analysis.holm([r["p"] for r in family])):
+      for row, adjusted in zip(family, significance.holm([r["p"] for r in family])):
         row["p_holm"] = adjusted
       out["pairs"] += family
   # Pass ratios at equal accuracy (chosen on validation) against TRM (T=3, n=6).

@@ -1,4 +1,5 @@
-"""Policy-improvement analysis (trm_jax/analysis.py) and its command (trm_jax/analyze.py)."""
+"""Policy-improvement analysis (trm_jax/readouts.py, trm_jax/significance.py) and its command
+(trm_jax/analyze.py)."""
 
 import json
 import math
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import trm_jax
-from trm_jax import act, analysis, config, main
+from trm_jax import act, config, main, readouts, significance
 from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
 
@@ -25,10 +26,10 @@ def test_margin_matches_a_hand_computation():
   e = math.e
   expected_dl_mean = (e - 1 / e) / (e + 1 + 1 / e)  # E_{softmax(l_c)}[dl], dl = (1, 0, -1)
   for label, dl_star in ((0, 1.0), (1, 0.0), (2, -1.0)):
-    margin = analysis.advantage_margin(l_u, l_c, jnp.array([label]))
+    margin = readouts.advantage_margin(l_u, l_c, jnp.array([label]))
     np.testing.assert_allclose(margin, [dl_star - expected_dl_mean], rtol=1e-6)
   # w = 0: the policy is softmax(l_u) = uniform, E[dl] = 0.
-  np.testing.assert_allclose(analysis.advantage_margin(l_u, l_c, jnp.array([0]), w=0.0), [1.0],
+  np.testing.assert_allclose(readouts.advantage_margin(l_u, l_c, jnp.array([0]), w=0.0), [1.0],
                              rtol=1e-6)
 
 
@@ -42,7 +43,7 @@ def test_margin_is_minus_the_derivative_of_the_guided_ce(w):
   ce = lambda w: -jnp.take_along_axis(jax.nn.log_softmax(l_u + w * (l_c - l_u)),
                                       labels[:, None], -1)[:, 0]
   derivative = jax.vmap(jax.grad(lambda w, i: ce(w)[i]), in_axes=(None, 0))(w, jnp.arange(64))
-  margin = analysis.advantage_margin(l_u, l_c, labels, w)
+  margin = readouts.advantage_margin(l_u, l_c, labels, w)
   np.testing.assert_allclose(derivative, -margin, atol=1e-5)
   # The sign predicts the CE change of a small step in w.
   step = 1e-2
@@ -56,10 +57,10 @@ def test_last_useful_point_and_dead_passes():
   changed = np.array([[1, 1, 0, 1],
                       [0, 1, 0, 0],
                       [1, 0, 0, 0]])  # [P=3, B=4]
-  last = analysis.last_useful_point(changed)
+  last = readouts.last_useful_point(changed)
   np.testing.assert_array_equal(last, [3, 2, 0, 1])
-  sums = {k: np.ones(3) for k in analysis.POINT_SUMS}
-  summary = analysis.summarize(sums, last, 4, passes_per_point=3.0, points_per_step=1)
+  sums = {k: np.ones(3) for k in readouts.POINT_SUMS}
+  summary = readouts.summarize(sums, last, 4, passes_per_point=3.0, points_per_step=1)
   assert summary["forward_passes_per_example"] == 9.0
   # Dead passes: 9 - 3 * last = (0, 3, 9, 6) -> mean 4.5.
   assert summary["dead_passes_per_example"] == 4.5
@@ -94,18 +95,18 @@ def test_paired_exact_test_by_hand():
   # P(X <= 5 | Bin(17, 1/2)) = (1 + 17 + 136 + 680 + 2380 + 6188) / 2**17 = 9402 / 131072.
   before = np.array([0] * 12 + [1] * 5 + [1] * 3 + [0] * 4)
   after = np.array([1] * 12 + [0] * 5 + [1] * 3 + [0] * 4)
-  out = analysis.paired_exact_test(before, after)
+  out = significance.paired_exact_test(before, after)
   assert (out["fixed"], out["broken"], out["problems"]) == (12, 5, 24)
   assert out["p_value"] == pytest.approx(2 * 9402 / 131072, rel=1e-12)
   assert out["difference"] == pytest.approx((15 - 8) / 24)
   # symmetric in direction; an even split and no discordant problem give p = 1
-  assert analysis.paired_exact_test(after, before)["p_value"] == out["p_value"]
-  assert analysis.paired_exact_test([0, 1, 1, 0], [1, 0, 1, 0])["p_value"] == 1.0
-  assert analysis.paired_exact_test([1, 0], [1, 0])["p_value"] == 1.0
+  assert significance.paired_exact_test(after, before)["p_value"] == out["p_value"]
+  assert significance.paired_exact_test([0, 1, 1, 0], [1, 0, 1, 0])["p_value"] == 1.0
+  assert significance.paired_exact_test([1, 0], [1, 0])["p_value"] == 1.0
   # 10 fixed, none broken: 2 / 2**10
-  assert analysis.paired_exact_test([0] * 10, [1] * 10)["p_value"] == pytest.approx(2 / 1024)
+  assert significance.paired_exact_test([0] * 10, [1] * 10)["p_value"] == pytest.approx(2 / 1024)
   with pytest.raises(ValueError, match="equal 1-D shapes"):
-    analysis.paired_exact_test([0, 1], [0, 1, 1])
+    significance.paired_exact_test([0, 1], [0, 1, 1])
 
 
 @pytest.mark.parametrize("scheme", ["trm", "dis", "hrm", "trm_singlez"])
@@ -134,7 +135,7 @@ def test_trajectory_matches_the_public_step_loop(scheme):
   params = trm_jax.init_params(cfg, jax.random.key(2))
   params["lm_head"]["kernel"] = 8 * params["lm_head"]["kernel"]
   batch = _batch(spec, 5)
-  stats = jax.jit(lambda p, b: analysis.trajectory(p, b, spec=spec))(params, batch)
+  stats = jax.jit(lambda p, b: readouts.trajectory(p, b, spec=spec))(params, batch)
   U = spec.H_cycles
   assert stats["tokens"].shape == (spec.halt_max_steps * U, 5)
   labels = np.asarray(batch["labels"])

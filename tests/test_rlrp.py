@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trm_jax import act, analysis
+from trm_jax import act, significance
 from trm_jax import config as model_configs
 from trm_jax import model as model_lib
 from trm_jax.config import ModelSpec
@@ -320,13 +320,13 @@ def test_exact_match_split_by_operation_and_carries_by_hand():
 
 def test_holm_by_hand():
   from trm_jax import lm_eval
-  np.testing.assert_allclose(analysis.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02],
+  np.testing.assert_allclose(significance.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02],
                              rtol=1e-12)
   # Capped at 1, and monotone in the sorted order (0.6 alone would be 0.6; it follows 1.0).
-  np.testing.assert_allclose(analysis.holm([0.5, 0.6]), [1.0, 1.0])
-  np.testing.assert_allclose(analysis.holm([0.02, 0.001, 0.02]), [0.04, 0.003, 0.04],
+  np.testing.assert_allclose(significance.holm([0.5, 0.6]), [1.0, 1.0])
+  np.testing.assert_allclose(significance.holm([0.02, 0.001, 0.02]), [0.04, 0.003, 0.04],
                              rtol=1e-12)
-  assert analysis.holm([0.2]) == [0.2] and analysis.holm([]) == []
+  assert significance.holm([0.2]) == [0.2] and significance.holm([]) == []
 
 
 # Problems whose first characters differ, so a "model" can key its next token on that character
@@ -360,9 +360,9 @@ def oracle_logits_fn():
 
 
 def teacher_forced_exact(logits, records):
-  from trm_jax import analysis, losses
+  from trm_jax import losses, readouts
   labels = jnp.where(records["labels"] == lm.PAD, losses.IGNORE_LABEL_ID, records["labels"])
-  return np.asarray(jax.vmap(lambda l: analysis.point_stats(l, l, labels, labels)["exact"])(
+  return np.asarray(jax.vmap(lambda l: readouts.point_stats(l, l, labels, labels)["exact"])(
       logits)).astype(int)
 
 
@@ -593,7 +593,7 @@ def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
   arith = out["arithmetic"]
   assert arith["holm_family"] == ["step 2 vs step 1", "step 3 vs step 1", "step 4 vs step 1"]
   raw = [pair["p_value"] for pair in arith["paired_with_step1"][1:]]
-  assert [pair["p_holm"] for pair in arith["paired_with_step1"][1:]] == analysis.holm(raw)
+  assert [pair["p_holm"] for pair in arith["paired_with_step1"][1:]] == significance.holm(raw)
   assert arith["paired_with_step1"][0]["p_holm"] is None
   # Test, with a baseline: other problems, and the baseline test joins the family.
   tested = lm_eval.evaluate_run(run, batch_size=16, max_examples=20, baseline=run, split="test")
@@ -601,7 +601,7 @@ def test_runlocal_trains_checkpoints_and_evaluates_per_step(tmp_path):
   assert tested["arithmetic"]["holm_family"][-1] == "step 4 vs baseline"
   family = [pair["p_value"] for pair in tested["arithmetic"]["paired_with_step1"][1:]]
   family.append(tested["baseline"]["paired"]["p_value"])
-  assert tested["baseline"]["paired"]["p_holm"] == analysis.holm(family)[-1]
+  assert tested["baseline"]["paired"]["p_holm"] == significance.holm(family)[-1]
   text = lm_eval.format_steps(tested)
   assert "against the baseline" in text and "split: test" in text
   lm_eval.plot_steps(tested, tmp_path / "lm_eval.png")

@@ -9,7 +9,7 @@ restated. Writes to --out (default <workdir>/analysis): analysis.txt (the tables
 analysis.json (every number), trajectory.png (accuracy and advantage margin against forward
 passes, one point per answer-state update), last_useful.png (the distribution of the last
 forward pass that changed a prediction) and frontier.png (accuracy against forward passes per
-example for every inference strategy). Definitions: trm_jax/analysis.py, trm_jax/inference.py.
+example for every inference strategy). Definitions: trm_jax/readouts.py, trm_jax/inference.py.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   source's order} (for intervals over puzzles and paired tests between runs)."""
   import jax
   import numpy as np
-  from trm_jax import analysis, inference
+  from trm_jax import inference, readouts
   from trm_jax import model as model_lib
   from trm_jax.config import ModelSpec
   from trm_jax.data import pipeline
@@ -105,7 +105,7 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   scheme.require("reference_readout", "the per-step analysis (each step's margin is read "
                  "against the readout it starts from)")
   passes_per_step = scheme.forward_passes()
-  trace = jax.jit(functools.partial(analysis.trajectory, spec=spec, guidance_w=margin_w))
+  trace = jax.jit(functools.partial(readouts.trajectory, spec=spec, guidance_w=margin_w))
   strategies = strategies_for(spec, ws, ks, cfg_ws, rollouts)
   for strategy in strategies:
     strategy.validate(spec)
@@ -128,9 +128,9 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
     if not valid.any():
       break
     stats = jax.device_get(trace(run.params, batch))
-    weighted = {k: (stats[k] * valid).sum(-1) for k in analysis.POINT_SUMS}
+    weighted = {k: (stats[k] * valid).sum(-1) for k in readouts.POINT_SUMS}
     sums = weighted if sums is None else {k: sums[k] + weighted[k] for k in sums}
-    last_useful.append(analysis.last_useful_point(stats["changed"])[valid])
+    last_useful.append(readouts.last_useful_point(stats["changed"])[valid])
     plain = jax.device_get(evaluators[0](run.params, batch))
     for k, result in enumerate(budget_results):
       result["exact"] += float((plain["exact"][k] * valid).sum())
@@ -157,7 +157,7 @@ def analyze(run, source, *, max_examples: int, batch_size: int, ws: list[float],
   if n == 0:
     raise ValueError("no examples to analyse (empty split?)")
   points_per_step = len(sums["tokens"]) // spec.halt_max_steps
-  summary = analysis.summarize(sums, np.concatenate(last_useful), n,
+  summary = readouts.summarize(sums, np.concatenate(last_useful), n,
                                passes_per_point=passes_per_step / points_per_step,
                                points_per_step=points_per_step)
   rows = []
@@ -198,7 +198,7 @@ def plot(summary: dict[str, Any], out: epath.Path, title: str) -> list[epath.Pat
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
-  from trm_jax import analysis as analysis_lib
+  from trm_jax import readouts
   from trm_jax.plot import save_figure
 
   points = summary["points"]
@@ -221,9 +221,9 @@ def plot(summary: dict[str, Any], out: epath.Path, title: str) -> list[epath.Pat
   margin_ax.set_xlabel("forward passes per example")
   share = margin_ax.twinx()
   share.plot(passes, [p["margin_positive"] for p in points], "^--", ms=3, color="C2",
-             label=f"tokens with margin > {analysis_lib.MARGIN_TOL:g}")
+             label=f"tokens with margin > {readouts.MARGIN_TOL:g}")
   share.plot(passes, [p["margin_negative"] for p in points], "v--", ms=3, color="C4",
-             label=f"tokens with margin < -{analysis_lib.MARGIN_TOL:g}")
+             label=f"tokens with margin < -{readouts.MARGIN_TOL:g}")
   share.set_ylim(-0.02, 1.02)
   share.set_ylabel("fraction of tokens")
   lines = margin_ax.get_legend_handles_labels()
@@ -289,7 +289,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   import importlib
   import trm_jax
-  from trm_jax import analysis, console
+  from trm_jax import console, readouts
   from trm_jax.data import datasets
   console.quiet_unless_verbose()
 
@@ -323,7 +323,7 @@ def main(argv):
   title = f"{summary['scheme']} step {run.step}, {_SPLIT.value}"
   text = "\n\n".join([f"{title}: {summary['examples']} examples, "
                       f"{summary['passes_per_step']} forward passes per supervision step",
-                      analysis.format_table(summary),
+                      readouts.format_table(summary),
                       format_strategies(summary["strategies"], summary["scorers"])])
   (out / "analysis.txt").write_text(text + "\n")
   (out / "analysis.json").write_text(json.dumps(summary, indent=1))

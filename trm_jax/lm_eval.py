@@ -8,7 +8,7 @@ steps trace their updates, e.g. RLRP's refinements).
 
 Rebuilds the run's held-out corpora from its config (they are generated / read
 deterministically) and reads every refinement step's logits (`Readout.trace`) through
-`analysis.trajectory`, so each step k = 1..K is one readout point whose reference is step k-1
+`readouts.trajectory`, so each step k = 1..K is one readout point whose reference is step k-1
 (step 0: logits_0, the readout of u_0 = h):
   arithmetic  labels = the answer digits and the EOS after them (`lm.answer_only`): token
               accuracy, answer exact match (teacher-forced; the answer must be followed by EOS,
@@ -19,11 +19,11 @@ deterministically) and reads every refinement step's logits (`Readout.trace`) th
 `num_validation` problems and a `validation_fraction` of the text) or `test`. Choices (a
 setting, a default, a protocol) are made on validation; test is read once, for what was chosen.
 On the arithmetic it also pairs the readouts problem by problem (McNemar's exact test,
-`analysis.paired_exact_test`): every step k > 1 against step 1, and with `--baseline DIR`
+`significance.paired_exact_test`): every step k > 1 against step 1, and with `--baseline DIR`
 (another RLRP run with the same held-out problems, e.g. the K = 1 baseline) this run's step K
 against the baseline's last step. Those tests are one family: each p-value is reported raw and
-Holm-adjusted over the family (`analysis.holm`). It splits exact match by operation (+, *) and the
-additions by their carries (0, 1, 2, 3 or more).
+Holm-adjusted over the family (`significance.holm`). It splits exact match by operation (+, *)
+and the additions by their carries (0, 1, 2, 3 or more).
 Writes <workdir>/lm_eval/<split>/{lm_eval.txt, lm_eval.json, lm_eval.png} and prints the
 table; the picture: answer exact match per step (all, +, *; the baseline's as a dashed line),
 and the answer and text CE per step minus step 1's.
@@ -68,16 +68,16 @@ def _define_flags() -> None:
 
 def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
                    max_examples: int = 0) -> tuple[dict[str, Any], Any]:
-  """(`analysis.summarize` of every refinement step over `records` (inputs, labels with PAD
+  """(`readouts.summarize` of every refinement step over `records` (inputs, labels with PAD
   ignored), a point being one step and its forward passes the head calls so far; the per-row
   exact match [K, n], 0/1)."""
   import jax
   import numpy as np
-  from trm_jax import analysis, losses
+  from trm_jax import losses, readouts
   from trm_jax.data import lm
 
   n = len(records["inputs"]) if not max_examples else min(max_examples, len(records["inputs"]))
-  trace = jax.jit(functools.partial(analysis.trajectory, spec=spec))
+  trace = jax.jit(functools.partial(readouts.trajectory, spec=spec))
   sums, last_useful, exact = None, [], []
   for start in range(0, n, batch_size):
     rows = np.minimum(np.arange(start, start + batch_size), n - 1)  # the last batch padded
@@ -87,19 +87,19 @@ def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
              "labels": np.where(labels == lm.PAD, losses.IGNORE_LABEL_ID, labels).astype(np.int32),
              "puzzle_identifiers": np.zeros((batch_size,), np.int32)}
     stats = jax.device_get(trace(params, batch))
-    batch_sums = {k: (np.asarray(stats[k]) * valid).sum(-1) for k in analysis.POINT_SUMS}
+    batch_sums = {k: (np.asarray(stats[k]) * valid).sum(-1) for k in readouts.POINT_SUMS}
     sums = batch_sums if sums is None else {k: sums[k] + batch_sums[k] for k in sums}
-    last_useful.append(analysis.last_useful_point(stats["changed"])[valid])
+    last_useful.append(readouts.last_useful_point(stats["changed"])[valid])
     exact.append(np.asarray(stats["exact"])[:, valid])
   points = len(sums["tokens"])
-  return (analysis.summarize(sums, np.concatenate(last_useful), n, passes_per_point=1,
+  return (readouts.summarize(sums, np.concatenate(last_useful), n, passes_per_point=1,
                              points_per_step=points),
           np.concatenate(exact, axis=1).astype(bool))
 
 
 def step_logits(params, spec):
   """tokens [N, L] -> every refinement step's logits [K, N, L, V] of an RLRP model (the
-  `Readout.trace` that `analysis.trajectory` reads), for `greedy_decode`."""
+  `Readout.trace` that `readouts.trajectory` reads), for `greedy_decode`."""
   import jax.numpy as jnp
   from trm_jax import act
   from trm_jax import model as model_lib
@@ -228,7 +228,7 @@ def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None,
   loaded RLRP run), of step K against the baseline's last step on the same problems, each with
   its raw p-value (`p_value`) and its Holm-adjusted one over all of them (`p_holm`; None for
   step 1 against itself, which is no test)."""
-  from trm_jax import analysis
+  from trm_jax import significance
   from trm_jax.data import lm
   spec = _load_checked(run)
   _check_split(run, split)
@@ -239,7 +239,7 @@ def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None,
                                      max_examples=max_examples)
   fluency, _ = evaluate_steps(run.params, spec, fluency_records, batch_size=batch_size,
                               max_examples=max_examples)
-  arithmetic["paired_with_step1"] = [analysis.paired_exact_test(exact[0], exact[k])
+  arithmetic["paired_with_step1"] = [significance.paired_exact_test(exact[0], exact[k])
                                      for k in range(len(exact))]
   texts = data.problems[split]
   arithmetic.update(split_exact(texts[:exact.shape[1]], exact))
@@ -258,14 +258,14 @@ def evaluate_run(run, *, batch_size: int, max_examples: int = 0, baseline=None,
     result["baseline"] = {"workdir": str(baseline.workdir), "step": baseline.step,
                           "exact_accuracy": float(base_exact[-1].mean()),
                           "steps": int(len(base_exact)),
-                          "paired": analysis.paired_exact_test(base_exact[-1], exact[-1])}
+                          "paired": significance.paired_exact_test(base_exact[-1], exact[-1])}
   # One family: every test this evaluation reports (steps 2..K against step 1, the baseline).
   family = [(f"step {k + 1} vs step 1", pair)
             for k, pair in enumerate(arithmetic["paired_with_step1"]) if k > 0]
   if "baseline" in result:
     family.append((f"step {len(exact)} vs baseline", result["baseline"]["paired"]))
   arithmetic["paired_with_step1"][0]["p_holm"] = None
-  for (_, pair), adjusted in zip(family, analysis.holm([pair["p_value"] for _, pair in family])):
+  for (_, pair), adjusted in zip(family, significance.holm([pair["p_value"] for _, pair in family])):
     pair["p_holm"] = adjusted
   arithmetic["holm_family"] = [name for name, _ in family]
   return result
