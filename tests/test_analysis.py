@@ -165,13 +165,13 @@ def test_analyze_command_on_a_tiny_trained_run(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "trm_jax.analyze", "--workdir", str(tmp_path), "--out", str(out),
        "--max_examples", "10", "--batch_size", "8", "--guidance_ws", "1,2", "--converge_ks", "1",
-       "--rollouts", "2,0.1"],
+       "--rollouts", "2,0.1", "--split", "test"],
       capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "dead passes per example" in result.stdout and "| inference strategy |" in result.stdout
   summary = json.loads((out / "analysis.json").read_text())
   spec = ModelSpec.from_config(trm_jax.load(tmp_path).model_config)
-  assert summary["examples"] == 10
+  assert summary["examples"] == 10 and summary["split"] == "test"
   assert len(summary["points"]) == spec.halt_max_steps * spec.H_cycles
   assert summary["forward_passes_per_example"] == spec.halt_max_steps * spec.H_cycles * (
       spec.L_cycles + 1)
@@ -196,4 +196,11 @@ def test_analyze_command_on_a_tiny_trained_run(tmp_path):
   for name in ("trajectory.png", "last_useful.png", "frontier.png"):
     image = matplotlib.image.imread(out / name)
     assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0
-  assert (out / "analysis.txt").read_text().startswith("trm step 3")
+  assert (out / "analysis.txt").read_text().startswith("trm step 3, test")
+  # By default it reads the validation split the run holds out (choices belong there).
+  result = subprocess.run(
+      [sys.executable, "-m", "trm_jax.analyze", "--workdir", str(tmp_path), "--out", str(out),
+       "--max_examples", "4", "--guidance_ws", "1", "--converge_ks", "1"],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((out / "analysis.json").read_text())["split"] == "validation"

@@ -25,7 +25,9 @@ from etils import epath
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (or a checkpoint directory)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
-_SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "dataset split to analyse")
+_SPLIT = flags.DEFINE_enum("split", "auto", ["auto", "validation", "test", "train"],
+                           "dataset split to analyse (auto: validation where the run's dataset "
+                           "has one, as every choice should read it; else test)")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 1000, "examples analysed (0: all)")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "examples per batch (0: the run's "
                                    "eval.global_batch_size)")
@@ -309,7 +311,13 @@ def main(argv):
     raise FileNotFoundError(f"dataset '{data_cfg.builder}/{builder.builder_config.name}' is not "
                             f"built under {data_cfg.data_dir} (the run's data.data_dir); pass "
                             "--data_dir")
-  source = builder.as_data_source()[_SPLIT.value]
+  sources = builder.as_data_source()
+  split = _SPLIT.value
+  if split == "auto":
+    split = "validation" if "validation" in sources else "test"
+  if split not in sources:
+    raise app.UsageError(f"--split={split}: the run's dataset has the splits {sorted(sources)}")
+  source = sources[split]
   batch_size = _BATCH_SIZE.value or run.config.eval.global_batch_size
   start = time.time()
   from trm_jax.config import ModelSpec
@@ -317,10 +325,10 @@ def main(argv):
   summary = analyze(run, source, max_examples=_MAX_EXAMPLES.value, batch_size=batch_size,
                     ws=ws, ks=ks, margin_w=_MARGIN_W.value, scorers=scorers,
                     cfg_ws=_floats(_CFG_WS.value, "cfg_ws"), rollouts=_pairs(_ROLLOUTS.value))
-  summary.update(workdir=str(run.workdir), split=_SPLIT.value, seconds=time.time() - start)
+  summary.update(workdir=str(run.workdir), split=split, seconds=time.time() - start)
   out = epath.Path(_OUT.value) if _OUT.value else run.workdir / "analysis"
   out.mkdir(parents=True, exist_ok=True)
-  title = f"{summary['scheme']} step {run.step}, {_SPLIT.value}"
+  title = f"{summary['scheme']} step {run.step}, {split}"
   text = "\n\n".join([f"{title}: {summary['examples']} examples, "
                       f"{summary['passes_per_step']} forward passes per supervision step",
                       readouts.format_table(summary),
