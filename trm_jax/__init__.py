@@ -16,7 +16,7 @@ _EXPORTS = {
     "load": ("trm_jax.runs", "load"),
     "supervision_step": ("trm_jax.model", "supervision_step"),
 }
-_SUBMODULES = ("config", "convert", "recursion")
+_SUBMODULES = ("config", "convert", "recursion", "schemes")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 
