@@ -236,3 +236,17 @@ def test_attention_on_a_tpu_mesh_is_the_flash_kernel_per_device():
   cfg.execution.attention = "xla"
   lowered, *_ = aot.lower_train(_target(cfg), 16)
   assert re.search(rf"\[\d+,\d+,{L},{L}\]", lowered.compile().as_text())
+
+
+def test_the_abstract_training_batch_carries_the_schemes_batch_keys():
+  from trm_jax import config
+  from trm_jax.config import ModelSpec
+  spec = ModelSpec.from_config(config.model_config(
+      seq_len=8, vocab_size=16, puzzle_emb_ndim=0, puzzle_emb_len=0, scheme="rlrp",
+      halt_max_steps=1))
+  mesh = sharding_lib.make_mesh((1, 1))
+  train = aot.abstract_batch(spec, 4, mesh)
+  assert train["answer_mask"].shape == (4, 8) and train["answer_mask"].dtype == jnp.bool_
+  assert train["reasoning"].shape == (4,) and train["reasoning"].dtype == jnp.int32
+  assert set(aot.abstract_batch(spec, 4, mesh, training=False)) == {
+      "inputs", "labels", "puzzle_identifiers"}  # inference reads the model keys only

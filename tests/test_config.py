@@ -45,6 +45,21 @@ def test_an_unknown_scheme_or_option_names_the_field_when_the_scheme_is_bound():
     model.scheme_of(cfg)
 
 
+def test_scheme_names_cannot_be_taken_twice_and_option_types_are_kept_apart():
+  from trm_jax import model, recursion, schemes
+  with pytest.raises(ValueError, match=r"'dis' is already registered \(trm_jax.schemes.dis.DIS\)"):
+    @schemes.register
+    class Mine(recursion.Scheme):  # a user's scheme under a built-in's name, before any lookup
+      name = "dis"
+  cfg = config.model_config(seq_len=8, vocab_size=16, puzzle_emb_ndim=0, puzzle_emb_len=0,
+                            scheme="rlrp", halt_max_steps=1)
+  cfg.scheme_options = {"K": 1, "step_embed": 1}  # 0/1 for a bool is taken as False/True
+  assert model.scheme_of(cfg).opts.step_embed is True
+  cfg.scheme_options = {"K": True}  # equal to K=1 (and hashed alike), but not a step count
+  with pytest.raises(ValueError, match="'scheme_options.K' = True: must be a positive integer"):
+    model.scheme_of(cfg)
+
+
 def test_unknown_and_missing_fields():
   with pytest.raises(ValueError, match="unknown field.*'hiden_size'"):
     ModelSpec.from_config({"seq_len": 4, "vocab_size": 3, "hiden_size": 8})

@@ -51,6 +51,7 @@ from ml_collections import config_flags
 from trm_jax import experiment
 from trm_jax import flops as flops_lib
 from trm_jax import inference
+from trm_jax import model as model_lib
 from trm_jax import sharding as sharding_lib
 from trm_jax import steps as steps_lib
 from trm_jax import train as train_lib
@@ -315,12 +316,21 @@ def hlo_bytes_accessed(hlo_text: str, account: list | None = None) -> tuple[floa
   return (walk(entry, 1.0) if entry else 0.0), trips
 
 
-def abstract_batch(spec: ModelSpec, global_batch: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(spec: ModelSpec, global_batch: int, mesh, *, training: bool = True
+                   ) -> dict[str, jax.ShapeDtypeStruct]:
+  """A global batch as `main` feeds it: the model keys, and for training the scheme's
+  `batch_keys` (shapes and dtypes as the scheme declares them)."""
   sharding = sharding_lib.batch_sharding(mesh)
   shapes = {"inputs": (global_batch, spec.seq_len), "labels": (global_batch, spec.seq_len),
             "puzzle_identifiers": (global_batch,)}
-  return {k: jax.ShapeDtypeStruct(shapes[k], jnp.int32, sharding=sharding)
-          for k in pipeline.MODEL_KEYS}
+  batch = {k: jax.ShapeDtypeStruct(shapes[k], jnp.int32, sharding=sharding)
+           for k in pipeline.MODEL_KEYS}
+  if training:
+    scheme = model_lib.scheme_of(spec)
+    for key in scheme.batch_keys:
+      row_shape, dtype = scheme.batch_key_shape(key)
+      batch[key] = jax.ShapeDtypeStruct((global_batch, *row_shape), dtype, sharding=sharding)
+  return batch
 
 
 def abstract_state(model_cfg, train_cfg, batch, total_steps: int, mesh):
@@ -454,7 +464,7 @@ def compile_train(target: SliceRecipe, global_batch: int) -> tuple[dict[str, Any
 def compile_eval(target: SliceRecipe, spec: ModelSpec, state) -> dict[str, Any]:
   mesh = target.mesh()
   strategy = inference.Strategy.from_config(target.cfg.eval)
-  rows = abstract_batch(spec, target.cfg.eval.global_batch_size, mesh)
+  rows = abstract_batch(spec, target.cfg.eval.global_batch_size, mesh, training=False)
   params = train_lib.eval_params(state)
   with execution.using(target.settings):
     lowered = steps_lib.eval_step(spec, strategy, mesh, params, rows)

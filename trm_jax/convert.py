@@ -82,6 +82,8 @@ def official_names(model_config) -> dict[str, tuple[str, bool]]:
   """Every parameter path of the model -> (its official state-dict key, stored transposed?)."""
   spec = ModelSpec.from_config(model_config)
   official = model_lib.scheme_of(spec).official
+  if official is None:
+    raise ValueError(f"model field scheme={spec.scheme!r}: the official code has no such model")
   names = {}
   for path in _flatten(model_lib.abstract_params(spec)):
     key = _official_key(path, official)

@@ -64,6 +64,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum("select_by", "exact", ["exact", "gain"], "what --candidate picks by, mean "
                     "over a setting's runs on validation: step K's exact match, or step K's "
                     "minus step 1's")
+  flags.DEFINE_multi_string("imports", [], "modules to import first (ones that register a "
+                            "scheme of your own)")
 
 
 def evaluate_steps(params, spec, records: Mapping[str, Any], *, batch_size: int,
@@ -183,8 +185,10 @@ def _load_checked(run):
   if spec.halt_max_steps != 1:
     raise ValueError(f"{run.workdir}: lm_eval reads one supervision step's updates; this run "
                      f"has halt_max_steps = {spec.halt_max_steps}")
-  model_lib.scheme_of(spec).require("update_trace", f"lm_eval of {run.workdir} (it evaluates "
-                                    "every update of the step)")
+  scheme = model_lib.scheme_of(spec)
+  needed_by = f"lm_eval of {run.workdir} (it reads every update of the step against the one before)"
+  scheme.require("update_trace", needed_by)
+  scheme.require("reference_readout", needed_by)
   return spec
 
 
@@ -443,11 +447,14 @@ def write_result(result: Mapping[str, Any], workdir) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  import importlib
   import trm_jax
   from etils import epath
   from trm_jax import console
   console.quiet_unless_verbose()
   options = flags.FLAGS
+  for module in options.imports:
+    importlib.import_module(module)
   baseline = trm_jax.load(options.baseline) if options.baseline else None
   if options.candidate:
     if options.workdir:

@@ -1,13 +1,11 @@
 """Functional model API: parameters are a plain nested dict, every function is pure.
 
-The NNX modules in `nn.py` define the network; here they are split into a graph definition
-(cached per `ModelSpec`) and a plain dict of arrays, which is what optimisers, shardings and
-checkpoints handle. `nnx.merge` puts them back together inside traced code.
-
-Parameter dict (`params`), with D = hidden size:
-  embed_tokens [V, D], embed_pos [S+P, D] (learned positions only), puzzle_emb [N, Dp],
-  net/layers/<i>/{mixer,mlp}/..., lm_head/kernel [D, V], q_head/{kernel [D, 2], bias [2]},
-  y_init [D], z_init [D].
+The configured scheme (`scheme_of`: bound once per spec, trm_jax/schemes/) builds the NNX
+modules; its graph definition and a plain dict of arrays are kept apart, the dict being what
+optimisers, shardings and checkpoints handle, and `nnx.merge` puts them back together inside
+traced code. The dict's keys are the scheme's modules' (TRM: embed_tokens [V, D], embed_pos,
+puzzle_emb [N, Dp], net/layers/<i>/{mixer,mlp}/..., lm_head/kernel [D, V], q_head/{kernel,
+bias}, y_init [D], z_init [D]); `variable_kinds` sorts them by optimiser.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ Defaults a scheme may override
                        `count`, `lm_loss`, `exact_accuracy`, which the training loop reads)
   batch_keys           training fields the scheme reads (in loss, targets or refresh) besides
                        inputs, labels and puzzle identifiers: passed through by the input
-                       pipeline, checked against the dataset before anything compiles.
+                       pipeline, checked against the dataset before anything compiles
+                       (`batch_key_shape`: each one's per-row shape and dtype, for `aot`).
                        Inference (evaluation, analysis, solving) gives a step those three only:
                        a user's puzzle has nothing else.
   official             how its checkpoints convert from the official code (convert.py), or None
@@ -40,7 +41,8 @@ Optional capabilities (`capabilities()`; inference and analysis ask with `requir
                        (classifier-free guidance)
   update_trace         `step(..., record=True)` reads out after every update inside the step;
                        without it the step's own readout is its one traced update
-                       (`model.step`), so per-step analysis works for every scheme.
+                       (`model.step`), so the per-step analysis, which also needs the
+                       reference readout, works without it.
 
 A new scheme is one file: subclass `Scheme` (or `schemes.trm.TRM` to change only the
 recursion) and decorate it with `schemes.register`. For a different latent recursion inside
@@ -151,8 +153,9 @@ def parse_options(scheme_cls: type, pairs) -> Any:
       if value not in typing.get_args(kind):
         raise ValueError(f"{field} = {value!r}: must be one of {typing.get_args(kind)}")
     elif kind is bool:
-      if not isinstance(value, bool):
+      if not isinstance(value, bool) and value not in (0, 1):
         raise ValueError(f"{field} = {value!r}: must be True or False")
+      value = bool(value)
     elif kind is int:
       if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{field} = {value!r}: must be a positive integer")
@@ -226,6 +229,12 @@ class Scheme:
     """Fixed N_sup steps."""
     del readout, rng, training, adaptive
     return t >= self.spec.halt_max_steps
+
+  def batch_key_shape(self, key: str) -> tuple[tuple[int, ...], Any]:
+    """(per-row shape, dtype) of one of `batch_keys`, for programs compiled without data
+    (`python -m trm_jax.aot`); default: one int32 per row."""
+    del key
+    return (), jnp.int32
 
   def metrics(self) -> dict[str, str]:
     """Every metric `loss` reports -> how the training log reduces its sum over steps and

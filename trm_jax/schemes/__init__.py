@@ -23,6 +23,22 @@ from trm_jax import recursion
 from trm_jax.config import ModelSpec
 
 _CLASSES: dict[str, type[recursion.Scheme]] = {}
+_discovered = False
+
+
+def _where(obj) -> tuple[str, str]:
+  """What identifies a definition across re-imports of its module."""
+  return obj.__module__, obj.__qualname__
+
+
+def _claim(name: str, where: tuple[str, str]) -> None:
+  """Refuses `name` when a scheme defined elsewhere holds it (the built-ins found first, so a
+  clash shows at the registration that causes it)."""
+  _discover()
+  previous = _CLASSES.get(name)
+  if previous is not None and _where(getattr(previous, "defined_by", previous)) != where:
+    holder = ".".join(_where(getattr(previous, "defined_by", previous)))
+    raise ValueError(f"recursion scheme '{name}' is already registered ({holder})")
 
 
 def register(scheme_cls: type[recursion.Scheme]) -> type[recursion.Scheme]:
@@ -31,12 +47,9 @@ def register(scheme_cls: type[recursion.Scheme]) -> type[recursion.Scheme]:
     raise TypeError(f"register takes a recursion.Scheme subclass, got {scheme_cls!r}")
   if not scheme_cls.name:
     raise ValueError(f"{scheme_cls.__name__} has no name")
-  previous = _CLASSES.get(scheme_cls.name)
-  if previous is not None and previous.__qualname__ != scheme_cls.__qualname__:
-    raise ValueError(f"recursion scheme '{scheme_cls.name}' is already registered "
-                     f"({previous.__module__}.{previous.__qualname__})")
+  _claim(scheme_cls.name, _where(scheme_cls))
   _CLASSES[scheme_cls.name] = scheme_cls
-  bind.cache_clear()
+  _bind.cache_clear()
   return scheme_cls
 
 
@@ -47,16 +60,21 @@ def register_scheme(name: str, *, forward_passes: Callable[[ModelSpec], int]):
   base = get("trm")
 
   def decorate(recur: recursion.RecurFn) -> recursion.RecurFn:
-    previous = _CLASSES.get(name)
-    if previous is not None and getattr(previous, "recur", None) is not recur:
-      raise ValueError(f"recursion scheme '{name}' is already registered")
-    _CLASSES[name] = base.with_recursion(name, recur, forward_passes)
-    bind.cache_clear()
+    _claim(name, _where(recur))
+    scheme_cls = base.with_recursion(name, recur, forward_passes)
+    scheme_cls.defined_by = recur
+    _CLASSES[name] = scheme_cls
+    _bind.cache_clear()
     return recur
   return decorate
 
 
 def _discover() -> None:
+  """Imports the package's scheme modules once (each registers its class)."""
+  global _discovered
+  if _discovered:
+    return
+  _discovered = True  # first: the modules' own registrations come back here
   for module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{module.name}")
 
@@ -78,8 +96,14 @@ def get(name: str) -> type[recursion.Scheme]:
                      "imported)") from None
 
 
-@functools.lru_cache(maxsize=None)
 def bind(spec: ModelSpec) -> recursion.Scheme:
   """The scheme of `spec`, built once: its options parsed and validated, errors naming the
   model-config field."""
+  # Keyed by the options' types too: specs with K=True and K=1 are equal, yet only one is valid.
+  return _bind(spec, tuple(type(value) for _, value in spec.scheme_options))
+
+
+@functools.lru_cache(maxsize=None)
+def _bind(spec: ModelSpec, option_types) -> recursion.Scheme:
+  del option_types
   return get(spec.scheme)(spec)

@@ -216,6 +216,9 @@ class RLRP(recursion.Scheme):
     """The row's tokens: all a row's state is (`answer_logits` reads from them)."""
     return {"inputs": jnp.zeros((batch_size, self.spec.seq_len), jnp.int32)}
 
+  def batch_key_shape(self, key):
+    return ((self.spec.seq_len,), jnp.bool_) if key == "answer_mask" else ((), jnp.int32)
+
   def capabilities(self):
     return super().capabilities() | {"update_trace"}
 
