@@ -137,3 +137,18 @@ def test_a_config_saved_with_the_kernels_in_its_model_loads():
                       "execution": {"matmul": "xla", "attention": "auto"}}
   ModelSpec.from_config(upgraded["model"])
   assert runs.upgrade_config(upgraded) == upgraded  # today's layout stays as it is
+
+
+@pytest.mark.parametrize("first", ["dis", "hrm", "rlrp", "trm", "trm_singlez"])
+def test_any_built_in_scheme_module_can_be_imported_first(first):
+  """Importing one scheme module first (as a test or a user's code may) registers it and, on
+  the first lookup, every other built-in: discovery must not re-enter a module mid-import."""
+  import subprocess
+  import sys
+  code = (f"from trm_jax.schemes import {first}\n"
+          "from trm_jax import schemes\n"
+          "print(schemes.names())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "['dis', 'hrm', 'rlrp', 'trm', 'trm_singlez']"

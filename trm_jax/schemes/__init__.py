@@ -32,9 +32,11 @@ def _where(obj) -> tuple[str, str]:
 
 
 def _claim(name: str, where: tuple[str, str]) -> None:
-  """Refuses `name` when a scheme defined elsewhere holds it (the built-ins found first, so a
-  clash shows at the registration that causes it)."""
-  _discover()
+  """Refuses `name` when a scheme defined elsewhere holds it. A scheme from outside the package
+  finds the built-ins first, so a clash shows at the registration that causes it (a built-in
+  registering itself does not: its module is still being imported)."""
+  if not where[0].startswith(__name__ + "."):
+    _discover()
   previous = _CLASSES.get(name)
   if previous is not None and _where(getattr(previous, "defined_by", previous)) != where:
     holder = ".".join(_where(getattr(previous, "defined_by", previous)))
@@ -74,9 +76,13 @@ def _discover() -> None:
   global _discovered
   if _discovered:
     return
-  _discovered = True  # first: the modules' own registrations come back here
-  for module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{module.name}")
+  _discovered = True
+  try:
+    for module in pkgutil.iter_modules(__path__):
+      importlib.import_module(f"{__name__}.{module.name}")
+  except BaseException:
+    _discovered = False  # a later lookup tries again (and shows the error again)
+    raise
 
 
 def names() -> list[str]:
