@@ -70,7 +70,7 @@ def test_k_steps_scan_and_forward_passes(head):
   inputs = jax.random.randint(jax.random.key(1), (2, 8), 0, 16)
   readout = run_step(spec, params, inputs)
   # Step by step by hand: u_0 = h, u_k = u_{k-1} + alpha tanh(g([u, h])).
-  m = model_lib.merge(spec, params)
+  m = model_lib.scheme_of(spec).module(params)
   h = m.hidden(inputs)
   u = h
   for k in range(3):
@@ -94,7 +94,7 @@ def test_step_embedding_starts_at_zero_and_conditions_each_step():
   e = jax.random.normal(jax.random.key(2), (3, 32))
   params = dict(params, step_embed=e)
   trace = run_step(embedded, params, inputs).trace
-  m = model_lib.merge(embedded, params)
+  m = model_lib.scheme_of(embedded).module(params)
   h = m.hidden(inputs)
   u = h
   for k in range(3):

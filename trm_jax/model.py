@@ -36,11 +36,6 @@ def scheme_of(model_config) -> recursion.Scheme:
   return schemes.bind(ModelSpec.from_config(model_config))
 
 
-def merge(spec: ModelSpec, params: Params) -> nnx.Module:
-  """The scheme's module with `params` (inside traced code: rebuilt at trace time only)."""
-  return scheme_of(spec).module(params)
-
-
 @functools.lru_cache(maxsize=None)
 def variable_kinds(spec: ModelSpec) -> dict[str, str]:
   """Top-level params key -> 'param' | 'puzzle_table' | 'constant' (decides the optimiser)."""

@@ -278,6 +278,10 @@ class Scheme:
   def _graph(self):
     return nnx.graphdef(self.abstract_module)
 
+  @functools.lru_cache(maxsize=None)
+  def _network_graph(self, name: str):
+    return nnx.graphdef(getattr(self.abstract_module, name))
+
   def module(self, params) -> nnx.Module:
     """The scheme's module with `params` (inside traced code: rebuilt at trace time only)."""
     return nnx.merge(self._graph, params)
@@ -285,7 +289,7 @@ class Scheme:
   def network(self, name: str = "net") -> NetFn:
     """`net(net_params, h, injection)`: one call of the module's sub-network `name`, with
     the spec's rematerialisation policy."""
-    graph = nnx.graphdef(getattr(self.abstract_module, name))
+    graph = self._network_graph(name)
 
     def net(net_params, h, injection):
       return nnx.merge(graph, net_params)(h, injection)

@@ -9,6 +9,7 @@ N_sup steps at evaluation (or on the Q head with adaptive evaluation).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -49,9 +50,11 @@ class TRM(recursion.Scheme):
 
   def capabilities(self):
     caps = super().capabilities() | {"halting_head"}  # the Q head
-    return caps | ({"update_trace"} if self.traces_updates() else set())
+    return caps | ({"update_trace"} if self.traces_updates else set())
 
+  @functools.cached_property
   def traces_updates(self) -> bool:
+    """Whether the recursion reads out after each y update (it takes `on_y`)."""
     return "on_y" in inspect.signature(self.recur).parameters
 
   def start(self, params, carry) -> Latents:
@@ -67,7 +70,7 @@ class TRM(recursion.Scheme):
     latents = self.start(params, carry)
     x = self.embed(model, rows, carry, data, t)
     trace = None
-    if record and self.traces_updates():
+    if record and self.traces_updates:
       latents, trace = self.recurse(params, latents, x, on_y=lambda y: model.heads(y)[0])
     else:
       latents = self.recurse(params, latents, x)
